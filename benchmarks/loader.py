@@ -1,0 +1,132 @@
+"""Data pipeline speed: clips/s per loader process, and flow extraction frame pairs/s per core.
+
+    .venv/bin/python benchmarks/loader.py [--videos 8] [--frames 64] [--samples 48] [--max-workers N]
+
+Generates 320x240 videos (rev2net.data.synthetic, XVID) and their TV-L1 flow in a temporary
+folder, then prints
+  1. TV-L1 ("fast" preset) and Farneback frame pairs/s per core with 1..N extraction workers,
+  2. clips/s of one process making 32x224x224 training clips: RGB alone, and RGB + flow targets at
+     224x224, 112x112 and 56x56 (flow_downsample 1, 2, 4),
+  3. clips/s of a DataLoader (RGB + 112x112 flow, batch 8) with 1..N worker processes.
+Timings are wall-clock on whatever else the machine is doing: on a shared machine, run twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import tempfile
+import time
+
+import cv2
+import torch
+
+from rev2net.data.config import DataConfig
+from rev2net.data.datasets import ClipDataset, ClipSpec, build_loaders
+from rev2net.data.flow import DEFAULT_PRESET, FlowComputer, worker_init, extract_flow, flow_dir_of, grey_frames, quantize
+from rev2net.data.layouts import all_videos, load_split
+from rev2net.data.synthetic import flow_epe, generate_dataset
+
+HEIGHT, WIDTH, FRAMES, CROP, SHORT_SIDE = 240, 320, 32, 224, 256
+
+
+def _flow_job(job: tuple[str, str]) -> int:
+    """Flow of every frame pair of one video, quantized and JPEG-encoded in memory; returns pairs."""
+    path, algorithm = job
+    compute = FlowComputer(algorithm)
+    frames = list(grey_frames(path, None))
+    for prev, nxt in zip(frames, frames[1:]):
+        quantized = quantize(compute(prev, nxt))
+        cv2.imencode(".jpg", quantized[..., 0])
+        cv2.imencode(".jpg", quantized[..., 1])
+    return len(frames) - 1
+
+
+def _start(_: int) -> None:
+    time.sleep(0.5)  # keeps a worker busy so that the pool starts all of them
+
+
+def extraction_rates(root: str, max_workers: int) -> None:
+    """Frame pairs/s per core with 1..max_workers processes (2 videos each), after the workers started."""
+    videos = [r.path for r in all_videos("synthetic", root)]
+    print("flow extraction, 320x240 frame pairs/s (total, per core):")
+    for algorithm in ("tvl1", "farneback"):
+        for workers in range(1, max_workers + 1):
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init) as pool:
+                list(pool.map(_start, range(workers)))
+                start = time.perf_counter()
+                pairs = sum(pool.map(_flow_job, [(path, algorithm) for path in videos[: 2 * workers]]))
+                rate = pairs / (time.perf_counter() - start)
+            label = f"{algorithm} ({DEFAULT_PRESET})" if algorithm == "tvl1" else algorithm
+            print(f"  {label:12s} workers={workers}: {rate:7.1f} total, {rate / workers:7.1f} per core")
+
+
+def clips_per_second(dataset: ClipDataset, samples: int) -> float:
+    dataset[(0, 0)]  # warm up: imports, first file opens
+    start = time.perf_counter()
+    for i in range(samples):
+        dataset[(i % len(dataset), i)]
+    return samples / (time.perf_counter() - start)
+
+
+def loader_rates(root: str, samples: int, max_workers: int) -> None:
+    records = load_split("synthetic", root, 1).train
+    spec = ClipSpec(FRAMES, 1, CROP, SHORT_SIDE, "loop")
+    flow_root = os.path.join(root, "flow_tvl1")
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    print(f"one process, {FRAMES}x{CROP}x{CROP} clips from {WIDTH}x{HEIGHT} videos, clips/s:")
+    print(f"  {'RGB':20s} {clips_per_second(ClipDataset(records, spec), samples):6.1f}")
+    for size in (224, 112, 56):  # flow_downsample 1, 2, 4
+        dataset = ClipDataset(records, spec, flow_root=flow_root, flow_size=size)
+        print(f"  {f'RGB + flow {size}x{size}':20s} {clips_per_second(dataset, samples):6.1f}")
+    print("DataLoader (RGB + flow 112x112, batch 8, persistent workers), clips/s:")
+    for workers in range(1, max_workers + 1):
+        # the generated set is in the UCF101 layout
+        cfg = DataConfig(name="ucf101", root=root, frames=FRAMES, crop_size=CROP, short_side=SHORT_SIDE,
+                         flow_downsample=2, batch_size=8, num_workers=workers)
+        loader = build_loaders(cfg, seed=0).train
+        iterator = iter(loader)
+        next(iterator)  # workers started
+        start = time.perf_counter()
+        clips = 0
+        while clips < samples:
+            try:
+                clips += len(next(iterator)["label"])
+            except StopIteration:
+                loader.sampler.set_epoch(loader.sampler.epoch + 1)
+                iterator = iter(loader)
+        rate = clips / (time.perf_counter() - start)
+        print(f"  workers={workers}: {rate:6.1f} total, {rate / workers:6.1f} per worker")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=12, help="videos to generate (4 classes, >= 3 each)")
+    parser.add_argument("--frames", type=int, default=64, help="frames per video")
+    parser.add_argument("--samples", type=int, default=48, help="clips timed per configuration")
+    parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPU cores; cv2 {cv2.__version__}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        per_class = max(3, -(-args.videos // 4))
+        count = generate_dataset(root, classes=4, videos_per_class=per_class, frames=args.frames, height=HEIGHT,
+                                 width=WIDTH, seed=0)
+        generated = time.perf_counter()
+        jobs = [(r.path, flow_dir_of(os.path.join(root, "flow_tvl1"), r.key)) for r in all_videos("synthetic", root)]
+        summary = extract_flow(jobs, workers=args.max_workers, progress=False)
+        epe = flow_epe(root)
+        print(f"{count} videos {WIDTH}x{HEIGHT}x{args.frames} generated in {generated - start:.1f} s; "
+              f"TV-L1 flow in {summary.seconds:.1f} s ({summary.pairs} pairs, {args.max_workers} workers); "
+              f"EPE vs ground truth {epe['epe']:.3f} px (zero flow {epe['zero_flow_epe']:.3f}), on moving objects "
+              f"{epe['object_epe']:.3f} px (zero flow {epe['object_zero_flow_epe']:.3f})")
+        extraction_rates(root, args.max_workers)
+        loader_rates(root, args.samples, args.max_workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Verify a dataset before a sweep spends GPU hours on it.
+
+    python -m rev2net.data.check --dataset NAME --root DIR [--split N] [--json] [--deep]
+
+Checks that the split files parse, every listed video exists and opens (with `--deep`: decodes
+every frame), its length covers a clip (shorter videos are listed in `too_short` and served by
+data.short_video_policy: not a failure unless `--strict-length`), and its flow folder is present
+and complete (with `--deep`: every flow JPEG decodes). The default mode opens each video and reads
+its length from the container index, without decoding; flow completeness is the presence of the
+last pair's JPEGs (folders written by rev2net.data.flow appear only when complete). The exit
+status is 1 when any problem is found, 2 when the layout itself is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+
+from tqdm import tqdm
+
+from rev2net.data.config import DATASETS, DataConfig
+from rev2net.data.flow import count_pairs, flow_dir_of, pair_files, read_pair
+from rev2net.data.layouts import LayoutError, VideoRecord, apply_class_map, load_class_map, load_split
+from rev2net.data.video import UnreadableVideo, open_video
+
+FLOW_TOLERANCE = 1  # frame pairs a flow folder may lack at the end (some extractors drop the last)
+PARALLEL_FROM = 256  # videos; fewer are checked in this process
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    root: str
+    split: int
+    classes: int = 0
+    train_videos: int = 0
+    test_videos: int = 0
+    clip_frames: int = 0  # source frames a clip spans
+    short_video_policy: str = "loop"
+    layout_error: str = ""  # the split files themselves are missing or malformed
+    missing_videos: list[str] = field(default_factory=list)  # listed, no file
+    unreadable: list[str] = field(default_factory=list)
+    missing_flow: list[str] = field(default_factory=list)  # no flow folder, or incomplete
+    too_short: list[str] = field(default_factory=list)  # fewer frames than a clip spans
+    details: dict[str, str] = field(default_factory=dict)  # video -> what is wrong
+    strict_length: bool = False
+
+    @property
+    def problems(self) -> int:
+        count = len(self.missing_videos) + len(self.unreadable) + len(self.missing_flow) + bool(self.layout_error)
+        return count + (len(self.too_short) if self.strict_length else 0)
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "problems": self.problems, "ok": self.ok}
+
+    def summary(self, limit: int = 10) -> str:
+        if self.layout_error:
+            return f"FAILED {self.dataset} at {self.root}: {self.layout_error}"
+        lines = [f"{self.dataset} split {self.split} at {self.root}: {self.classes} classes, "
+                 f"{self.train_videos} train + {self.test_videos} test videos, clips span {self.clip_frames} frames"]
+        for name in ("missing_videos", "unreadable", "missing_flow", "too_short"):
+            items = getattr(self, name)
+            if items:
+                lines.append(f"  {name}: {len(items)}")
+                lines += [f"    {path}: {self.details.get(path, '')}" for path in items[:limit]]
+                lines += [f"    ... and {len(items) - limit} more"] if len(items) > limit else []
+        if self.too_short and not self.strict_length:
+            lines.append(f"  (too_short videos are served by short_video_policy={self.short_video_policy})")
+        lines.append("OK" if self.ok else f"FAILED: {self.problems} problems")
+        return "\n".join(lines)
+
+
+def check_dataset(cfg: DataConfig, *, deep: bool = False, strict_length: bool = False,
+                  workers: int | None = None, progress: bool = False) -> CheckReport:
+    """Check cfg's dataset and split (flow too when cfg.flow). Never raises on bad data: read the report."""
+    report = CheckReport(cfg.name, os.path.abspath(cfg.root), cfg.split, clip_frames=cfg.clip_span,
+                         short_video_policy=cfg.short_video_policy, strict_length=strict_length)
+    try:
+        with warnings.catch_warnings():  # missing videos are reported below
+            warnings.simplefilter("ignore", UserWarning)
+            split = load_split(cfg.name, cfg.root, cfg.split)
+        if cfg.class_map is not None:
+            split = apply_class_map(split, load_class_map(cfg.class_map), cfg.name)
+    except (LayoutError, ValueError) as error:
+        report.layout_error = str(error)
+        return report
+    report.classes, report.train_videos, report.test_videos = len(split.class_names), len(split.train), len(split.test)
+    report.missing_videos = list(split.missing)
+    report.details.update({path: "listed but no file" for path in split.missing})
+    flow_root = cfg.resolved_flow_root() if cfg.flow else None
+    records = split.train + split.test
+    jobs = [(record, flow_root, deep) for record in records]
+    workers = workers or os.cpu_count() or 1
+    bar = dict(total=len(jobs), desc="check", unit="video", disable=not progress)
+    if len(jobs) < PARALLEL_FROM or workers == 1:
+        results = [_check_video(job) for job in tqdm(jobs, **bar)]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(tqdm(pool.map(_check_video, jobs, chunksize=64), **bar))
+    for record, (length, video_error, flow_error) in zip(records, results):
+        if video_error:
+            report.unreadable.append(record.path)
+            report.details[record.path] = video_error
+            continue
+        if length < cfg.clip_span:
+            report.too_short.append(record.path)
+            report.details[record.path] = f"{length} frames < {cfg.clip_span}"
+        if flow_error:
+            report.missing_flow.append(record.path)
+            report.details[record.path] = flow_error
+    return report
+
+
+def _check_video(job: tuple[VideoRecord, str | None, bool]) -> tuple[int, str, str]:
+    """(length, video problem, flow problem) of one video."""
+    record, flow_root, deep = job
+    try:
+        reader = open_video(record.path)
+        length = len(reader)
+        if length < 2:
+            raise UnreadableVideo(f"{length} frame: no frame pair")
+        if deep:
+            for begin in range(0, length, 64):
+                reader.get_batch(list(range(begin, min(begin + 64, length))))
+    except Exception as error:  # decord raises assorted types on broken files
+        return 0, str(error).splitlines()[0] if str(error) else type(error).__name__, ""
+    if flow_root is None:
+        return length, "", ""
+    return length, "", _check_flow(flow_dir_of(flow_root, record.key), length, deep)
+
+
+def _check_flow(flow_dir: str, length: int, deep: bool) -> str:
+    needed = max(1, length - 1 - FLOW_TOLERANCE)
+    if not os.path.isdir(flow_dir):
+        return f"no flow folder {flow_dir}"
+    if not deep:
+        if not all(os.path.isfile(path) for path in pair_files(flow_dir, needed - 1)):
+            return f"flow incomplete: pair {needed} missing in {flow_dir}"
+        return ""
+    present = count_pairs(flow_dir)
+    if present < needed:
+        return f"flow incomplete: {present} of {length - 1} pairs in {flow_dir}"
+    for pair in range(present):
+        try:
+            read_pair(flow_dir, pair)
+        except UnreadableVideo as error:
+            return str(error)
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rev2net.data.check", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--split", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--deep", action="store_true", help="decode every frame and flow JPEG")
+    parser.add_argument("--frames", type=int, default=DataConfig.frames, help="clip length (default %(default)s)")
+    parser.add_argument("--frame-stride", type=int, default=DataConfig.frame_stride)
+    parser.add_argument("--short-video-policy", default=DataConfig.short_video_policy, choices=["loop", "pad"])
+    parser.add_argument("--strict-length", action="store_true", help="videos shorter than a clip are problems")
+    parser.add_argument("--no-flow", action="store_true", help="do not check flow")
+    parser.add_argument("--flow-root", help="default: ROOT/flow_tvl1")
+    parser.add_argument("--class-map", help="check only the mapped classes")
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        cfg = DataConfig(name=args.dataset, root=args.root, split=args.split, frames=args.frames,
+                         frame_stride=args.frame_stride, short_video_policy=args.short_video_policy,
+                         flow=not args.no_flow, flow_root=args.flow_root, class_map=args.class_map)
+    except ValueError as error:
+        parser.error(str(error))
+    report = check_dataset(cfg, deep=args.deep, strict_length=args.strict_length, workers=args.workers,
+                           progress=sys.stderr.isatty())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    if report.layout_error:
+        return 2
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    from rev2net.data.check import main as _main
+
+    raise SystemExit(_main())

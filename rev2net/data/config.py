@@ -1,0 +1,136 @@
+"""The data pipeline's configuration: one plain dataclass, usable as a Hydra structured config.
+
+Field types are limited to what OmegaConf structured configs accept (int, float, bool, str,
+Optional, nested dataclasses); every field has a default, and `__post_init__` rejects bad values
+with the dotted key (`data.<field>`), the value and what is allowed, so that a sweep fails before
+its first trial rather than at trial 700.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+DATASETS = ("ucf101", "hmdb51", "kinetics400", "generic", "synthetic")
+SHORT_VIDEO_POLICIES = ("loop", "pad")
+FLOW_ALGORITHMS = ("tvl1", "farneback")
+DECORD_BAD_WIDTHS = (48, 72)  # decord 0.6.0 fails on XVID frames this wide (also 16 and 24)
+SPLITS = {"ucf101": 3, "hmdb51": 3, "kinetics400": 1, "generic": 3, "synthetic": 3}
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the generated dataset (`rev2net.data.synthetic`); the single home of its defaults.
+
+    The default (8 motion classes x 16 videos of 24 frames at 80x80) is generated and its TV-L1
+    flow extracted in about 15 s on a 2-core CPU.
+    """
+
+    classes: int = 8  # motion classes, the first K of rev2net.data.synthetic.MOTIONS (at most 12)
+    videos_per_class: int = 16  # split by group as in UCF101: 2 clips per group, 1/3 of groups test
+    frames: int = 24  # frames per video: a 16-frame clip with 8 frames of temporal jitter
+    size: int = 80  # frame height = width, pixels (even, >= 32, not 48 or 72: see DECORD_BAD_WIDTHS)
+    seed: int = 0  # everything (textures, trajectories, splits) is a function of the seed
+
+    def __post_init__(self) -> None:
+        from rev2net.data.synthetic import MOTIONS
+
+        _check(1 <= self.classes <= len(MOTIONS), "data.synthetic.classes", self.classes,
+               f"an integer from 1 to {len(MOTIONS)} (the number of motion classes defined)")
+        _check(self.videos_per_class >= 3, "data.synthetic.videos_per_class", self.videos_per_class,
+               "an integer >= 3 (each of the 3 splits needs a train and a test group)")
+        _check(self.frames >= 2, "data.synthetic.frames", self.frames, "an integer >= 2")
+        _check(self.size >= 32 and self.size % 2 == 0 and self.size not in DECORD_BAD_WIDTHS, "data.synthetic.size",
+               self.size, f"an even integer >= 32 other than {DECORD_BAD_WIDTHS} (decord 0.6.0 cannot read "
+               "XVID frames of those widths)")
+
+
+@dataclass
+class DataConfig:
+    """What a trial reads and how its clips are cut (`cfg.data`).
+
+    Defaults are the paper's (32 consecutive frames, 224 crops from a 256 short side). Frames
+    leave the loader as uint8 and become float in [-1, 1] on the device, in
+    `rev2net.batch.to_device`.
+    """
+
+    name: str = "synthetic"  # ucf101 | hmdb51 | kinetics400 | generic | synthetic
+    root: str = "data/synthetic"  # dataset folder (layouts: rev2net/data/layouts.py)
+    split: int = 1  # official split 1..3 (kinetics400: 1 = train / validate)
+    frames: int = 32  # clip length T
+    frame_stride: int = 1  # take every k-th frame; the clip spans (frames - 1) * stride + 1 frames
+    crop_size: int = 224  # square crop side H = W after resizing
+    short_side: int = 256  # the short side is resized to this before cropping (>= crop_size)
+    flow: bool = True  # deliver TV-L1 flow targets with training clips
+    flow_root: Optional[str] = None  # None: <root>/flow_<flow_algorithm>
+    flow_algorithm: str = "tvl1"  # tvl1 | farneback: which extraction the default flow_root holds
+    flow_downsample: int = 1  # flow targets are (crop_size / k)^2: set k to the decoder's stride
+    eval_clips: int = 1  # evenly spaced clips per video at evaluation; scores are averaged
+    batch_size: int = 8  # clips per training batch; videos per evaluation batch
+    eval_batch_size: Optional[int] = None  # None: batch_size
+    num_workers: int = 2  # loader processes (persistent); 0 loads in the main process
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    short_video_policy: str = "loop"  # videos shorter than a clip: loop (wrap around) | pad (repeat last)
+    val_fraction: float = 0.0  # 0: validate on the split's test list; >0: hold out this share of train groups
+    class_map: Optional[str] = None  # cross-dataset class mapping: a file or a shipped name (ucf101_hmdb51_12)
+    eval_name: Optional[str] = None  # cross-dataset target dataset (evaluated on its test list)
+    eval_root: Optional[str] = None  # its folder
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when name == synthetic
+
+    def __post_init__(self) -> None:
+        if isinstance(self.synthetic, dict):  # built from plain keys (e.g. a resolved OmegaConf dict)
+            self.synthetic = SyntheticConfig(**self.synthetic)
+        _check(self.name in DATASETS, "data.name", self.name, " | ".join(DATASETS))
+        _check(bool(self.root), "data.root", self.root, "a dataset folder")
+        n_splits = SPLITS[self.name]
+        _check(1 <= self.split <= n_splits, "data.split", self.split,
+               f"1..{n_splits} for {self.name}")
+        _check(self.frames >= 2, "data.frames", self.frames, "an integer >= 2 (flow needs a frame pair)")
+        _check(self.frame_stride >= 1, "data.frame_stride", self.frame_stride, "an integer >= 1")
+        _check(self.crop_size >= 8, "data.crop_size", self.crop_size, "an integer >= 8")
+        _check(self.short_side >= self.crop_size, "data.short_side", self.short_side,
+               f"an integer >= data.crop_size ({self.crop_size})")
+        _check(self.flow_algorithm in FLOW_ALGORITHMS, "data.flow_algorithm", self.flow_algorithm,
+               " | ".join(FLOW_ALGORITHMS))
+        _check(self.flow_downsample >= 1 and self.crop_size % self.flow_downsample == 0,
+               "data.flow_downsample", self.flow_downsample,
+               f"a positive divisor of data.crop_size ({self.crop_size})")
+        _check(self.eval_clips >= 1, "data.eval_clips", self.eval_clips, "an integer >= 1")
+        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "data.eval_batch_size",
+               self.eval_batch_size, "null or an integer >= 1")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "an integer >= 1")
+        _check(self.short_video_policy in SHORT_VIDEO_POLICIES, "data.short_video_policy",
+               self.short_video_policy, " | ".join(SHORT_VIDEO_POLICIES))
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction,
+               "a number in [0, 1)")
+        if self.eval_name is not None:
+            _check(self.eval_name in DATASETS, "data.eval_name", self.eval_name,
+                   "null or " + " | ".join(DATASETS))
+            _check(self.class_map is not None, "data.class_map", self.class_map,
+                   "a class mapping (e.g. ucf101_hmdb51_12) whenever data.eval_name is set: "
+                   "the two datasets need a shared label space")
+            _check(bool(self.eval_root), "data.eval_root", self.eval_root,
+                   "the target dataset's folder whenever data.eval_name is set")
+            _check(1 <= self.split <= SPLITS[self.eval_name], "data.split", self.split,
+                   f"1..{SPLITS[self.eval_name]}: it also picks data.eval_name's ({self.eval_name}) split")
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames one clip covers."""
+        return (self.frames - 1) * self.frame_stride + 1
+
+    @property
+    def flow_size(self) -> int:
+        """Side of the square flow target grid."""
+        return self.crop_size // self.flow_downsample
+
+    def resolved_flow_root(self) -> str:
+        return self.flow_root or os.path.join(self.root, f"flow_{self.flow_algorithm}")
+
+
+def _check(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r} is not allowed: expected {allowed}")

@@ -1,0 +1,71 @@
+"""rev2net/data/check.py: a dataset is verified before a sweep; problems are listed and fail the exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from rev2net.data.check import check_dataset, main
+from rev2net.data.config import DataConfig
+from rev2net.data.flow import pair_files
+from rev2net.data.layouts import load_split
+
+KEYS = {"classes", "train_videos", "test_videos", "unreadable", "missing_flow", "too_short"}
+
+
+def _run(capsys, *args: str) -> tuple[int, dict]:
+    code = main(["--dataset", "synthetic", "--json", "--frames", "8", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_good_dataset_passes(synthetic_root, capsys):
+    code, report = _run(capsys, "--root", synthetic_root)
+    assert code == 0 and KEYS <= set(report)
+    assert (report["classes"], report["train_videos"], report["test_videos"]) == (3, 6, 3)
+    assert report["unreadable"] == report["missing_flow"] == report["too_short"] == [] and report["ok"]
+    assert _run(capsys, "--root", synthetic_root, "--deep", "--split", "3")[0] == 0
+
+
+def test_every_problem_is_listed_and_fails(synthetic_copy, capsys):
+    split = load_split("synthetic", synthetic_copy, 1)
+    flow_root = os.path.join(synthetic_copy, "flow_tvl1")
+    broken, empty, no_flow, incomplete = split.train[0], split.train[1], split.test[0], split.train[2]
+    with open(broken.path, "wb") as f:
+        f.write(b"\x00" * 1000)
+    open(empty.path, "wb").close()
+    shutil.rmtree(os.path.join(flow_root, no_flow.key))
+    for pair in (9, 10):  # the last pair may be missing (FLOW_TOLERANCE), not the last two
+        os.remove(pair_files(os.path.join(flow_root, incomplete.key), pair)[0])
+    os.remove(split.train[3].path)
+    code, report = _run(capsys, "--root", synthetic_copy)
+    assert code == 1 and not report["ok"] and report["problems"] == 5
+    assert sorted(report["unreadable"]) == sorted([broken.path, empty.path])
+    assert sorted(report["missing_flow"]) == sorted([no_flow.path, incomplete.path])
+    assert report["missing_videos"] == [split.train[3].path]
+    assert "no flow folder" in report["details"][no_flow.path] and "empty file" in report["details"][empty.path]
+
+
+def test_deep_mode_decodes_flow_images(synthetic_copy, capsys):
+    record = load_split("synthetic", synthetic_copy, 1).train[0]
+    with open(pair_files(os.path.join(synthetic_copy, "flow_tvl1", record.key), 4)[1], "wb") as f:
+        f.write(b"garbage")
+    assert _run(capsys, "--root", synthetic_copy)[0] == 0, "the fast mode only checks presence"
+    code, report = _run(capsys, "--root", synthetic_copy, "--deep")
+    assert code == 1 and report["missing_flow"] == [record.path]
+
+
+def test_short_videos_follow_the_policy_unless_strict(synthetic_root, capsys):
+    code, report = _run(capsys, "--root", synthetic_root, "--frames", "16")
+    assert code == 0 and len(report["too_short"]) == 9 and report["short_video_policy"] == "loop"
+    assert _run(capsys, "--root", synthetic_root, "--frames", "16", "--strict-length")[0] == 1
+
+
+def test_broken_layout_exits_2_and_names_the_path(tmp_path, capsys):
+    code, report = _run(capsys, "--root", str(tmp_path / "absent"))
+    assert code == 2 and f"{tmp_path / 'absent'} does not exist" in report["layout_error"]
+
+
+def test_the_function_the_orchestration_calls(synthetic_root):
+    report = check_dataset(DataConfig(name="synthetic", root=synthetic_root, frames=12))
+    assert report.ok and report.too_short == [] and "OK" in report.summary()
