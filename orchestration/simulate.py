@@ -1,0 +1,99 @@
+"""A constant-time stand-in for `rev2net.trial.run_trial`, for the control plane alone.
+
+It follows the runner protocol exactly (resume from a state, one `on_epoch_end` per epoch with
+metrics and a checkpointable state, a history, the final shuffle metrics, `DivergedError`), but
+an epoch is `epoch_s` seconds of sleep instead of training. The sweep machinery around it (Ray
+Tune, MLflow child runs, checkpoints, retries, resume) is the real one, so this measures and
+exercises exactly that: `trial.runner=orchestration.simulate:constant_step`.
+
+Its metrics are a fixed, smooth function of the weights with a known optimum at the paper's
+values (α=0.01, β=0.1, λ_flow=0.1, λ_im=0.1), so a sweep of it has a meaningful "best".
+
+Failure drills (all off by default; passed as `trial.runner_args.<name>=...`):
+    fail_once_at_epoch  raise once at this epoch (a marker file under `marker_dir` makes it once)
+    nan_at_epoch        raise DivergedError at this epoch, naming the `flow` term
+    diverge_above       with nan_at_epoch: only trials with a weight above this value diverge (as large
+                        weights do in real training); 0 = every trial
+    pid_dir             write this worker's pid to <pid_dir>/<trial key>.pid while it runs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from rev2net.train import DivergedError, EpochReport
+
+OPTIMUM = {"alpha": 0.01, "beta": 0.1, "lambda_flow": 0.1, "lambda_im": 0.1}
+
+
+def score(loss: Any) -> float:
+    """Validation accuracy of the stand-in: 0.9 at the paper's optimum, lower away from it in log space."""
+    d = 0.0
+    for name, best in OPTIMUM.items():
+        w = float(getattr(loss, name))
+        d += (math.log10(w + 1e-5) - math.log10(best + 1e-5)) ** 2
+    return 0.9 * math.exp(-d / 8.0)
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    rng: Any = None
+
+
+def constant_step(spec: Any, *, resume: Optional[dict], on_epoch_end: Callable[[EpochReport], None],
+                  shuffle_protocols: Sequence[str] = (), epoch_s: float = 0.0, fail_once_at_epoch: int = 0,
+                  nan_at_epoch: int = 0, diverge_above: float = 0.0, marker_dir: str = "",
+                  pid_dir: str = "") -> dict[str, float]:
+    """Run `spec.trainer.max_epochs` constant-time epochs; same protocol as rev2net.trial.run_trial."""
+    key = hashlib.sha1(repr((spec.loss, spec.model, spec.trainer.seed)).encode()).hexdigest()[:12]
+    if pid_dir:
+        os.makedirs(pid_dir, exist_ok=True)
+        with open(os.path.join(pid_dir, f"{key}.pid"), "w") as f:
+            f.write(str(os.getpid()))
+    state = _State()
+    rng = random.Random(spec.trainer.seed)
+    if resume:
+        state.epoch, state.history = resume["epoch"], list(resume["history"])
+        rng.setstate(resume["rng"])
+    target = score(spec.loss)
+    max_epochs = spec.trainer.max_epochs
+    for epoch in range(state.epoch + 1, max_epochs + 1):
+        started = time.perf_counter()
+        if epoch_s:
+            time.sleep(epoch_s)
+        weights = (spec.loss.alpha, spec.loss.beta, spec.loss.lambda_flow, spec.loss.lambda_im)
+        if nan_at_epoch and epoch == nan_at_epoch and (not diverge_above or max(weights) > diverge_above):
+            raise DivergedError(term="flow", epoch=epoch, step=epoch * 10, value=float("nan"))
+        if fail_once_at_epoch and epoch == fail_once_at_epoch:
+            marker = os.path.join(marker_dir or ".", f"failed-{key}-{epoch}")
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                raise RuntimeError(f"simulated crash of trial {key} at epoch {epoch}")
+        progress = epoch / max_epochs
+        noise = rng.uniform(-0.002, 0.002)
+        val = target * (0.5 + 0.5 * progress) + noise
+        metrics = {
+            "train/loss": 2.0 * (1.0 - 0.8 * progress), "train/ce": 1.8 * (1.0 - 0.8 * progress),
+            "train/top1": min(1.0, val + 0.05), "train/top5": min(1.0, val + 0.1),
+            "val/loss": 2.2 * (1.0 - 0.7 * progress), "val/top1": val, "val/top5": min(1.0, val + 0.08),
+            "lr": 0.01 * (1.0 - progress), "skipped_videos": 0.0,
+        }
+        if epoch == max_epochs:
+            for p in shuffle_protocols:
+                metrics[f"shuffle/{p}/top1"] = val * {"none": 1.0, "long_term": 0.9, "short_term": 0.85,
+                                                      "complete": 0.6}.get(p, 0.5)
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        metrics["clips_per_s"] = 0.0
+        state.epoch = epoch
+        state.history.append(metrics)
+        snapshot = {"epoch": epoch, "history": list(state.history), "rng": rng.getstate()}
+        on_epoch_end(EpochReport(epoch, dict(metrics), lambda s=snapshot: s))
+    return dict(state.history[-1]) if state.history else {}

@@ -1,0 +1,204 @@
+"""Search spaces: YAML data keyed by dotted config path -> a plan of trial points -> Ray Tune objects.
+
+A *point* is a flat dict {dotted config key: value}; a trial's config is the composed sweep config
+with its point applied (`apply_point`). Every stage is planned here as data first, so that a dry
+run, the validation before the first trial and the real sweep all see the same trials.
+
+    coarse   values per key; mode `factorial` = the product, mode `axes` = one key at a time
+             around `base` (points shared by several axes are kept once)
+    fine     the same two modes over values derived from the coarse best (see orchestration.fine)
+    ablation named variants x seeds, around the chosen weights
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from orchestration.errors import ConfigError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+STAGES = ("coarse", "fine", "ablation")
+MODES = ("factorial", "axes")
+WEIGHT_KEYS = ("loss.alpha", "loss.beta", "loss.lambda_flow", "loss.lambda_im")
+
+
+@dataclass
+class Plan:
+    """Everything a stage will run, before anything runs."""
+
+    stage: str
+    mode: str                                   # factorial | axes | variants (ablation)
+    points: list[dict[str, Any]]                # one per trial (grid); optuna: empty, values hold the space
+    values: dict[str, list[Any]]                # every swept key and the values it takes
+    base: dict[str, Any] = field(default_factory=dict)   # shared by every trial unless a point sets it
+    algorithm: str = "grid"                     # grid | optuna
+    num_samples: int = 0                        # optuna: the trial budget
+    shuffle_protocols: list[str] = field(default_factory=list)  # evaluated at the end of each trial
+    notes: list[str] = field(default_factory=list)        # provenance, e.g. which coarse run was refined
+
+    @property
+    def num_trials(self) -> int:
+        return self.num_samples if self.algorithm == "optuna" else len(self.points)
+
+
+def space_path(stage: str, spaces_dir: str | None = None) -> Path:
+    if stage not in STAGES:
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)} (see search_spaces/)")
+    return Path(spaces_dir or SPACES_DIR) / f"{stage}.yaml"
+
+
+def load_space(stage: str, spaces_dir: str | None = None) -> dict[str, Any]:
+    path = space_path(stage, spaces_dir)
+    if not path.is_file():
+        raise ConfigError(f"search space file {path} does not exist (search.spaces_dir={spaces_dir!r})")
+    with open(path) as f:
+        space = yaml.safe_load(f) or {}
+    allowed = {
+        "coarse": {"values", "base"},
+        "fine": {"keys", "factors", "rule", "coarse"},
+        "ablation": {"weights", "seeds", "shuffle_protocols", "variants"},
+    }[stage]
+    unknown = set(space) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    space["_path"] = str(path)
+    return space
+
+
+def check_weight(key: str, value: Any, where: str) -> None:
+    """Weights of eq. (3) must be finite and non-negative."""
+    if key not in WEIGHT_KEYS:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{where}: {key}={value!r} must be a finite, non-negative number")
+
+
+def _dedupe(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[tuple] = set()
+    out = []
+    for p in points:
+        k = tuple(sorted(p.items()))
+        if k not in seen:
+            seen.add(k)
+            out.append(p)
+    return out
+
+
+def grid_points(values: dict[str, list[Any]], base: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    """The trial points of a grid: `factorial` = product of all value lists; `axes` = one key at a
+    time over its values with the other keys at `base` (a point that several axes share is kept once)."""
+    keys = list(values)
+    if mode == "factorial":
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
+    if mode == "axes":
+        missing = [k for k in keys if k not in base]
+        if missing:
+            raise ConfigError(f"search.mode=axes needs a base value for {', '.join(missing)} (the `base` of the space)")
+        points = []
+        for k in keys:
+            for v in values[k]:
+                points.append({**{kk: base[kk] for kk in keys}, k: v})
+        return _dedupe(points)
+    raise ConfigError(f"search.mode={mode!r} is not one of {', '.join(MODES)}")
+
+
+def _check_values(values: dict[str, list[Any]], where: str) -> None:
+    if not values:
+        raise ConfigError(f"{where}: `values` is empty; give at least one dotted key and its values")
+    for key, vals in values.items():
+        if not isinstance(vals, list) or not vals:
+            raise ConfigError(f"{where}: {key} must map to a non-empty list of values, got {vals!r}")
+        for v in vals:
+            check_weight(key, v, where)
+
+
+def coarse_plan(space: dict[str, Any], *, mode: str, algorithm: str = "grid", num_samples: int = 0) -> Plan:
+    where = space["_path"]
+    values = {k: list(v) for k, v in (space.get("values") or {}).items()}
+    _check_values(values, where)
+    base = dict(space.get("base") or {})
+    for k, v in base.items():
+        check_weight(k, v, where)
+    if algorithm == "optuna":
+        return Plan("coarse", "factorial", [], values, base, algorithm, num_samples,
+                    notes=[f"Optuna TPE over the {math.prod(len(v) for v in values.values())}-point product"])
+    if mode == "axes":
+        off_grid = [k for k in values if k in base and base[k] not in values[k]]
+        if off_grid:
+            raise ConfigError(f"{where}: base value of {', '.join(off_grid)} is not on its grid, so the axes would not "
+                              "share their centre; put the base point on the grid")
+    return Plan("coarse", mode, grid_points(values, base, mode), values, base)
+
+
+def load_rule(spec: str) -> Callable[..., list[float]]:
+    """`module:function` -> the function (the fine grid rule is swappable)."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"fine rule {spec!r} cannot be imported ({e}); give it as 'module:function'") from e
+
+
+def fine_plan(space: dict[str, Any], coarse_space: dict[str, Any], coarse_best: dict[str, float], *,
+              mode: str, algorithm: str = "grid", num_samples: int = 0, source: str = "") -> Plan:
+    """The fine grid: per key, `rule(best, coarse_values, factors)`; axes are centred on the coarse best."""
+    where = space["_path"]
+    rule = load_rule(space.get("rule", "orchestration.fine:upper_neighbour"))
+    factors = [float(f) for f in space.get("factors", [0, 0.25, 0.5, 0.75, 1])]
+    keys = list(space.get("keys") or WEIGHT_KEYS)
+    coarse_values = coarse_space.get("values") or {}
+    values: dict[str, list[Any]] = {}
+    for key in keys:
+        if key not in coarse_best:
+            raise ConfigError(f"{where}: the coarse result has no value for {key}; "
+                              f"it has {', '.join(sorted(coarse_best)) or 'nothing'}")
+        if key not in coarse_values:
+            raise ConfigError(f"{where}: {key} is not searched by the coarse space {coarse_space['_path']}")
+        values[key] = rule(float(coarse_best[key]), [float(v) for v in coarse_values[key]], factors)
+    _check_values(values, where)
+    base = {k: float(coarse_best[k]) for k in keys}
+    notes = [f"fine grid from {source or 'the coarse best'}: " + ", ".join(f"{k}={base[k]:g}" for k in keys)]
+    if algorithm == "optuna":
+        return Plan("fine", "factorial", [], values, base, algorithm, num_samples, notes=notes)
+    return Plan("fine", mode, grid_points(values, base, mode), values, base, notes=notes)
+
+
+def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
+                  variants: list[str] | None = None, seed_key: str = "trainer.seed", first_seed: int = 0,
+                  source: str = "") -> Plan:
+    """Named variants x seeds; each point = the chosen weights, then the variant's overrides, then the seed."""
+    where = space["_path"]
+    all_variants: dict[str, dict[str, Any]] = space.get("variants") or {}
+    chosen = list(variants) if variants else list(all_variants)
+    unknown = [v for v in chosen if v not in all_variants]
+    if unknown:
+        raise ConfigError(f"ablation variant(s) {', '.join(unknown)} not in {where}; "
+                          f"known: {', '.join(all_variants)}")
+    n_seeds = int(seeds if seeds is not None else space.get("seeds", 3))
+    if n_seeds < 1:
+        raise ConfigError(f"search.seeds={n_seeds} must be at least 1")
+    for k, v in weights.items():
+        check_weight(k, v, "ablation weights")
+    points = []
+    for name in chosen:
+        overrides = dict(all_variants[name] or {})
+        for k, v in overrides.items():
+            check_weight(k, v, f"{where} variant {name}")
+        for s in range(first_seed, first_seed + n_seeds):
+            points.append({"variant": name, **weights, **overrides, seed_key: s})
+    values = {"variant": chosen, seed_key: list(range(first_seed, first_seed + n_seeds))}
+    notes = [f"weights from {source or 'the loss config'}: " + ", ".join(f"{k}={v:g}" for k, v in weights.items())]
+    protocols = list(space.get("shuffle_protocols") or ["none"])
+    return Plan("ablation", "variants", points, values, dict(weights), shuffle_protocols=protocols, notes=notes)
+
+
+def point_key(point: dict[str, Any]) -> str:
+    """A stable identity of a trial point (sorted `key=value` pairs), used to find its MLflow run again."""
+    return ",".join(f"{k}={point[k]!r}" for k in sorted(point))

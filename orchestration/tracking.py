@@ -1,0 +1,245 @@
+"""MLflow: one experiment per sweep, a parent run per stage invocation, a nested child run per trial.
+
+Exactly once, by construction rather than by luck:
+  * a child run is found again by its trial key (a hash of the sweep and the trial's point), so a
+    retried, restored or re-launched trial continues its own run instead of opening a second one;
+  * epoch metrics are written by *reconciliation*: the trial's checkpoint holds its whole metric
+    history, the run holds a tag with the last epoch it received (written in the same atomic
+    `log_batch` as the metrics), and `ChildRun.sync(history)` sends exactly the epochs after that
+    tag. A trial that re-runs an epoch after a crash therefore never writes a step twice, and one
+    whose tracking server was away for a while sends what it missed on its next sync;
+  * run status is set by the driver (`StatusCallback`), which sees how every trial ended.
+
+Everything goes through `MlflowClient` (no fluent `mlflow.start_run` global state, which would leak
+between trials when Ray reuses a worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from orchestration.errors import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PARENT = "mlflow.parentRunId"
+TAG_ROLE = "rev2net.role"              # "stage" (parent) | "trial" (child)
+TAG_SWEEP = "rev2net.sweep_id"         # the sweep (stage + config hash) a run belongs to
+TAG_STAGE = "rev2net.stage"            # coarse | fine | ablation
+TAG_MODE = "rev2net.mode"              # factorial | axes | variants
+TAG_TRIAL_KEY = "rev2net.trial_key"    # hash of sweep id + trial point: finds a child run again
+TAG_LOGGED_EPOCH = "rev2net.logged_epoch"  # last epoch whose metrics this run holds
+TAG_STATUS = "rev2net.status"          # running | completed | stopped_early | failed
+TAG_FAILURE = "rev2net.failure_reason"
+TAG_RAY_TRIAL = "ray.trial_id"
+TAG_GIT = "mlflow.source.git.commit"
+
+# Worker-side HTTP behaviour: fail fast and let `sync` retry at the next epoch, instead of MLflow's
+# default of 7 retries with exponential backoff (minutes of a blocked training loop).
+WORKER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def retry(fn: Callable[[], T], *, attempts: int = 5, delay_s: float = 0.2, what: str = "MLflow call") -> T:
+    """Call `fn`, retrying transient failures (SQLite 'database is locked', HTTP hiccups)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except (MlflowException, OSError) as e:
+            if i == attempts - 1:
+                raise
+            log.debug("%s failed (%s), retry %d/%d", what, e, i + 1, attempts - 1)
+            time.sleep(delay_s * (2 ** i))
+    raise AssertionError("unreachable")
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail before the first trial when the tracking store cannot be reached."""
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        request = urllib.request.Request(url)
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        if user and password:
+            import base64
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise ConfigError(f"MLflow tracking server {tracking_uri} refused the credentials (HTTP {e.code}); "
+                                  "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from e
+            # /health may be absent behind some proxies; any HTTP answer means the server is up.
+        except (urllib.error.URLError, OSError) as e:
+            raise ConfigError(f"MLflow tracking URI {tracking_uri} is unreachable ({getattr(e, 'reason', e)}); "
+                              "start the server or set mlflow.tracking_uri") from e
+    try:
+        client(tracking_uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        raise ConfigError(f"MLflow tracking URI {tracking_uri} cannot be used: {str(e).splitlines()[0]}; "
+                          "fix mlflow.tracking_uri") from e
+
+
+def experiment_id(c: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or set mlflow.experiment")
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created concurrently by another driver
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def _find(c: MlflowClient, exp_id: str, tags: dict[str, str]) -> list:
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return retry(lambda: list(c.search_runs([exp_id], filter_string=flt, max_results=10, order_by=["start_time ASC"])),
+                 what="search_runs")
+
+
+def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mode: str, run_name: str,
+                 params: dict[str, Any], tags: dict[str, str]) -> tuple[str, bool]:
+    """The stage's parent run: found again by sweep id when the stage is resumed. Returns (run id, resumed)."""
+    found = _find(c, exp_id, {TAG_ROLE: "stage", TAG_SWEEP: sweep_id})
+    if found:
+        run_id = found[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = c.create_run(exp_id, run_name=run_name,
+                       tags={TAG_ROLE: "stage", TAG_SWEEP: sweep_id, TAG_STAGE: stage, TAG_MODE: mode, **tags})
+    c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+    return run.info.run_id, False
+
+
+def trial_key(sweep_id: str, point_key: str) -> str:
+    return hashlib.sha1(f"{sweep_id}|{point_key}".encode()).hexdigest()[:20]
+
+
+def _param(value: Any) -> str:
+    return str(value)[:6000]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class ChildRun:
+    """A trial's MLflow run, and what it has received so far."""
+
+    client: MlflowClient
+    run_id: str
+    logged_epoch: int = 0
+    pending_final: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, c: MlflowClient, *, experiment_id: str, parent_id: str, sweep_id: str, key: str, run_name: str,
+             params: dict[str, Any], tags: dict[str, str], run_id: str | None = None) -> "ChildRun":
+        """Find the trial's run (by id from its checkpoint, else by trial key) or create it."""
+        run = None
+        if run_id:
+            try:
+                run = retry(lambda: c.get_run(run_id), what="get_run")
+            except MlflowException:
+                run = None
+        if run is None:
+            found = _find(c, experiment_id, {TAG_TRIAL_KEY: key})
+            run = found[0] if found else None
+        if run is None:
+            run = retry(lambda: c.create_run(experiment_id, run_name=run_name, tags={
+                PARENT: parent_id, TAG_ROLE: "trial", TAG_SWEEP: sweep_id, TAG_TRIAL_KEY: key,
+                TAG_STATUS: "running", TAG_LOGGED_EPOCH: "0", **tags}), what="create_run")
+            retry(lambda: c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()]),
+                  what="log params")
+            return cls(c, run.info.run_id, 0)
+        # A continued run: mark it running again with the current attempt's tags.
+        retry(lambda: c.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, "running")] +
+                                  [RunTag(k, str(v)) for k, v in tags.items()]), what="retag")
+        if run.info.status != "RUNNING":
+            retry(lambda: c.update_run(run.info.run_id, status="RUNNING"), what="update_run")
+        logged = int(run.data.tags.get(TAG_LOGGED_EPOCH, "0") or 0)
+        return cls(c, run.info.run_id, logged)
+
+    def sync(self, history: list[dict[str, float]], *, raise_errors: bool = False) -> bool:
+        """Send the epochs of `history` (epoch e = history[e-1]) that the run does not hold yet,
+        in one `log_batch` with the new `logged_epoch` tag. Returns False (and keeps them pending)
+        when the store is unreachable, unless `raise_errors`."""
+        if len(history) <= self.logged_epoch:
+            return True
+        now = int(time.time() * 1000)
+        metrics: list[Metric] = []
+        for epoch in range(self.logged_epoch + 1, len(history) + 1):
+            metrics.extend(Metric(k, float(v), now, epoch) for k, v in history[epoch - 1].items() if _finite(v))
+        new_epoch = len(history)
+        try:
+            # MLflow's SQL store accepts at most 1000 metrics per log_batch; the tag goes with the last chunk.
+            for start in range(0, len(metrics), 900):
+                chunk = metrics[start:start + 900]
+                last = start + 900 >= len(metrics)
+                tags = [RunTag(TAG_LOGGED_EPOCH, str(new_epoch))] if last else []
+                retry(lambda: self.client.log_batch(self.run_id, metrics=chunk, tags=tags, synchronous=True),
+                      attempts=3, what="log_batch")
+        except (MlflowException, OSError) as e:
+            if raise_errors:
+                raise
+            log.warning("MLflow unreachable, %d epoch(s) of run %s stay pending: %s",
+                        new_epoch - self.logged_epoch, self.run_id, str(e).splitlines()[0])
+            return False
+        self.logged_epoch = new_epoch
+        return True
+
+    def log_final(self, metrics: dict[str, float], *, step: int) -> None:
+        """Metrics measured once at the end of the trial (e.g. the frame-shuffle accuracies)."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=batch, synchronous=True), what="log final metrics")
+
+    def flush(self, history: list[dict[str, float]], *, timeout_s: float) -> None:
+        """Keep trying to send what is pending until `timeout_s` has passed (then raise)."""
+        deadline = time.monotonic() + timeout_s
+        delay = 1.0
+        while not self.sync(history):
+            if time.monotonic() > deadline:
+                self.sync(history, raise_errors=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = None) -> None:
+    """Terminal state of a child run: status in completed | stopped_early | failed."""
+    tags = [RunTag(TAG_STATUS, status)]
+    if reason:
+        tags.append(RunTag(TAG_FAILURE, reason[:4000]))
+    retry(lambda: c.log_batch(run_id, tags=tags), what="status tags")
+    retry(lambda: c.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED"), what="set_terminated")
+
+
+def child_runs(c: MlflowClient, exp_id: str, parent_id: str) -> Iterable:
+    """Every child run of a parent, paging through `search_runs`."""
+    token = None
+    while True:
+        page = retry(lambda: c.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'",
+                                           max_results=1000, page_token=token), what="search_runs")
+        yield from page
+        token = page.token
+        if not token:
+            return

@@ -1,0 +1,162 @@
+"""One trial on Ray Tune: apply the trial's point to the sweep config, run the trial's runner
+(`rev2net.trial.run_trial` by default), checkpoint every epoch and log it to its MLflow child run.
+
+Order inside an epoch's end, chosen so that nothing is lost or written twice:
+    1. metrics -> MLflow (`ChildRun.sync`: only epochs the run does not hold yet)
+    2. state   -> Ray checkpoint, with the metrics -> Tune (`tune.report`)
+Tune may stop a trial inside `tune.report` (ASHA, max_t), so everything the trial owes MLflow is
+sent before it. A crash between 1 and 2 re-runs that epoch from the previous checkpoint; the run
+already holds it, so `sync` skips it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+from ray import tune
+
+from orchestration import tracking
+from orchestration.config import SweepConfig, to_objects
+from orchestration.spaces import point_key
+from rev2net.train import DivergedError, EpochReport
+from rev2net.trial import TrialSpec
+
+log = logging.getLogger(__name__)
+STATE_FILE = "trial_state.pt"
+META_KEYS = ("variant",)   # point keys that name a trial but are not config keys
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares; sent once to the workers through `tune.with_parameters`."""
+
+    config_yaml: str            # the resolved sweep config (absolute paths)
+    sweep_id: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    stage: str
+    metric: str = "val/top1"   # Tune's metric: every report carries it (NaN for a diverged trial)
+    shuffle_protocols: tuple[str, ...] = ()
+    flush_timeout_s: float = 600.0
+
+
+def trial_point(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's point: grid trials carry it under "point", Optuna's are the flat config itself."""
+    return dict(config["point"]) if "point" in config else dict(config)
+
+
+@functools.lru_cache(maxsize=4)
+def _base_config(config_yaml: str):
+    """The resolved YAML merged back onto the typed schema (once per worker process)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.create(config_yaml))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def apply_point(config_yaml: str, point: dict[str, Any]) -> SweepConfig:
+    """The sweep config with the trial's values set, as validated dataclasses."""
+    cfg = _base_config(config_yaml).copy()
+    for key, value in point.items():
+        if key not in META_KEYS:
+            OmegaConf.update(cfg, key, value, merge=False)
+    return to_objects(cfg)
+
+
+def run_name(point: dict[str, Any]) -> str:
+    """Readable in the MLflow UI: `α=0.01 β=0.1 λf=0.1 λi=0.1`, `no_ddp seed=1`."""
+    short = {"loss.alpha": "α", "loss.beta": "β", "loss.lambda_flow": "λf", "loss.lambda_im": "λi"}
+    if "variant" in point:
+        seed = next((v for k, v in point.items() if k.endswith(".seed")), None)
+        return f"{point['variant']} seed={seed}"
+    parts = [f"{short.get(k, k)}={point[k]:g}" if isinstance(point[k], float) else f"{short.get(k, k)}={point[k]}"
+             for k in sorted(point, key=lambda k: list(short).index(k) if k in short else 99)]
+    return " ".join(parts)
+
+
+def trial_params(cfg: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """The child run's params: the weights, the ablation switches, model/data identifiers, seed."""
+    m, d, t, w = cfg.model, cfg.data, cfg.trainer, cfg.loss
+    params = {
+        "loss.alpha": w.alpha, "loss.beta": w.beta, "loss.lambda_flow": w.lambda_flow, "loss.lambda_im": w.lambda_im,
+        "model.flow_decoder": m.flow_decoder, "model.frame_decoder": m.frame_decoder, "model.ddp": m.ddp,
+        "model.decoder_arch": m.decoder_arch, "model.width": m.width, "model.pretrained": m.pretrained,
+        "data.name": d.name, "data.split": d.split, "data.frames": d.frames, "data.frame_stride": d.frame_stride,
+        "data.crop_size": d.crop_size, "data.class_map": d.class_map, "data.eval_name": d.eval_name,
+        "trainer.seed": t.seed, "trainer.max_epochs": t.max_epochs, "trainer.lr": t.lr,
+        "trainer.schedule": t.schedule, "data.batch_size": d.batch_size,
+    }
+    for key, value in point.items():
+        params.setdefault(key, value)
+    return params
+
+
+def load_runner(spec: str) -> Callable[..., dict[str, float]]:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """The Ray Tune function trainable (wrapped with `tune.with_parameters(run_sweep_trial, ctx=...)`)."""
+    for k, v in tracking.WORKER_HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    for name in ("ray.train", "ray.tune"):  # one INFO line per checkpoint otherwise reaches the driver
+        logging.getLogger(name).setLevel(logging.WARNING)
+    point = trial_point(config)
+    cfg = apply_point(ctx.config_yaml, point)
+    torch.set_num_threads(max(1, int(cfg.trial.cpus)))
+    spec = TrialSpec(data=cfg.data, model=cfg.model, loss=cfg.loss, trainer=cfg.trainer)
+    runner = load_runner(cfg.trial.runner)
+
+    saved = _load_state(tune.get_checkpoint())
+    history: list[dict[str, float]] = list(saved["history"]) if saved else []
+    client = tracking.client(ctx.tracking_uri)
+    trial_id = tune.get_context().get_trial_id() or ""
+    run = tracking.ChildRun.open(
+        client, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id, sweep_id=ctx.sweep_id,
+        key=tracking.trial_key(ctx.sweep_id, point_key(point)), run_name=run_name(point),
+        params=trial_params(cfg, point), tags={tracking.TAG_RAY_TRIAL: trial_id, tracking.TAG_STAGE: ctx.stage},
+        run_id=saved.get("mlflow_run_id") if saved else None)
+    run.sync(history)  # what a crash or an unreachable server left unsent
+    max_epochs = cfg.trainer.max_epochs
+
+    def on_epoch_end(report: EpochReport) -> None:
+        history[report.epoch - 1:] = [dict(report.metrics)]
+        if report.epoch >= max_epochs:
+            run.flush(history, timeout_s=ctx.flush_timeout_s)  # the last chance before Tune may stop us
+        else:
+            run.sync(history)
+        state = {"runner": report.state_dict(), "history": list(history), "mlflow_run_id": run.run_id}
+        tmp = tempfile.mkdtemp(prefix="rev2net-ckpt-")
+        try:
+            torch.save(state, os.path.join(tmp, STATE_FILE))
+            tune.report({**report.metrics, "epoch": report.epoch, "mlflow_run_id": run.run_id},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        runner(spec, resume=saved["runner"] if saved else None, on_epoch_end=on_epoch_end,
+               shuffle_protocols=list(ctx.shuffle_protocols), **dict(cfg.trial.runner_args))
+    except DivergedError as e:
+        # Deterministic: a retry would diverge again. End the trial (no Tune retry); the driver's
+        # StatusCallback marks the run failed with this reason.
+        run.flush(history, timeout_s=ctx.flush_timeout_s)
+        tune.report({ctx.metric: float("nan"), "epoch": len(history), "mlflow_run_id": run.run_id,
+                     "diverged": 1.0, "failure_reason": str(e)})

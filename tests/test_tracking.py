@@ -1,0 +1,131 @@
+"""orchestration/tracking.py against a real MLflow SQLite store: child runs are found again, epochs
+are written exactly once, and an unreachable store never costs a training its metrics."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from orchestration import tracking
+from orchestration.errors import ConfigError
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    exp_id = tracking.experiment_id(c, "test-exp", str(tmp_path / "artifacts"))
+    parent, resumed = tracking.start_parent(c, exp_id, sweep_id="coarse-axes-x", stage="coarse", mode="axes",
+                                            run_name="coarse", params={"stage": "coarse"}, tags={})
+    assert not resumed
+    return uri, c, exp_id, parent
+
+
+def _open(c, exp_id, parent, key="k1", run_id=None):
+    return tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id="coarse-axes-x", key=key,
+                                  run_name="α=0.1", params={"loss.alpha": 0.1}, tags={"ray.trial_id": "t1"},
+                                  run_id=run_id)
+
+
+def _history(n):
+    return [{"val/top1": 0.1 * e, "train/loss": 1.0 / e} for e in range(1, n + 1)]
+
+
+def test_parent_run_is_found_again_by_sweep_id(store):
+    uri, c, exp_id, parent = store
+    again, resumed = tracking.start_parent(c, exp_id, sweep_id="coarse-axes-x", stage="coarse", mode="axes",
+                                           run_name="coarse", params={"stage": "coarse"}, tags={})
+    assert resumed and again == parent
+    other, resumed = tracking.start_parent(c, exp_id, sweep_id="coarse-axes-y", stage="coarse", mode="axes",
+                                           run_name="coarse", params={}, tags={})
+    assert not resumed and other != parent
+
+
+def test_child_run_is_nested_and_continued_not_duplicated(store):
+    uri, c, exp_id, parent = store
+    run = _open(c, exp_id, parent)
+    assert run.sync(_history(2))
+    # the trial restarts without a checkpoint (e.g. its driver died before saving state): same run
+    again = _open(c, exp_id, parent)
+    assert again.run_id == run.run_id and again.logged_epoch == 2
+    # it re-runs epochs 1-2 (identical values) and goes on to 4: only 3 and 4 are written
+    assert again.sync(_history(4))
+    hist = c.get_metric_history(run.run_id, "val/top1")
+    assert [m.step for m in hist] == [1, 2, 3, 4], "each epoch exactly once, in order"
+    stored = c.get_run(run.run_id)
+    assert stored.data.tags[tracking.PARENT] == parent
+    assert stored.data.tags[tracking.TAG_LOGGED_EPOCH] == "4"
+    assert stored.data.params["loss.alpha"] == "0.1"
+    children = list(tracking.child_runs(c, exp_id, parent))
+    assert [r.info.run_id for r in children] == [run.run_id], "one child run per trial"
+    # a different trial key is a different run
+    assert _open(c, exp_id, parent, key="k2").run_id != run.run_id
+
+
+def test_run_id_from_checkpoint_wins(store):
+    uri, c, exp_id, parent = store
+    run = _open(c, exp_id, parent)
+    run.sync(_history(1))
+    assert _open(c, exp_id, parent, key="other-key", run_id=run.run_id).run_id == run.run_id
+
+
+def test_sync_is_idempotent_and_batches_large_histories(store):
+    uri, c, exp_id, parent = store
+    run = _open(c, exp_id, parent)
+    wide = [{f"m{i}": float(e * i) for i in range(300)} for e in range(1, 5)]  # 1200 metrics > one batch
+    assert run.sync(wide) and run.sync(wide)
+    assert len(c.get_metric_history(run.run_id, "m7")) == 4
+    assert c.get_run(run.run_id).data.tags[tracking.TAG_LOGGED_EPOCH] == "4"
+
+
+def test_finish_sets_status_and_reason(store):
+    uri, c, exp_id, parent = store
+    run = _open(c, exp_id, parent)
+    tracking.finish(c, run.run_id, status="failed", reason="loss term 'flow' diverged (nan) at epoch 2")
+    r = c.get_run(run.run_id)
+    assert r.info.status == "FAILED"
+    assert r.data.tags[tracking.TAG_STATUS] == "failed"
+    assert "flow" in r.data.tags[tracking.TAG_FAILURE]
+    # a resumed trial reopens its run: running again
+    _open(c, exp_id, parent)
+    r = c.get_run(run.run_id)
+    assert r.info.status == "RUNNING" and r.data.tags[tracking.TAG_STATUS] == "running"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_uri_fails_fast():
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="unreachable"):
+        tracking.check_reachable(f"http://127.0.0.1:{_free_port()}", timeout_s=2)
+    assert time.monotonic() - started < 10
+
+
+def test_unusable_sqlite_path_fails(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot be used"):
+        tracking.check_reachable(f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
+
+
+def test_sync_keeps_epochs_pending_while_the_store_is_away(store, monkeypatch):
+    uri, c, exp_id, parent = store
+    run = _open(c, exp_id, parent)
+    real = run.client.log_batch
+
+    def down(*a, **k):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(run.client, "log_batch", down)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    assert not run.sync(_history(2)), "an unreachable store must not raise into the training loop"
+    assert run.logged_epoch == 0
+    monkeypatch.setattr(run.client, "log_batch", real)
+    assert run.sync(_history(3)), "once back, everything pending is sent"
+    assert [m.step for m in c.get_metric_history(run.run_id, "val/top1")] == [1, 2, 3]
