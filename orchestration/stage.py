@@ -67,6 +67,9 @@ def _client(cfg: DictConfig):
 def _stage_best(cfg: DictConfig, stage: str, parent_run_id: Optional[str] = None) -> tuple[dict[str, float], str]:
     """The best weights of the latest finished `stage` (or of `parent_run_id`) in this experiment."""
     exp = experiment_name(cfg)
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # do not create it by looking
+        raise LookupError(f"no MLflow store at {uri}")
     client = _client(cfg)
     if client.get_experiment_by_name(exp) is None:
         raise LookupError(f"no MLflow experiment {exp!r} at {cfg.mlflow.tracking_uri}")
@@ -305,9 +308,14 @@ def sweep_id_for(base_id: str, generation: int) -> str:
 
 
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Plan]:
-    """Resolve paths, plan the stage and validate every trial: all that a dry run does."""
+    """Resolve paths, plan the stage and validate every trial: all that a dry run does. The config
+    is checked before MLflow is consulted (the fine and ablation plans read earlier results)."""
     cfg = resolve_paths(cfg)
     to_objects(cfg)
+    if cfg.stage != "coarse":
+        uri = cfg.mlflow.tracking_uri
+        if not (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()):
+            tracking.check_reachable(uri)
     plan = build_plan(cfg)
     if plan.num_trials == 0:
         raise ConfigError(f"stage {cfg.stage} plans no trials; check {space_path(cfg.stage, cfg.search.spaces_dir)}")
@@ -329,9 +337,9 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
     # A checkpoint every epoch with num_to_keep forces frequent Tune state snapshots when epochs are
     # short; that is intended here, so the warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    tracking.check_reachable(cfg.mlflow.tracking_uri)
     cfg, plan = prepare(cfg)
     check_ray_address(cfg.ray.address)
+    tracking.check_reachable(cfg.mlflow.tracking_uri)
     prepare_data(cfg, progress=progress)
 
     exp = experiment_name(cfg)
@@ -430,7 +438,7 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
     unfinished = int((runs["status"] == "running").sum()) if not runs.empty else plan.num_trials
     try:
         best = best_config(runs, metric=metric, mode=mode, keys=[k for k in WEIGHTS if k in runs])
-        result.best = {"params": best.params, "value": best.value, "run_id": best.run_id, "tied_with": best.tied_with}
+        result.best = {"params": {k: float(v) for k, v in best.params.items()}, "value": best.value, "run_id": best.run_id, "tied_with": best.tied_with}
         client.log_batch(parent_id, tags=[RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]
                          + [RunTag("best.run_id", best.run_id)])
         client.log_metric(parent_id, f"best/{metric}", best.value)
