@@ -1,0 +1,392 @@
+"""One trial's training loop, independent of Ray and MLflow (they plug in through `on_epoch_end`).
+
+    seed_everything(trainer_cfg.seed)                 # before build_model: the init is seeded too
+    model = build_model(model_cfg, num_classes)
+    history = fit(model, train_loader, val_loader, trainer_cfg, loss_cfg,
+                  resume=state_or_None, on_epoch_end=report_fn)
+
+Loaders yield the dict batches of `rev2net.batch` (uint8 frames, float16 flow, labels, optional
+`skipped` counts); `to_device` normalises them on the device. `fit` calls
+`train_loader.sampler.set_epoch(epoch)` where the sampler has it, so per-epoch shuffling and
+augmentation seeds are functions of (seed, epoch).
+
+Optimisation defaults (TrainerConfig) and why: neither Rev2Net paper states its optimiser; it trains
+I3D, which its paper and the public port train with SGD, momentum 0.9, learning rate 0.1 lowered in
+steps (the port: 160 clips per update, weight decay 1e-7). We keep SGD + momentum 0.9 and scale the
+rate linearly to the 8-16 clips a GPU holds at 32x224x224 (0.005-0.01; default 0.01); cosine
+annealing per epoch by default (no milestones to retune when a sweep varies `max_epochs`), a step
+schedule as the alternative; weight decay 1e-4, the usual value against overfitting on UCF101/HMDB51;
+no clipping by default (the unsquared norms' gradients are bounded by their weights and the KL's by
+the log-variance bound; `grad_clip` is there for aggressive rates); bf16 autocast on CUDA (no loss
+scaling needed), float32 on CPU. BatchNorm keeps the port's momentum 0.01 unless
+`model.bn_momentum` says otherwise: trials of a few dozen steps need 0.1, or validation runs on
+running statistics that have not moved from their initial values.
+
+Per-epoch metrics (names are binding; the analysis reads them): `train/loss` (total), `train/ce`,
+`train/ddp_high`, `train/ddp_low`, `train/flow`, `train/im` (only the computed terms), `train/top1`,
+`train/top5`, `val/loss`, `val/top1`, `val/top5` (when there is a validation loader), `lr` (the rate
+used in the epoch), `clips_per_s` (training clips per second of the training phase),
+`epoch_time_s` (training + validation), `skipped_videos` (unreadable videos replaced, training +
+validation). Accuracies are fractions in [0, 1]; losses are averaged over samples.
+
+The checkpoint (`EpochReport.state_dict()`) holds model, optimizer, scheduler, epoch, RNG states
+(python, numpy, torch, cuda) and `history`, every finished epoch's metrics; it is plain tensors,
+lists and numbers, so `torch.load(path, weights_only=True)` reads it, and training resumed from it
+continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rev2net.batch import FLOW, FRAMES, LABEL, SKIPPED, to_device
+from rev2net.losses import TERMS, LossConfig, needs, objective
+from rev2net.model import Rev2NetOutput
+
+SCHEDULES = ("cosine", "step")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+@dataclass
+class TrainerConfig:
+    """The `trainer.` config group (batch size and loader workers belong to the data config)."""
+
+    max_epochs: int = 40  # epochs of one trial
+    lr: float = 0.01  # SGD learning rate at the start (I3D's 0.1 at 160 clips per update, scaled to ~8-16 clips)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # L2 penalty on every parameter
+    schedule: str = "cosine"  # cosine (annealed to 0 over max_epochs) | step (x step_gamma every step_every epochs)
+    step_every: int = 10  # step schedule: epochs between decays
+    step_gamma: float = 0.1  # step schedule: decay factor
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    amp: str = "auto"  # auto (bf16 autocast on CUDA, off on CPU) | bf16 | off
+    seed: int = 0  # seeds python, numpy and torch (call seed_everything before build_model too)
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU; CPU is deterministic anyway)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"trainer.max_epochs={self.max_epochs!r} must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"trainer.lr={self.lr!r} must be a finite number > 0")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"trainer.momentum={self.momentum!r} must be in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"trainer.weight_decay={self.weight_decay!r} must be a finite number >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"trainer.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.step_every < 1:
+            raise ValueError(f"trainer.step_every={self.step_every!r} must be >= 1")
+        if not (math.isfinite(self.step_gamma) and 0 < self.step_gamma <= 1):
+            raise ValueError(f"trainer.step_gamma={self.step_gamma!r} must be in (0, 1]")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"trainer.grad_clip={self.grad_clip!r} must be a finite number >= 0 (0 = off)")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"trainer.amp={self.amp!r} is not one of {', '.join(AMP_MODES)}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as err:
+                raise ValueError(f"trainer.device={self.device!r} is not auto or a torch device "
+                                 "(cpu, cuda, cuda:N)") from err
+
+
+class DivergedError(RuntimeError):
+    """A loss term became NaN or infinite; `term` names it ("total" if only the sum overflowed)."""
+
+    _FIX = {"ce": "trainer.lr", "ddp_high": "loss.alpha", "ddp_low": "loss.beta", "flow": "loss.lambda_flow",
+            "im": "loss.lambda_im", "total": "trainer.lr"}
+
+    def __init__(self, term: str, value: float, epoch: int, step: int) -> None:
+        self.term, self.value, self.epoch, self.step = term, value, epoch, step
+        super().__init__(
+            f"loss term {term!r} diverged ({value}) at epoch {epoch}, step {step}; "
+            f"lower {self._FIX.get(term, 'trainer.lr')} or set trainer.grad_clip"
+        )
+
+
+class EpochReport:
+    """What `fit` hands to `on_epoch_end` after each epoch.
+
+    `epoch` is the number of finished epochs (1-based), `metrics` that epoch's metrics: the entry of
+    the history itself, so metrics a callback adds (e.g. a final extra evaluation) join the history
+    and the checkpoint. `state_dict()` builds the full checkpoint (a CPU copy) when called and is
+    valid only inside the callback, so callers that do not checkpoint this epoch do not pay for it.
+    """
+
+    def __init__(self, epoch: int, metrics: dict[str, float], state_fn: Callable[[], dict[str, Any]]) -> None:
+        self.epoch = epoch
+        self.metrics = metrics
+        self._state_fn: Optional[Callable[[], dict[str, Any]]] = state_fn
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._state_fn is None:
+            raise RuntimeError("EpochReport.state_dict() is valid only inside on_epoch_end (training has moved on)")
+        return self._state_fn()
+
+    def _expire(self) -> None:
+        self._state_fn = None
+
+    def __repr__(self) -> str:
+        return f"EpochReport(epoch={self.epoch}, metrics={self.metrics})"
+
+
+# ------------------------------------------------------------------------------------ utilities
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: Union[str, torch.device, None]) -> torch.device:
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """bf16 autocast where `amp` asks for it ("auto": on CUDA only)."""
+    enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_every, gamma=cfg.step_gamma)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state, as tensors, lists and numbers (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_copy(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _topk_correct(logits: Tensor, label: Tensor) -> Tensor:
+    """(correct@1, correct@5) as a (2,) tensor; top-5 is top-min(5, classes)."""
+    k = min(5, logits.shape[-1])
+    hits = logits.topk(k, dim=-1).indices == label[:, None]  # (B, k)
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).float()
+
+
+def _check_batch(batch: Any, keys: Iterable[str]) -> None:
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"loaders must yield dict batches (rev2net/batch.py), got {type(batch).__name__}")
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks {missing} (has {sorted(batch)}); see rev2net/batch.py")
+
+
+def _skipped(batch: Mapping[str, Any]) -> int:
+    skipped = batch.get(SKIPPED)
+    return int(skipped.sum()) if isinstance(skipped, Tensor) else 0
+
+
+def _logits(out: Union[Rev2NetOutput, Tensor]) -> Tensor:
+    return out.logits if isinstance(out, Rev2NetOutput) else out
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable[Mapping[str, Any]], device: Union[str, torch.device, None] = None,
+    *, amp: str = "auto",
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy and loss on clip-averaged scores, in eval mode (I3D only).
+
+    Frames may be (B, 3, T, H, W) or (B, K, 3, T, H, W); with K clips per video the softmax scores
+    are averaged over the clips, and `loss` is the cross-entropy of the averaged scores. Returns
+    `loss`, `top1`, `top5` (fractions) and `skipped_videos`. The model's train/eval mode is restored.
+    """
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(2, device=device)
+    count = skipped = 0
+    try:
+        for batch in loader:
+            _check_batch(batch, (FRAMES, LABEL))
+            skipped += _skipped(batch)
+            batch = to_device(batch, device)
+            frames, label = batch[FRAMES], batch[LABEL]
+            clips = frames.shape[1] if frames.dim() == 6 else 1
+            with autocast(device, amp):
+                logits = _logits(model(frames.flatten(0, 1) if frames.dim() == 6 else frames))
+            scores = logits.float().softmax(dim=-1).view(label.shape[0], clips, -1).mean(dim=1)  # (B, classes)
+            loss_sum += F.nll_loss(scores.clamp_min(1e-12).log(), label, reduction="sum")
+            correct += _topk_correct(scores, label)
+            count += label.shape[0]
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate got an empty loader")
+    top1, top5 = (correct / count).tolist()
+    return {"loss": loss_sum.item() / count, "top1": top1, "top5": top5, "skipped_videos": float(skipped)}
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def _train_epoch(
+    model: nn.Module, loader: Iterable[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
+    cfg: TrainerConfig, loss_cfg: LossConfig, device: torch.device, epoch: int,
+) -> tuple[dict[str, float], int, int]:
+    """One pass over `loader`; returns (averaged metrics, clips seen, skipped videos)."""
+    model.train()
+    need = needs(loss_cfg)
+    keys = (FRAMES, LABEL, FLOW) if need.flow else (FRAMES, LABEL)
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums: Optional[Tensor] = None
+    correct = torch.zeros(2, device=device)
+    names: list[str] = []
+    count = skipped = 0
+    for step, batch in enumerate(loader, start=1):
+        _check_batch(batch, keys)
+        skipped += _skipped(batch)
+        batch = to_device(batch, device)
+        frames, label = batch[FRAMES], batch[LABEL]
+        with autocast(device, cfg.amp):
+            out = model(frames, need=need)
+        terms = objective(out, label, frames, batch.get(FLOW), loss_cfg)
+        names = list(terms)
+        values = torch.stack([t.detach() for t in terms.values()])
+        if not bool(torch.isfinite(values).all()):  # the step's one host sync
+            bad = [n for n in (*TERMS, "total") if n in terms and not math.isfinite(terms[n].item())]
+            raise DivergedError(bad[0], terms[bad[0]].item(), epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        n = label.shape[0]
+        sums = values * n if sums is None else sums + values * n
+        correct += _topk_correct(out.logits.detach(), label)
+        count += n
+    if count == 0:
+        raise ValueError("the training loader yielded no batches")
+    means = (sums / count).tolist()
+    metrics = {("train/loss" if name == "total" else f"train/{name}"): value for name, value in zip(names, means)}
+    metrics["train/top1"], metrics["train/top5"] = (correct / count).tolist()
+    return metrics, count, skipped
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[Mapping[str, Any]],
+    val_loader: Optional[Iterable[Mapping[str, Any]]],
+    trainer_cfg: TrainerConfig,
+    loss_cfg: LossConfig,
+    *,
+    resume: Optional[Mapping[str, Any]] = None,
+    on_epoch_end: Optional[Callable[[EpochReport], None]] = None,
+    device: Union[str, torch.device, None] = None,
+) -> list[dict[str, float]]:
+    """Train `model` for `trainer_cfg.max_epochs` epochs (continuing `resume`, a state from
+    `EpochReport.state_dict()`); return the history of per-epoch metrics.
+
+    Raises DivergedError as soon as a loss term is NaN or infinite (before the update)."""
+    trainer_cfg.validate()
+    loss_cfg.validate()
+    device = resolve_device(device if device is not None else trainer_cfg.device)
+    if trainer_cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not trainer_cfg.deterministic
+    model.to(device)
+    optimizer = build_optimizer(model, trainer_cfg)
+    scheduler = build_scheduler(optimizer, trainer_cfg)
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume is None:
+        seed_everything(trainer_cfg.seed)
+    else:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = [dict(m) for m in resume["history"]]
+        start = int(resume["epoch"])
+        set_rng_state(resume["rng"])
+
+    for epoch in range(start, trainer_cfg.max_epochs):
+        started = time.perf_counter()
+        for sampler in (getattr(train_loader, "sampler", None), getattr(train_loader, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        metrics, clips, skipped = _train_epoch(model, train_loader, optimizer, trainer_cfg, loss_cfg, device, epoch + 1)
+        train_time = time.perf_counter() - started
+        if val_loader is not None:
+            val = evaluate(model, val_loader, device, amp=trainer_cfg.amp)
+            skipped += int(val.pop("skipped_videos"))
+            metrics.update({f"val/{k}": v for k, v in val.items()})
+        scheduler.step()
+        metrics.update(lr=lr, clips_per_s=clips / train_time, epoch_time_s=time.perf_counter() - started,
+                       skipped_videos=float(skipped))
+        history.append(metrics)
+        if on_epoch_end is not None:
+            rng = rng_state()  # taken now: the callback can neither see nor perturb the training RNG stream
+
+            def state(done: int = epoch + 1, rng: dict[str, Any] = rng) -> dict[str, Any]:
+                return _cpu_copy({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": done, "rng": rng,
+                    "history": [dict(m) for m in history], "trainer": asdict(trainer_cfg),
+                })
+
+            report = EpochReport(epoch + 1, metrics, state)
+            try:
+                on_epoch_end(report)
+            finally:
+                report._expire()
+                set_rng_state(rng)
+    return history

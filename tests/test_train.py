@@ -1,0 +1,220 @@
+"""One trial's loop on generated tensors: it overfits a few clips, resumes bit-identically, names a
+diverged term, reports the binding metrics, and evaluates clip-averaged scores."""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, default_collate
+
+from rev2net.batch import normalize_frames
+from rev2net.losses import LossConfig
+from rev2net.model import build_model, model_config
+from rev2net.train import DivergedError, EpochReport, TrainerConfig, evaluate, fit, seed_everything
+
+ZERO = dict(alpha=0.0, beta=0.0, lambda_flow=0.0, lambda_im=0.0)
+TIMING = {"clips_per_s", "epoch_time_s"}
+
+
+def as_batch(items):
+    frames, flow, label, skipped = default_collate(items)
+    return {"frames": frames, "flow": flow, "label": label, "skipped": skipped}
+
+
+def clips(n: int = 4, classes: int = 4, frames: int = 8, size: int = 32, skipped: int = 0, flow_value=None):
+    """n uint8 clips with float16 flow at half resolution (the batch contract), labels 0..classes-1."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, frames, size, size), dtype=torch.uint8, generator=g)
+    flow = torch.randn(n, 2, frames - 1, size // 2, size // 2, generator=g) * 3
+    if flow_value is not None:
+        flow.fill_(flow_value)
+    return TensorDataset(x, flow.half(), torch.arange(n) % classes, torch.full((n,), skipped))
+
+
+def loader(dataset, batch: int = 4, seed: int = 1, sampler_cls=DistributedSampler) -> DataLoader:
+    sampler = sampler_cls(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=as_batch)
+
+
+def tiny(variant: str = "rev2net", classes: int = 4, seed: int = 0, **overrides):
+    seed_everything(seed)
+    return build_model(model_config(variant, width=0.125, **overrides), num_classes=classes)
+
+
+def test_overfits_a_few_fixed_clips() -> None:
+    data = clips(n=4, classes=4)
+    history = fit(tiny(dropout=0.0), loader(data), None, TrainerConfig(max_epochs=20, lr=0.05), LossConfig())
+    first, last = history[0], history[-1]
+    assert last["train/ce"] < 0.1 * first["train/ce"], f"CE {first['train/ce']:.3f} -> {last['train/ce']:.3f}"
+    assert last["train/loss"] < first["train/loss"]
+    assert last["train/flow"] < first["train/flow"] and last["train/im"] < first["train/im"]
+    assert last["train/top1"] == 1.0, f"train top-1 {last['train/top1']}"
+
+
+def test_metrics_have_the_binding_names() -> None:
+    data = clips(n=4, skipped=1)
+    history = fit(tiny(), loader(data), loader(data, batch=2), TrainerConfig(max_epochs=1, lr=0.01), LossConfig())
+    metrics = history[0]
+    assert set(metrics) == {
+        "train/loss", "train/ce", "train/ddp_high", "train/ddp_low", "train/flow", "train/im", "train/top1",
+        "train/top5", "val/loss", "val/top1", "val/top5", "lr", "clips_per_s", "epoch_time_s", "skipped_videos",
+    }
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("train/top1", "train/top5", "val/top1", "val/top5"))
+    assert metrics["skipped_videos"] == 8.0, "4 training + 4 validation clips, one skipped video each"
+    assert metrics["lr"] == 0.01
+
+
+def test_only_computed_terms_are_reported_and_validation_is_optional() -> None:
+    data = clips(n=4)
+    history = fit(tiny("i3d"), loader(data), None, TrainerConfig(max_epochs=1), LossConfig(**ZERO))
+    assert {k for k in history[0] if k.startswith(("train/", "val/"))} == {
+        "train/loss", "train/ce", "train/top1", "train/top5"}
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("cosine", [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]),
+    ("step", [0.1, 0.1, 0.05, 0.05]),
+])
+def test_lr_schedule_per_epoch(schedule: str, expected: list[float]) -> None:
+    data = clips(n=2, frames=4, size=16)
+    cfg = TrainerConfig(max_epochs=4, lr=0.1, schedule=schedule, step_every=2, step_gamma=0.5)
+    history = fit(tiny("i3d"), loader(data, batch=2), None, cfg, LossConfig(**ZERO))
+    assert [m["lr"] for m in history] == pytest.approx(expected)
+
+
+def test_sampler_epoch_is_set_every_epoch() -> None:
+    epochs = []
+
+    class Recording(DistributedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            epochs.append(epoch)
+            super().set_epoch(epoch)
+
+    data = clips(n=2, frames=4, size=16)
+    recording = loader(data, batch=2, sampler_cls=Recording)
+    fit(tiny("i3d"), recording, None, TrainerConfig(max_epochs=3), LossConfig(**ZERO))
+    assert epochs == [0, 1, 2]
+
+
+def test_resume_continues_bit_identically() -> None:
+    data = clips(n=8)
+    cfg = TrainerConfig(max_epochs=4, lr=0.05, grad_clip=5.0, seed=3)
+    saved: dict[int, bytes] = {}
+
+    def checkpoint_and_disturb(report: EpochReport) -> None:
+        buffer = io.BytesIO()
+        torch.save(report.state_dict(), buffer)
+        saved[report.epoch] = buffer.getvalue()
+        torch.rand(10), random.random(), np.random.rand()  # a callback must not change the training
+
+    model = tiny(seed=0)  # dropout and the Gaussian samples draw from the RNGs every step
+    history = fit(model, loader(data), loader(data), cfg, LossConfig(), on_epoch_end=checkpoint_and_disturb)
+
+    state = torch.load(io.BytesIO(saved[2]), weights_only=True)  # plain tensors, lists and numbers
+    assert state["epoch"] == 2 and state["history"] == history[:2]
+    resumed = tiny(seed=99)  # other initial weights: everything must come from the state
+    torch.rand(5)  # and other RNG positions
+    resumed_history = fit(resumed, loader(data), loader(data), cfg, LossConfig(), resume=state)
+
+    assert resumed_history[:2] == history[:2]
+    for epoch in (2, 3):
+        for key, value in history[epoch].items():
+            if key not in TIMING:
+                assert resumed_history[epoch][key] == value, f"epoch {epoch + 1} {key}"
+    for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), f"{name} differs after resuming"
+
+
+def test_callback_metrics_join_the_history_and_state_expires() -> None:
+    reports: list[EpochReport] = []
+
+    def add_metric(report: EpochReport) -> None:
+        report.metrics["shuffle/complete/top1"] = 0.5
+        assert report.state_dict()["history"][-1]["shuffle/complete/top1"] == 0.5
+        reports.append(report)
+
+    data = clips(n=2, frames=4, size=16)
+    history = fit(tiny("i3d"), loader(data, batch=2), None, TrainerConfig(max_epochs=2), LossConfig(**ZERO),
+                  on_epoch_end=add_metric)
+    assert [r.epoch for r in reports] == [1, 2]
+    assert all(m["shuffle/complete/top1"] == 0.5 for m in history)
+    with pytest.raises(RuntimeError, match="only inside on_epoch_end"):
+        reports[0].state_dict()
+
+
+def test_a_nan_flow_target_is_caught_and_named() -> None:
+    model = tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(DivergedError, match="'flow'.*epoch 1, step 1.*loss.lambda_flow") as caught:
+        fit(model, loader(clips(flow_value=float("nan"))), None, TrainerConfig(max_epochs=2), LossConfig())
+    assert (caught.value.term, caught.value.epoch, caught.value.step) == ("flow", 1, 1)
+    assert math.isnan(caught.value.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "no update from a diverged step"
+
+
+def test_an_infinite_classifier_is_caught_as_ce() -> None:
+    model = tiny()
+    with torch.no_grad():
+        model.encoder.logits.conv3d.bias.fill_(float("inf"))
+    with pytest.raises(DivergedError) as caught:
+        fit(model, loader(clips()), None, TrainerConfig(max_epochs=1), LossConfig())
+    assert caught.value.term == "ce"
+
+
+def test_evaluate_averages_softmax_scores_over_clips() -> None:
+    model = tiny("i3d", classes=5).train()
+    g = torch.Generator().manual_seed(0)
+    batches = [{"frames": torch.randint(0, 256, (3, 2, 3, 8, 32, 32), dtype=torch.uint8, generator=g),
+                "label": torch.tensor([0, 1, 4]), "skipped": torch.tensor([0, 2, 0])} for _ in range(2)]
+    result = evaluate(model, batches, "cpu")
+    assert model.training, "evaluate restores the model's mode"
+    model.eval()
+    with torch.no_grad():
+        scores = torch.cat([model(normalize_frames(b["frames"]).flatten(0, 1)).logits.softmax(-1).view(3, 2, 5).mean(1)
+                            for b in batches])
+    labels = torch.cat([b["label"] for b in batches])
+    assert result["top1"] == pytest.approx((scores.argmax(1) == labels).float().mean().item())
+    top5 = (scores.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+    assert result["top5"] == pytest.approx(top5) == 1.0
+    assert result["loss"] == pytest.approx(-scores[torch.arange(6), labels].log().mean().item(), rel=1e-5)
+    assert result["skipped_videos"] == 4.0
+
+
+def test_batches_must_follow_the_contract() -> None:
+    data = clips(n=2, frames=4, size=16)
+    tuples = DataLoader(data, batch_size=2)
+    with pytest.raises(TypeError, match="dict batches"):
+        fit(tiny("i3d"), tuples, None, TrainerConfig(max_epochs=1), LossConfig(**ZERO))
+    no_flow = [{"frames": b["frames"], "label": b["label"]} for b in loader(data, batch=2)]
+    with pytest.raises(KeyError, match="flow"):
+        fit(tiny(), no_flow, None, TrainerConfig(max_epochs=1), LossConfig())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(max_epochs=0), "trainer.max_epochs=0"),
+    (dict(lr=0.0), "trainer.lr=0.0"),
+    (dict(lr=float("nan")), "trainer.lr=nan"),
+    (dict(momentum=1.0), "trainer.momentum=1.0"),
+    (dict(schedule="linear"), "trainer.schedule='linear' is not one of cosine, step"),
+    (dict(amp="fp16"), "trainer.amp='fp16' is not one of auto, bf16, off"),
+    (dict(grad_clip=-1.0), "trainer.grad_clip=-1.0"),
+    (dict(step_gamma=0.0), "trainer.step_gamma=0.0"),
+    (dict(device="tpu:x"), "trainer.device='tpu:x'"),
+])
+def test_trainer_config_names_the_bad_key(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainerConfig(**overrides)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_epoch_in_bf16_on_cuda() -> None:
+    data = clips(n=4)
+    history = fit(tiny(), loader(data), loader(data), TrainerConfig(max_epochs=1, device="cuda"), LossConfig())
+    assert all(math.isfinite(v) for v in history[0].values())
