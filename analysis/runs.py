@@ -68,7 +68,8 @@ def _typed(key: str, value: Optional[str]) -> Any:
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while MLflow materialises many small objects (see above)."""
+    """Pause the cyclic garbage collector while MLflow materialises many small objects (see above).
+    The switch is process-wide; the previous state is restored on exit, whatever happens."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -78,11 +79,10 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str,
-            page_size: int = PAGE_SIZE) -> Iterable:
+def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> Iterable:
     token = None
     while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=page_size,
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=PAGE_SIZE,
                                   page_token=token)
         yield from page
         token = page.token
@@ -298,7 +298,9 @@ def variant_of(runs: pd.DataFrame) -> pd.Series:
 
 
 def _finite(values: pd.Series) -> pd.Series:
-    return values.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    """A boolean mask: the values that are finite numbers (None, NaN, inf and text are not)."""
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return pd.Series(np.isfinite(numeric), index=values.index, dtype=bool)
 
 
 def rank_trials(runs: pd.DataFrame, *, metric: str = "val/top1", mode: str = "max", keys: Sequence[str] = WEIGHTS,
@@ -315,7 +317,7 @@ def rank_trials(runs: pd.DataFrame, *, metric: str = "val/top1", mode: str = "ma
                           f"{', '.join(c for c in runs.columns if '/' in c) or 'none'}")
     finite = _finite(pool[metric])
     excluded = pool.loc[~finite, "run_id"].tolist()
-    pool = pool[finite].copy()
+    pool = pool.loc[finite].copy()
     missing = [k for k in keys if k not in pool]
     if missing and not pool.empty:
         raise LookupError(f"the trials have no param {', '.join(missing)}")

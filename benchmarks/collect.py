@@ -1,0 +1,161 @@
+"""Reading a 1296-trial coarse sweep back from MLflow: how long `load_runs` and the report take.
+
+    .venv/bin/python benchmarks/collect.py [--runs 1296] [--epochs 10] [--store DIR] [--repeat 3]
+
+Fills a fresh SQLite store through MLflow's own client, laid out as the sweep writes it (a parent
+run, then per trial: `create_run` with the trial's tags, one `log_batch` with its params, every
+epoch's metrics and its final status, `set_terminated`): the factorial coarse grid, 15 metrics per
+epoch (the loss terms only where their weight is > 0), values from orchestration.simulate.score.
+Filling is not timed against a target (about 1 min). With --store DIR an existing filled store there
+is reused.
+
+Then it times, in this process:
+  * load_runs: the DataFrame with final and best-epoch metrics (first call: with MLflow's engine
+    and schema check; then warm calls), the target being < 5 s for 1296 runs on 2 cores;
+  * its parts: search_runs alone with the garbage collector running and paused, and the bulk
+    val/top1 + val/top5 histories;
+  * analysis.report: build (tables, figures) and write (md/csv/tex/png) for the experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+GRID = (0.0, 0.0001, 0.001, 0.1, 1.0, 10.0)
+EXPERIMENT = "rev2net-synthetic"
+TERMS = {"ddp_high": "loss.alpha", "ddp_low": "loss.beta", "flow": "loss.lambda_flow", "im": "loss.lambda_im"}
+
+
+def fill(uri: str, n_runs: int, epochs: int) -> float:
+    """The coarse factorial sweep's MLflow layout, `n_runs` trials of `epochs` epochs; returns seconds."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    from orchestration.simulate import score
+
+    started = time.perf_counter()
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment(EXPERIMENT)
+    sweep = "coarse-factorial-bench"
+    parent = c.create_run(exp, run_name="coarse · factorial · bench", tags={
+        "rev2net.role": "stage", "rev2net.stage": "coarse", "rev2net.mode": "factorial", "rev2net.sweep_id": sweep,
+        "mlflow.source.git.commit": "bench"}).info.run_id
+    c.log_batch(parent, params=[Param(k, str(v)) for k, v in {
+        "stage": "coarse", "mode": "factorial", "algorithm": "grid", "trials": n_runs, "scheduler": "fifo",
+        "data.name": "synthetic", "trainer.max_epochs": epochs, "search.metric": "val/top1"}.items()])
+    points = list(itertools.product(GRID, repeat=4))[:n_runs]
+    for i, (a, b, f, im) in enumerate(points):
+        weights = {"loss.alpha": a, "loss.beta": b, "loss.lambda_flow": f, "loss.lambda_im": im}
+        run = c.create_run(exp, run_name=f"α={a:g} β={b:g} λf={f:g} λi={im:g}", tags={
+            "mlflow.parentRunId": parent, "rev2net.role": "trial", "rev2net.sweep_id": sweep,
+            "rev2net.trial_key": f"bench{i:05d}", "rev2net.stage": "coarse", "ray.trial_id": f"bench_{i:05d}",
+            "rev2net.status": "running", "rev2net.logged_epoch": "0"}).info.run_id
+        params = {**weights, "model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both",
+                  "model.decoder_arch": "paper", "model.width": 0.25, "model.pretrained": None, "data.name": "synthetic",
+                  "data.split": 1, "data.frames": 16, "data.frame_stride": 1, "data.crop_size": 64,
+                  "data.class_map": None, "data.eval_name": None, "trainer.seed": 0, "trainer.max_epochs": epochs,
+                  "trainer.lr": 0.05, "trainer.schedule": "cosine", "data.batch_size": 8}
+        target = score(SimpleNamespace(alpha=a, beta=b, lambda_flow=f, lambda_im=im))
+        now = int(time.time() * 1000)
+        metrics = []
+        for e in range(1, epochs + 1):
+            p = e / epochs
+            val = target * (0.5 + 0.5 * p) + 0.001 * ((i * 7 + e) % 5)
+            values = {"train/loss": 2.0 - p, "train/ce": 1.8 - 0.9 * p, "train/top1": min(1.0, val + 0.05),
+                      "train/top5": min(1.0, val + 0.1), "val/loss": 2.2 - p, "val/top1": val,
+                      "val/top5": min(1.0, val + 0.08), "lr": 0.05 * (1 - p), "clips_per_s": 40.0,
+                      "epoch_time_s": 12.0, "skipped_videos": 0.0}
+            values.update({f"train/{t}": 1.0 / e for t, k in TERMS.items() if weights[k] > 0})
+            metrics.extend(Metric(k, v, now + e, e) for k, v in values.items())
+        c.log_batch(run, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
+                    tags=[RunTag("rev2net.logged_epoch", str(epochs)), RunTag("rev2net.status", "completed")])
+        c.set_terminated(run, "FINISHED")
+    c.set_terminated(parent, "FINISHED")
+    return time.perf_counter() - started
+
+
+def timed(fn, repeat: int = 1) -> tuple[list[float], object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1296, help="child runs (1296 = the factorial coarse grid)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--store", help="folder for mlflow.db (kept; reused when already filled); default: a temp dir")
+    parser.add_argument("--repeat", type=int, default=3, help="warm repetitions of each timing")
+    args = parser.parse_args()
+
+    tmp = None if args.store else tempfile.TemporaryDirectory(prefix="collect-bench-")
+    folder = Path(args.store or tmp.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "mlflow.db"
+    uri = f"sqlite:///{db.resolve()}"
+
+    t = time.perf_counter()
+    from mlflow import MlflowClient
+
+    from analysis import report
+    from analysis.runs import _gc_paused, _histories, load_runs
+    t_import = time.perf_counter() - t
+
+    filled = db.exists()
+    t_fill = 0.0 if filled else fill(uri, args.runs, args.epochs)
+
+    cold, frame = timed(lambda: load_runs(uri, EXPERIMENT))
+    warm, frame = timed(lambda: load_runs(uri, EXPERIMENT), args.repeat)
+    no_best, _ = timed(lambda: load_runs(uri, EXPERIMENT, best_epoch=False), args.repeat)
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+    def search():
+        return client.search_runs([exp_id], "tags.`rev2net.role` = 'trial'", max_results=5000)
+
+    gc_on, runs = timed(search, args.repeat)
+    with _gc_paused():
+        gc_off, _ = timed(search, args.repeat)
+    ids = [r.info.run_id for r in runs]
+    with _gc_paused():
+        hist, h = timed(lambda: _histories(client, ids, ["val/top1", "val/top5"]), args.repeat)
+
+    out = folder / "report"
+    t_build, built = timed(lambda: report.build(uri, EXPERIMENT))
+    t_write, paths = timed(lambda: report.write(built, out))
+
+    med = statistics.median
+    print(f"machine: {os.cpu_count()} CPUs · Python {sys.version.split()[0]} · store {uri}")
+    print(f"store:   {len(frame)} child runs × {args.epochs} epochs, {len(h)} val/top1+val/top5 points"
+          + (" (reused)" if filled else f", filled in {t_fill:.1f} s through MlflowClient"))
+    print(f"import analysis (mlflow, pandas, matplotlib):   {t_import:6.2f} s")
+    print(f"load_runs, first call (engine + schema check):  {cold[0]:6.2f} s")
+    print(f"load_runs, warm (median of {args.repeat}):               {med(warm):6.2f} s   "
+          f"target < 5 s -> {'met' if max(cold[0], med(warm)) < 5 else 'MISSED'}")
+    print(f"  without best-epoch columns:                   {med(no_best):6.2f} s")
+    print(f"  search_runs alone, gc running / paused:       {med(gc_on):6.2f} s / {med(gc_off):.2f} s")
+    print(f"  best-epoch histories (2 bulk queries):        {med(hist):6.2f} s")
+    print(f"report.build (load, {len(built.tables)} tables, {len(built.figures)} figures):   {t_build[0]:6.2f} s")
+    print(f"report.write ({len(paths)} files: md/csv/tex/png):        {t_write[0]:6.2f} s   -> {out}")
+    gc.collect()
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
