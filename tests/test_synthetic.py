@@ -107,3 +107,18 @@ def test_cli_reports_end_point_errors(tmp_path, capsys):
 def test_parameters_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**{field: value})
+
+
+def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):
+    """The flow pool spawns workers that re-run the calling script; without a `__main__` guard they
+    would re-enter ensure_synthetic and wait forever on the parent's lock."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("from rev2net.data import ensure_synthetic, SyntheticConfig\n"
+                      f"ensure_synthetic({str(tmp_path / 'ds')!r}, SyntheticConfig(classes=1, videos_per_class=3, "
+                      "frames=4, size=32), progress=False, workers=2)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "needs `if __name__ == '__main__':`" in done.stderr

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, defa
 from rev2net.batch import normalize_frames
 from rev2net.losses import LossConfig
 from rev2net.model import build_model, model_config
-from rev2net.train import DivergedError, EpochReport, TrainerConfig, evaluate, fit, seed_everything
+from rev2net.train import DivergedError, EpochReport, TrainerConfig, build_optimizer, evaluate, fit, seed_everything
 
 ZERO = dict(alpha=0.0, beta=0.0, lambda_flow=0.0, lambda_im=0.0)
 TIMING = {"clips_per_s", "epoch_time_s"}
@@ -88,6 +88,14 @@ def test_lr_schedule_per_epoch(schedule: str, expected: list[float]) -> None:
     assert [m["lr"] for m in history] == pytest.approx(expected)
 
 
+def test_optimizer_choice() -> None:
+    model = tiny("i3d")
+    adamw = build_optimizer(model, TrainerConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 0.01
+    sgd = build_optimizer(model, TrainerConfig())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+
+
 def test_sampler_epoch_is_set_every_epoch() -> None:
     epochs = []
 
@@ -102,9 +110,11 @@ def test_sampler_epoch_is_set_every_epoch() -> None:
     assert epochs == [0, 1, 2]
 
 
-def test_resume_continues_bit_identically() -> None:
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_continues_bit_identically(optimizer: str) -> None:
     data = clips(n=8)
-    cfg = TrainerConfig(max_epochs=4, lr=0.05, grad_clip=5.0, seed=3)
+    cfg = TrainerConfig(max_epochs=4, lr=0.05 if optimizer == "sgd" else 0.002, grad_clip=5.0, seed=3,
+                        optimizer=optimizer)
     saved: dict[int, bytes] = {}
 
     def checkpoint_and_disturb(report: EpochReport) -> None:
@@ -202,6 +212,7 @@ def test_batches_must_follow_the_contract() -> None:
     (dict(lr=float("nan")), "trainer.lr=nan"),
     (dict(momentum=1.0), "trainer.momentum=1.0"),
     (dict(schedule="linear"), "trainer.schedule='linear' is not one of cosine, step"),
+    (dict(optimizer="adam"), "trainer.optimizer='adam' is not one of sgd, adamw"),
     (dict(amp="fp16"), "trainer.amp='fp16' is not one of auto, bf16, off"),
     (dict(grad_clip=-1.0), "trainer.grad_clip=-1.0"),
     (dict(step_gamma=0.0), "trainer.step_gamma=0.0"),

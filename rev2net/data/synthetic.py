@@ -30,6 +30,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import time
@@ -266,6 +267,11 @@ def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progre
     `root` either does not exist or is complete. A `root` holding another generated dataset, or
     anything else, is an error rather than overwritten.
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A worker of the flow extraction pool (start method "spawn") is re-running the caller's
+        # script: without this check it would wait forever on the lock its parent holds.
+        raise RuntimeError("ensure_synthetic was called while a worker process was starting; the calling script "
+                           "needs `if __name__ == '__main__':` around its main code (multiprocessing 'spawn')")
     params = params or SyntheticConfig()
     root = os.path.abspath(os.path.expanduser(root))
     wanted = dataclasses.asdict(params)
