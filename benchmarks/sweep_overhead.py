@@ -75,7 +75,7 @@ def main() -> None:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:
         t_bare = bare(args.trials, args.epochs, args.cpus_per_trial, f"{tmp}/bare")
         t_ours, n_runs, result = ours(args.trials, args.epochs, args.cpus_per_trial, tmp)

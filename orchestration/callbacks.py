@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, TextIO
@@ -11,6 +12,8 @@ from ray import tune
 from orchestration import tracking
 from orchestration.spaces import point_key
 from orchestration.trainable import run_name, trial_point
+
+log = logging.getLogger(__name__)
 
 
 def _error_reason(trial: Any) -> str:
@@ -25,12 +28,20 @@ def _error_reason(trial: Any) -> str:
 
 
 class StatusCallback(tune.Callback):
-    """Marks each child run completed / stopped_early / failed (with the reason) when its trial ends."""
+    """Marks each child run completed / stopped_early / failed (with the reason) when its trial ends.
 
-    def __init__(self, tracking_uri: str, experiment_id: str, sweep_id: str, max_epochs: int):
+    Runs in Tune's event loop, so it never blocks on, nor dies of, a tracking server that is away:
+    a status it cannot set is kept and tried again every `retry_every_s` and, at the end of the
+    experiment, for up to `flush_timeout_s`."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, sweep_id: str, max_epochs: int,
+                 flush_timeout_s: float = 600.0, retry_every_s: float = 15.0):
         self.tracking_uri, self.experiment_id, self.sweep_id, self.max_epochs = \
             tracking_uri, experiment_id, sweep_id, max_epochs
+        self.flush_timeout_s, self.retry_every_s = flush_timeout_s, retry_every_s
         self._client = None
+        self._pending: list[dict[str, Any]] = []  # statuses not set yet: run_id or trial key, status, reason
+        self._last_try = 0.0
 
     @property
     def client(self):
@@ -41,31 +52,59 @@ class StatusCallback(tune.Callback):
     def __getstate__(self):  # Tune pickles callbacks with its state; clients are rebuilt on restore
         return {**self.__dict__, "_client": None}
 
-    def _run_id(self, trial: Any) -> str | None:
+    def _set(self, status: dict[str, Any]) -> None:
+        run_id = status["run_id"]
+        if run_id is None:
+            found = tracking._find(self.client, self.experiment_id, {tracking.TAG_TRIAL_KEY: status["key"]})
+            if not found:
+                return  # the trial ended before its run was created: nothing to mark
+            run_id = found[0].info.run_id
+        tracking.finish(self.client, run_id, status=status["status"], reason=status["reason"], attempts=2)
+
+    def _flush(self, timeout_s: float = 0.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        delay = 1.0
+        while self._pending:
+            self._last_try = time.monotonic()
+            try:
+                self._set(self._pending[0])
+                self._pending.pop(0)
+                continue
+            except Exception as e:  # noqa: BLE001 - whatever the store says, the sweep goes on
+                log.warning("MLflow unreachable; %d trial status(es) kept for later: %s", len(self._pending),
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+            if time.monotonic() + delay > deadline:
+                return
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+
+    def _end(self, trial: Any, status: str, reason: str | None = None) -> None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
-        if run_id:
-            return run_id
         key = tracking.trial_key(self.sweep_id, point_key(trial_point(trial.config)))
-        found = tracking._find(self.client, self.experiment_id, {tracking.TAG_TRIAL_KEY: key})
-        return found[0].info.run_id if found else None
+        self._pending.append({"run_id": run_id, "key": key, "status": status, "reason": reason})
+        self._flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
         result = trial.last_result or {}
         if result.get("diverged"):
-            tracking.finish(self.client, run_id, status="failed", reason=str(result.get("failure_reason")))
+            self._end(trial, "failed", str(result.get("failure_reason")))
         elif int(result.get("epoch", 0)) < self.max_epochs:
-            tracking.finish(self.client, run_id, status="stopped_early",
-                            reason=f"stopped by the scheduler after epoch {result.get('epoch', 0)}")
+            self._end(trial, "stopped_early", f"stopped by the scheduler after epoch {result.get('epoch', 0)}")
         else:
-            tracking.finish(self.client, run_id, status="completed")
+            self._end(trial, "completed")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        if run_id is not None:
-            tracking.finish(self.client, run_id, status="failed", reason=_error_reason(trial))
+        self._end(trial, "failed", _error_reason(trial))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._pending and time.monotonic() - self._last_try > self.retry_every_s:
+            self._flush()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._flush(timeout_s=self.flush_timeout_s)
+        if self._pending:
+            log.error("%d trial status(es) could not be set in MLflow at %s; run the same command again to set them",
+                      len(self._pending), self.tracking_uri)
 
 
 def _duration(seconds: float) -> str:
@@ -96,6 +135,7 @@ class ProgressCallback(tune.Callback):
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.epochs_at_start = 0
+        self.done_at_start = 0
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "stream"} | {"stream": None}
@@ -143,13 +183,14 @@ class ProgressCallback(tune.Callback):
                     self.done.add(t.trial_id)
                     self.epochs[t.trial_id] = int((t.last_result or {}).get("epoch", self.max_epochs))
             self.epochs_at_start = sum(self.epochs.values())
+            self.done_at_start = len(self.done)
         self.print()
 
     def eta(self) -> str:
         total = self.total * self.max_epochs
         done = sum(self.epochs.values())
         new = done - self.epochs_at_start
-        if new <= 0:
+        if new <= 0 or len(self.done) == self.done_at_start:  # start-up would dominate the estimate
             return "?"
         rate = new / (time.monotonic() - self.started)
         return _duration((total - done) / rate) if total > done else "0s"

@@ -8,7 +8,7 @@ Groups, one per concern (the YAML options live in orchestration/conf/<group>/):
     trainer    one trial's optimisation  rev2net.train.TrainerConfig   default
     search     what is searched, how     SearchConfig                  grid | optuna
     scheduler  early stopping            SchedulerConfig               fifo | asha
-    cluster    where trials run          RayConfig + TrialConfig       local | gpu
+    cluster    where trials run          RayConfig + TrialConfig       local | gpu | gpu_shared | gpu_ddp
     mlflow     where runs are logged     MlflowConfig                  local
 
 The schema is registered first in the defaults list, so every option and every command-line
@@ -40,6 +40,11 @@ from rev2net.train import TrainerConfig
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 SEARCH_ALGORITHMS = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
+
+
+def _has_password(uri: str) -> bool:
+    """`scheme://user:password@host...`: credentials written into a URI."""
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", uri))
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -115,15 +120,27 @@ class TrialConfig:
     runner: str = "rev2net.trial:run_trial"  # the function one trial runs ("module:function")
     runner_args: Dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the runner
     reuse_actors: bool = True        # reuse Ray workers between trials (saves ~1 s per trial)
+    processes: int = 0               # data-parallel (DDP) processes per trial, on one node: 0 = one per GPU when
+                                     # trial.gpus >= 2, else 1; > 1 without GPUs = CPU processes (gloo)
 
     def __post_init__(self) -> None:
         _check(self.cpus > 0, "trial.cpus", self.cpus, "a number > 0")
         _check(self.gpus is None or self.gpus >= 0, "trial.gpus", self.gpus, "null or a number >= 0")
         _check(self.gpus is None or self.gpus <= 1 or float(self.gpus).is_integer(), "trial.gpus", self.gpus,
                "a fraction up to 1, or a whole number of GPUs")
+        _check(self.processes >= 0, "trial.processes", self.processes, "an integer >= 0 (0 = one per GPU)")
+        if self.processes > 1 and self.gpus:
+            _check(self.gpus >= 2 and self.processes == self.gpus, "trial.processes", self.processes,
+                   f"0 or trial.gpus={self.gpus:g}: a data-parallel trial runs one process per whole GPU")
         _check(self.max_failures >= 0, "trial.max_failures", self.max_failures, "an integer >= 0")
         _check(self.keep_checkpoints >= 1, "trial.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(":" in self.runner, "trial.runner", self.runner, "'module:function'")
+
+    def world_size(self) -> int:
+        """The trial's data-parallel processes (1: no DDP)."""
+        if self.processes:
+            return self.processes
+        return int(self.gpus) if self.gpus and self.gpus >= 2 else 1
 
 
 @dataclass
@@ -138,6 +155,10 @@ class MlflowConfig:
     def __post_init__(self) -> None:
         _check(bool(re.match(r"^[a-z][a-z0-9+.-]*:", self.tracking_uri)) or "/" in self.tracking_uri,
                "mlflow.tracking_uri", self.tracking_uri, "a URI such as sqlite:///mlflow.db or http://host:5000")
+        if _has_password(self.tracking_uri):  # the resolved config is logged with every stage
+            raise ValueError("mlflow.tracking_uri holds a password, which would be logged with the config: put the "
+                             "credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a tracking server) "
+                             "or PGPASSWORD / ~/.pgpass (a database URI) instead")
         _check(self.flush_timeout_s >= 0, "mlflow.flush_timeout_s", self.flush_timeout_s, "a number >= 0")
 
 

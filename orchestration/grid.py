@@ -1,6 +1,6 @@
 """Run one stage of the Rev2Net sweep.
 
-    python orchestration/grid.py --stage coarse|fine|ablation [--dry-run [--json]] [--resume | --fresh] [overrides]
+    python orchestration/grid.py --stage coarse|fine|ablation [--then STAGES] [--dry-run [--json]] [--resume | --fresh] [overrides]
 
 Overrides are Hydra's: `key=value` or `group=option`, e.g.
     data=ucf101 data.root=/data/UCF101 search.mode=factorial scheduler=asha trial.gpus=0.5 ray.address=auto
@@ -8,6 +8,10 @@ Overrides are Hydra's: `key=value` or `group=option`, e.g.
 Running the same command again continues an interrupted stage (automatically; --resume insists
 on it, --fresh starts it over). Every mistake found before the first trial is one line on stderr
 and exit status 2.
+
+`--then fine,ablation` runs those stages after this one, each skipped if it has finished already,
+so the same command on a schedule always continues the pipeline (orchestration/pipeline.py).
+Overrides written `<stage>:key=value` apply to that stage only, e.g. `coarse:trial.gpus=0.25`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def _fmt(value) -> str:
 
 def format_plan(cfg, plan) -> str:
     """The dry run: trials, the exact values, resources, concurrency and trial-epochs."""
-    from orchestration.config import experiment_name
+    from orchestration.config import experiment_name, to_objects
     from orchestration.stage import (experiment_dir, local_resources, max_concurrency, sweep_id, trial_epochs,
                                      trial_resources)
 
@@ -51,6 +55,8 @@ def format_plan(cfg, plan) -> str:
     if plan.shuffle_protocols:
         lines.append(f"  evaluated at the end under frame shuffles: {', '.join(plan.shuffle_protocols)}")
     res = f"{_fmt(resources['cpu'])} CPU, {_fmt(resources['gpu'])} GPU per trial"
+    if cfg.trial.processes or (resources["gpu"] >= 2):
+        res += f" (data-parallel on {to_objects(cfg).trial.world_size()} processes)"
     if cluster:
         conc = max_concurrency(cfg, resources, cluster)
         lines.append(f"resources: {res} · up to {conc} trials at once on this machine "
@@ -150,16 +156,24 @@ def main(argv: list[str] | None = None) -> int:
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted stage; fail if there is none")
     again.add_argument("--fresh", action="store_true", help="start the stage over, even if it could be continued")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides: key=value or group=option")
+    parser.add_argument("--then", default="", metavar="STAGES",
+                        help="comma-separated stages to run after this one (each skipped if finished), e.g. fine,ablation")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides: key=value or group=option "
+                                                     "(<stage>:key=value for one stage only)")
     args = parser.parse_args(argv)
     try:
         if args.stage not in STAGES:
             raise ConfigError(f"stage {args.stage!r} is not one of {', '.join(STAGES)} (see search_spaces/)")
         if args.json and not args.dry_run:
             raise ConfigError("--json goes with --dry-run")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury ours
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury ours
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         from orchestration.config import compose_config
-        cfg = compose_config(args.overrides, stage=args.stage)
+        from orchestration.pipeline import stage_overrides
+        then = [s for s in args.then.split(",") if s]
+        if then and not args.dry_run:
+            return _pipeline([args.stage, *then], args)
+        cfg = compose_config(stage_overrides(args.overrides, args.stage), stage=args.stage)
         if args.dry_run:
             from orchestration.stage import prepare
             cfg, plan = prepare(cfg)
@@ -172,6 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _pipeline(stages: list[str], args: argparse.Namespace) -> int:
+    from orchestration.pipeline import run_pipeline, stage_overrides
+
+    def report(step) -> None:
+        if step.result is None:
+            print(f"{step.stage} stage already finished (sweep {step.sweep_id}, MLflow parent run "
+                  f"{step.parent_run_id}): nothing to do", flush=True)
+        else:
+            print(format_summary(step.result, stage_overrides(args.overrides, step.stage)), flush=True)
+            if step.outcome == "unfinished":
+                print(f"{step.stage} stage unfinished: run the same command again to continue it", flush=True)
+
+    run_pipeline(stages, args.overrides, fresh=args.fresh, require_resume=args.resume, report=report)
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,11 +15,18 @@ Failure drills (all off by default; passed as `trial.runner_args.<name>=...`):
     diverge_above       with nan_at_epoch: only trials with a weight above this value diverge (as large
                         weights do in real training); 0 = every trial
     pid_dir             write this worker's pid to <pid_dir>/<trial key>.pid while it runs
+    placement_dir       write where each attempt ran, to <placement_dir>/<trial key>-<pid>-<start>.json:
+                        Ray node id and IP, GPU ids, the epoch it resumed from, start and end times (the
+                        end is missing when the attempt was killed), the trial's DDP processes
+
+`processes` (a data-parallel trial's rank count, from trial.gpus / trial.processes) is accepted and
+recorded: the stand-in trains nothing, so there is nothing to parallelise.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
@@ -51,7 +58,7 @@ class _State:
 def constant_step(spec: Any, *, resume: Optional[dict], on_epoch_end: Callable[[EpochReport], None],
                   shuffle_protocols: Sequence[str] = (), epoch_s: float = 0.0, fail_once_at_epoch: int = 0,
                   nan_at_epoch: int = 0, diverge_above: float = 0.0, marker_dir: str = "",
-                  pid_dir: str = "") -> dict[str, float]:
+                  pid_dir: str = "", placement_dir: str = "", processes: int = 1) -> dict[str, float]:
     """Run `spec.trainer.max_epochs` constant-time epochs; same protocol as rev2net.trial.run_trial."""
     key = hashlib.sha1(repr((spec.loss, spec.model, spec.trainer.seed)).encode()).hexdigest()[:12]
     if pid_dir:
@@ -63,6 +70,40 @@ def constant_step(spec: Any, *, resume: Optional[dict], on_epoch_end: Callable[[
     if resume:
         state.epoch, state.history = resume["epoch"], list(resume["history"])
         rng.setstate(resume["rng"])
+    placement = _placement(placement_dir, key, state.epoch, processes) if placement_dir else None
+    try:
+        return _epochs(spec, state, rng, on_epoch_end, shuffle_protocols, epoch_s, fail_once_at_epoch, nan_at_epoch,
+                       diverge_above, marker_dir, key)
+    finally:
+        if placement:
+            placement[1]["end"] = time.time()
+            _write_json(placement[0], placement[1])
+
+
+def _write_json(path: str, record: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def _placement(folder: str, key: str, resumed_from: int, processes: int) -> tuple[str, dict[str, Any]]:
+    """Where this attempt runs (inside a Ray worker), written at its start."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    record = {"trial": key, "pid": os.getpid(), "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+              "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])], "resumed_from": resumed_from,
+              "processes": processes, "start": time.time()}
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{key}-{os.getpid()}-{time.time_ns()}.json")
+    _write_json(path, record)
+    return path, record
+
+
+def _epochs(spec: Any, state: _State, rng: random.Random, on_epoch_end: Callable[[EpochReport], None],
+            shuffle_protocols: Sequence[str], epoch_s: float, fail_once_at_epoch: int, nan_at_epoch: int,
+            diverge_above: float, marker_dir: str, key: str) -> dict[str, float]:
     target = score(spec.loss)
     max_epochs = spec.trainer.max_epochs
     for epoch in range(state.epoch + 1, max_epochs + 1):

@@ -10,6 +10,12 @@ addresses or the tracking URI). Running the same command again therefore continu
 sweep: finished trials are not rerun, unfinished ones continue from their last checkpoint, and
 their MLflow runs continue (tracking.py). A different config is a different sweep. `--fresh`
 starts the same config over as a new generation (`<sweep id>-r2`, ...), leaving the old one.
+
+On a cluster (`ray.address=auto` inside it, or ray://head:10001): the trials' checkpoints and
+Tune's state go to `ray.storage_path`, which every node must reach (a shared folder, checked
+before the first trial, or an object store such as s3://); MLflow credentials set in the driver's
+environment reach the trials through Ray's runtime environment; a node lost mid-sweep costs its
+trials one retry each, from their last checkpoints, on the nodes that remain.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -56,6 +63,7 @@ class StageResult:
     trials: list[dict[str, Any]] = field(default_factory=list)   # name, point, status, metric, epochs
     best: Optional[dict[str, Any]] = None                          # params, value, run_id
     wall_s: float = 0.0
+    complete: bool = False                                         # every trial ended (parent run FINISHED)
 
 
 # --------------------------------------------------------------------------- planning
@@ -217,6 +225,52 @@ def prepare_data(cfg: DictConfig, *, progress: bool = True) -> None:
                           f"--split {data.split})")
 
 
+# --------------------------------------------------------------------------- the cluster
+
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a job's entrypoint: the job's runtime env
+
+
+def runtime_env() -> Optional[dict[str, Any]]:
+    """The trials' runtime environment: the MLflow credentials set here, when there are any (workers
+    on other nodes do not inherit this process's environment). Inside a Ray job, variables that the
+    job's own runtime environment already sets are left to it (Ray refuses to merge a repeated one)."""
+    env = tracking.worker_env_vars()
+    if os.environ.get(JOB_CONFIG_ENV):
+        taken = (json.loads(os.environ[JOB_CONFIG_ENV]).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in taken}
+    return {"env_vars": env} if env else None
+
+
+def _node_sees(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def check_shared_storage(storage_path: str) -> None:
+    """On a cluster of several nodes, a local `ray.storage_path` must be one folder that every node
+    reads (checkpoints written on one node are restored on another after a failure): a marker
+    written here must be visible from every alive node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if "://" in storage_path or len(nodes) < 2:
+        return
+    os.makedirs(storage_path, exist_ok=True)
+    marker = os.path.join(storage_path, f".rev2net-shared-{uuid.uuid4().hex}")
+    open(marker, "w").close()
+    try:
+        check = ray.remote(num_cpus=0)(_node_sees)
+        refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]:
+                check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
+                for n in nodes}
+        blind = [name for name, ref in refs.items() if not ray.get(ref, timeout=120)]
+    finally:
+        os.remove(marker)
+    if blind:
+        raise ConfigError(f"ray.storage_path={storage_path} is not shared: node(s) {', '.join(blind)} do not see it; "
+                          "use a folder every node mounts, or an object store such as s3://bucket/ray_results")
+
+
 # --------------------------------------------------------------------------- resources
 
 def local_resources(cfg: DictConfig) -> tuple[float, float]:
@@ -326,6 +380,13 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Plan]:
 def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = False, progress: bool = True,
               progress_interval_s: float = 15.0) -> StageResult:
     """Validate everything, then run the stage on Ray Tune with every trial logged to MLflow."""
+    with tracking.http_policy():  # fail fast on HTTP, retry here: a restarting server never stalls the loop
+        return _run_stage(cfg, fresh=fresh, require_resume=require_resume, progress=progress,
+                          progress_interval_s=progress_interval_s)
+
+
+def _run_stage(cfg: DictConfig, *, fresh: bool, require_resume: bool, progress: bool,
+               progress_interval_s: float) -> StageResult:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -337,6 +398,8 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
     # A checkpoint every epoch with num_to_keep forces frequent Tune state snapshots when epochs are
     # short; that is intended here, so the warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Our ProgressCallback is the display; Tune's own (banner, TensorBoard hint) stays quiet.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cfg, plan = prepare(cfg)
     check_ray_address(cfg.ray.address)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
@@ -367,16 +430,20 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
                 "search.metric": cfg.search.metric},
         tags={tracking.TAG_GIT: _git_commit(), "rev2net.storage": path})
     if not parent_resumed:
-        client.log_text(parent_id, config_yaml, "config.yaml")
-        client.log_text(parent_id, json.dumps({"points": plan.points, "values": plan.values, "base": plan.base,
-                                               "notes": plan.notes}, indent=1, default=str), "plan.json")
+        # tracking.redact: a secret from the environment never lands in MLflow, whatever key holds it
+        client.log_text(parent_id, tracking.redact(config_yaml), "config.yaml")
+        client.log_text(parent_id, tracking.redact(json.dumps({"points": plan.points, "values": plan.values,
+                                                               "base": plan.base, "notes": plan.notes},
+                                                              indent=1, default=str)), "plan.json")
 
     if not ray.is_initialized():
-        if cfg.ray.address is None:
-            ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=cfg.ray.include_dashboard,
-                     logging_level=logging.WARNING)
+        if cfg.ray.address is None:  # "local": a new Ray here, never one found in /tmp/ray or RAY_ADDRESS
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+                     include_dashboard=cfg.ray.include_dashboard, logging_level=logging.WARNING,
+                     runtime_env=runtime_env())
         else:
-            ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
+            ray.init(address=cfg.ray.address, logging_level=logging.WARNING, runtime_env=runtime_env())
+    check_shared_storage(cfg.ray.storage_path)
     cluster = local_resources(cfg)
     resources = trial_resources(cfg, cluster[1])
 
@@ -406,7 +473,8 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
                                    grace_period=cfg.scheduler.grace_period,
                                    reduction_factor=cfg.scheduler.reduction_factor)
                      if cfg.scheduler.name == "asha" else FIFOScheduler())
-        callbacks = [StatusCallback(cfg.mlflow.tracking_uri, exp_id, sid, cfg.trainer.max_epochs)]
+        callbacks = [StatusCallback(cfg.mlflow.tracking_uri, exp_id, sid, cfg.trainer.max_epochs,
+                                    flush_timeout_s=cfg.mlflow.flush_timeout_s)]
         if progress:
             callbacks.append(ProgressCallback(title=f"{cfg.stage} · {plan.mode}", total_trials=plan.num_trials,
                                               max_epochs=cfg.trainer.max_epochs, metric=metric,
@@ -434,17 +502,20 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
                        "mlflow_run_id": metrics.get("mlflow_run_id")})
     result = StageResult(stage=cfg.stage, sweep_id=sid, experiment=exp, tracking_uri=cfg.mlflow.tracking_uri,
                          storage_dir=path, plan=plan, metric=metric, parent_run_id=parent_id, resumed=can_restore, trials=trials)
-    runs = load_runs(cfg.mlflow.tracking_uri, exp, parent_run_id=parent_id)
+    patience = cfg.mlflow.flush_timeout_s  # the tracking server may be restarting right now
+    runs = tracking.retry(lambda: load_runs(cfg.mlflow.tracking_uri, exp, parent_run_id=parent_id),
+                          what="load_runs", timeout_s=patience)
     unfinished = int((runs["status"] == "running").sum()) if not runs.empty else plan.num_trials
     try:
         best = best_config(runs, metric=metric, mode=mode, keys=[k for k in WEIGHTS if k in runs])
         result.best = {"params": {k: float(v) for k, v in best.params.items()}, "value": best.value, "run_id": best.run_id, "tied_with": best.tied_with}
-        client.log_batch(parent_id, tags=[RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]
-                         + [RunTag("best.run_id", best.run_id)])
-        client.log_metric(parent_id, f"best/{metric}", best.value)
+        tags = [RunTag(f"best.{k}", str(v)) for k, v in best.params.items()] + [RunTag("best.run_id", best.run_id)]
+        tracking.retry(lambda: client.log_batch(parent_id, tags=tags), what="best tags", timeout_s=patience)
+        tracking.retry(lambda: client.log_metric(parent_id, f"best/{metric}", best.value), timeout_s=patience)
     except LookupError as e:
         log.warning("no best configuration: %s", e)
     complete = len(runs) >= plan.num_trials and unfinished == 0
-    client.set_terminated(parent_id, "FINISHED" if complete else "KILLED")
+    result.complete = complete
+    tracking.retry(lambda: client.set_terminated(parent_id, "FINISHED" if complete else "KILLED"), timeout_s=patience)
     result.wall_s = time.monotonic() - started
     return result

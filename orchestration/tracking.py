@@ -12,10 +12,20 @@ Exactly once, by construction rather than by luck:
 
 Everything goes through `MlflowClient` (no fluent `mlflow.start_run` global state, which would leak
 between trials when Ray reuses a worker).
+
+A tracking server that goes away for a while stops nothing: every process of a sweep fails fast on
+HTTP (`HTTP_ENV`) and retries at this level instead, trials keep training with their epochs
+pending (`ChildRun.sync`), a trial that starts meanwhile waits for the server (`ChildRun.open`),
+and the driver keeps run statuses it could not set for later (callbacks.StatusCallback).
+
+Credentials come from the environment only (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN): they
+reach the trials through Ray's runtime environment (`worker_env_vars`), never through the config,
+whose logged copy is scrubbed of their values anyway (`redact`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -24,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -45,29 +55,76 @@ TAG_LOGGED_EPOCH = "rev2net.logged_epoch"  # last epoch whose metrics this run h
 TAG_STATUS = "rev2net.status"          # running | completed | stopped_early | failed
 TAG_FAILURE = "rev2net.failure_reason"
 TAG_RAY_TRIAL = "ray.trial_id"
+TAG_NODE = "ray.node_ip"              # the node the trial's latest attempt ran on
 TAG_GIT = "mlflow.source.git.commit"
 
-# Worker-side HTTP behaviour: fail fast and let `sync` retry at the next epoch, instead of MLflow's
-# default of 7 retries with exponential backoff (minutes of a blocked training loop).
-WORKER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# HTTP behaviour of every process of a sweep: fail fast and retry at this level (`sync` at the next
+# epoch, `retry` with a deadline), instead of MLflow's default of 7 retries with exponential backoff
+# (minutes of a blocked training loop, or of a blocked Tune event loop in the driver).
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+WORKER_HTTP_ENV = HTTP_ENV  # the name the trainable uses
+
+# Read from the environment by MlflowClient; passed on to the trials when set, never logged.
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "PGPASSWORD", "AWS_SECRET_ACCESS_KEY",
+              "AWS_SESSION_TOKEN")
+
+
+# Answers that a retry cannot change (anything else, e.g. an unreachable server, is retried).
+PERMANENT_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "BAD_REQUEST",
+                    "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 
 def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def retry(fn: Callable[[], T], *, attempts: int = 5, delay_s: float = 0.2, what: str = "MLflow call") -> T:
-    """Call `fn`, retrying transient failures (SQLite 'database is locked', HTTP hiccups)."""
-    for i in range(attempts):
+@contextlib.contextmanager
+def http_policy() -> Iterator[None]:
+    """`HTTP_ENV` for this process while the block runs, except where the user set a value."""
+    added = {k: v for k, v in HTTP_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def worker_env_vars() -> dict[str, str]:
+    """The MLflow credentials and TLS settings set in this process's environment, for the trials'
+    runtime environment (workers on other nodes do not inherit the driver's environment)."""
+    return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every secret in the environment replaced by ***."""
+    for k in SECRET_ENV:
+        value = os.environ.get(k)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def retry(fn: Callable[[], T], *, attempts: int = 5, delay_s: float = 0.2, what: str = "MLflow call",
+          timeout_s: float = 0.0) -> T:
+    """Call `fn`, retrying transient failures (SQLite 'database is locked', HTTP hiccups, a server
+    restarting): `attempts` times, or, with `timeout_s` > 0, for as long as that (backoff up to 10 s)."""
+    deadline = time.monotonic() + timeout_s
+    i = 0
+    while True:
         try:
             return fn()
         except (MlflowException, OSError) as e:
-            if i == attempts - 1:
+            i += 1
+            if getattr(e, "error_code", None) in PERMANENT_ERRORS:
                 raise
-            log.debug("%s failed (%s), retry %d/%d", what, e, i + 1, attempts - 1)
-            time.sleep(delay_s * (2 ** i))
-    raise AssertionError("unreachable")
+            if (time.monotonic() > deadline) if timeout_s > 0 else i >= attempts:
+                raise
+            log.debug("%s failed (%s), retry %d", what, str(e).splitlines()[0] if str(e) else e, i)
+            time.sleep(min(delay_s * (2 ** (i - 1)), 10.0))
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -110,10 +167,10 @@ def experiment_id(c: MlflowClient, name: str, artifact_location: str | None = No
         return c.get_experiment_by_name(name).experiment_id
 
 
-def _find(c: MlflowClient, exp_id: str, tags: dict[str, str]) -> list:
+def _find(c: MlflowClient, exp_id: str, tags: dict[str, str], timeout_s: float = 0.0) -> list:
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return retry(lambda: list(c.search_runs([exp_id], filter_string=flt, max_results=10, order_by=["start_time ASC"])),
-                 what="search_runs")
+                 what="search_runs", timeout_s=timeout_s)
 
 
 def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mode: str, run_name: str,
@@ -153,29 +210,33 @@ class ChildRun:
 
     @classmethod
     def open(cls, c: MlflowClient, *, experiment_id: str, parent_id: str, sweep_id: str, key: str, run_name: str,
-             params: dict[str, Any], tags: dict[str, str], run_id: str | None = None) -> "ChildRun":
-        """Find the trial's run (by id from its checkpoint, else by trial key) or create it."""
+             params: dict[str, Any], tags: dict[str, str], run_id: str | None = None,
+             wait_s: float = 0.0) -> "ChildRun":
+        """Find the trial's run (by id from its checkpoint, else by trial key) or create it; with
+        `wait_s`, wait that long for a tracking server that does not answer (restarting)."""
         run = None
         if run_id:
             try:
-                run = retry(lambda: c.get_run(run_id), what="get_run")
-            except MlflowException:
+                run = retry(lambda: c.get_run(run_id), what="get_run", timeout_s=wait_s)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
                 run = None
         if run is None:
-            found = _find(c, experiment_id, {TAG_TRIAL_KEY: key})
+            found = _find(c, experiment_id, {TAG_TRIAL_KEY: key}, timeout_s=wait_s)
             run = found[0] if found else None
         if run is None:
             run = retry(lambda: c.create_run(experiment_id, run_name=run_name, tags={
                 PARENT: parent_id, TAG_ROLE: "trial", TAG_SWEEP: sweep_id, TAG_TRIAL_KEY: key,
-                TAG_STATUS: "running", TAG_LOGGED_EPOCH: "0", **tags}), what="create_run")
+                TAG_STATUS: "running", TAG_LOGGED_EPOCH: "0", **tags}), what="create_run", timeout_s=wait_s)
             retry(lambda: c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()]),
-                  what="log params")
+                  what="log params", timeout_s=wait_s)
             return cls(c, run.info.run_id, 0)
         # A continued run: mark it running again with the current attempt's tags.
         retry(lambda: c.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, "running")] +
-                                  [RunTag(k, str(v)) for k, v in tags.items()]), what="retag")
+                                  [RunTag(k, str(v)) for k, v in tags.items()]), what="retag", timeout_s=wait_s)
         if run.info.status != "RUNNING":
-            retry(lambda: c.update_run(run.info.run_id, status="RUNNING"), what="update_run")
+            retry(lambda: c.update_run(run.info.run_id, status="RUNNING"), what="update_run", timeout_s=wait_s)
         logged = int(run.data.tags.get(TAG_LOGGED_EPOCH, "0") or 0)
         return cls(c, run.info.run_id, logged)
 
@@ -224,13 +285,14 @@ class ChildRun:
             delay = min(delay * 2, 30.0)
 
 
-def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = None) -> None:
+def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = None, attempts: int = 5) -> None:
     """Terminal state of a child run: status in completed | stopped_early | failed."""
     tags = [RunTag(TAG_STATUS, status)]
     if reason:
         tags.append(RunTag(TAG_FAILURE, reason[:4000]))
-    retry(lambda: c.log_batch(run_id, tags=tags), what="status tags")
-    retry(lambda: c.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED"), what="set_terminated")
+    retry(lambda: c.log_batch(run_id, tags=tags), what="status tags", attempts=attempts)
+    retry(lambda: c.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED"), what="set_terminated",
+          attempts=attempts)
 
 
 def child_runs(c: MlflowClient, exp_id: str, parent_id: str) -> Iterable:

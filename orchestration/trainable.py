@@ -7,6 +7,10 @@ Order inside an epoch's end, chosen so that nothing is lost or written twice:
 Tune may stop a trial inside `tune.report` (ASHA, max_t), so everything the trial owes MLflow is
 sent before it. A crash between 1 and 2 re-runs that epoch from the previous checkpoint; the run
 already holds it, so `sync` skips it.
+
+A data-parallel trial (trial.gpus >= 2, or trial.processes > 1) is still one Tune trial and one
+MLflow run: the runner trains on that many processes of the trial's node, and the process that
+runs this function is rank 0, the only one that logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import ray
 import torch
 from omegaconf import OmegaConf
 from ray import tune
@@ -123,6 +128,7 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     torch.set_num_threads(max(1, int(cfg.trial.cpus)))
     spec = TrialSpec(data=cfg.data, model=cfg.model, loss=cfg.loss, trainer=cfg.trainer)
     runner = load_runner(cfg.trial.runner)
+    processes = cfg.trial.world_size()
 
     saved = _load_state(tune.get_checkpoint())
     history: list[dict[str, float]] = list(saved["history"]) if saved else []
@@ -131,8 +137,9 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     run = tracking.ChildRun.open(
         client, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id, sweep_id=ctx.sweep_id,
         key=tracking.trial_key(ctx.sweep_id, point_key(point)), run_name=run_name(point),
-        params=trial_params(cfg, point), tags={tracking.TAG_RAY_TRIAL: trial_id, tracking.TAG_STAGE: ctx.stage},
-        run_id=saved.get("mlflow_run_id") if saved else None)
+        params=trial_params(cfg, point), tags={tracking.TAG_RAY_TRIAL: trial_id, tracking.TAG_STAGE: ctx.stage,
+                                               tracking.TAG_NODE: ray.util.get_node_ip_address()},
+        run_id=saved.get("mlflow_run_id") if saved else None, wait_s=ctx.flush_timeout_s)
     run.sync(history)  # what a crash or an unreachable server left unsent
     max_epochs = cfg.trainer.max_epochs
 
@@ -153,7 +160,8 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     try:
         runner(spec, resume=saved["runner"] if saved else None, on_epoch_end=on_epoch_end,
-               shuffle_protocols=list(ctx.shuffle_protocols), **dict(cfg.trial.runner_args))
+               shuffle_protocols=list(ctx.shuffle_protocols), **dict(cfg.trial.runner_args),
+               **({"processes": processes} if processes > 1 else {}))
     except DivergedError as e:
         # Deterministic: a retry would diverge again. End the trial (no Tune retry); the driver's
         # StatusCallback marks the run failed with this reason.

@@ -110,7 +110,7 @@ def sweep_store(tmp_path_factory, synthetic_root) -> SweepStore:
               "data.frames=8", *(f"data.synthetic.{k}={v}" for k, v in dataclasses.asdict(TINY_SYNTHETIC).items())]
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         parents = {}
         coarse = run_stage(compose_config(common + [
