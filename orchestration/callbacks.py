@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from mlflow.entities import RunTag
 from ray import tune
 
 from orchestration import tracking
@@ -105,6 +106,31 @@ class StatusCallback(tune.Callback):
         if self._pending:
             log.error("%d trial status(es) could not be set in MLflow at %s; run the same command again to set them",
                       len(self._pending), self.tracking_uri)
+
+
+class HeartbeatCallback(tune.Callback):
+    """Tells the stage's parent run, every `every_s`, that its driver is alive: a scheduled run of the
+    same sweep that starts meanwhile leaves it alone (tracking.live_driver). Never blocks or fails."""
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, every_s: float = tracking.HEARTBEAT_S):
+        self.tracking_uri, self.parent_run_id, self.every_s = tracking_uri, parent_run_id, every_s
+        self._client = None
+        self._last = 0.0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None, "_last": 0.0}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        try:
+            if self._client is None:
+                self._client = tracking.client(self.tracking_uri)
+            self._client.log_batch(self.parent_run_id,
+                                   tags=[RunTag(k, v) for k, v in tracking.driver_tags().items()])
+        except Exception as e:  # noqa: BLE001 - a missed heartbeat is harmless; the next one follows
+            log.debug("heartbeat not sent: %s", e)
 
 
 def _duration(seconds: float) -> str:

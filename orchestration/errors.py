@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """Something the user must fix before any trial starts; the message says what and where."""
+
+
+class SweepBusy(ConfigError):
+    """Another live driver runs this stage (a scheduled run that overlaps the previous one)."""

@@ -192,7 +192,10 @@ def _pipeline(stages: list[str], args: argparse.Namespace) -> int:
     from orchestration.pipeline import run_pipeline, stage_overrides
 
     def report(step) -> None:
-        if step.result is None:
+        if step.outcome == "busy":
+            print(f"{step.stage} stage is being run by another driver (sweep {step.sweep_id}, MLflow parent run "
+                  f"{step.parent_run_id}): nothing to do now", flush=True)
+        elif step.result is None:
             print(f"{step.stage} stage already finished (sweep {step.sweep_id}, MLflow parent run "
                   f"{step.parent_run_id}): nothing to do", flush=True)
         else:

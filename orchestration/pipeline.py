@@ -6,9 +6,10 @@
   * finished (its MLflow parent run for this config is FINISHED): skipped;
   * unfinished (a run that was stopped, killed, or lost its driver): resumed (stage.py finds the
     sweep by its id: finished trials are not rerun, the others continue from their checkpoints);
-  * never started: started.
-A stage that ends unfinished (trials left to run) stops the pipeline there; the next run of the
-same command continues it. So a scheduled command resumes what its previous run left unfinished,
+  * never started: started;
+  * driven right now by another live process (its parent run's heartbeat is fresh): left alone.
+A stage that ends unfinished (trials left to run), or is busy elsewhere, stops the pipeline there;
+the next run of the same command continues it. So a scheduled command resumes what its previous run left unfinished,
 starts the next stage once a stage has finished, and does nothing once every stage has finished.
 Which stages follow is the configuration: `--then fine,ablation` goes on to them; without `--then`
 a finished stage is all there is (running it again reruns nothing).
@@ -33,7 +34,7 @@ from orchestration.spaces import STAGES
 @dataclass
 class StageStatus:
     stage: str
-    state: str                      # new | unfinished | finished
+    state: str                      # new | unfinished | running (another live driver) | finished
     sweep_id: str
     parent_run_id: Optional[str] = None
 
@@ -41,7 +42,7 @@ class StageStatus:
 @dataclass
 class PipelineStep:
     stage: str
-    outcome: str                    # skipped (had finished) | finished | unfinished
+    outcome: str                    # skipped (had finished) | busy (driven elsewhere) | finished | unfinished
     sweep_id: str
     parent_run_id: Optional[str]
     result: Optional[object] = None  # the StageResult of a stage that ran
@@ -85,8 +86,9 @@ def stage_status(cfg: DictConfig) -> StageStatus:
     if not found:
         return StageStatus(cfg.stage, "new", sid)
     parent = found[0]
-    return StageStatus(cfg.stage, "finished" if parent.info.status == "FINISHED" else "unfinished", sid,
-                       parent.info.run_id)
+    state = ("finished" if parent.info.status == "FINISHED" else
+             "running" if tracking.live_driver(parent) else "unfinished")
+    return StageStatus(cfg.stage, state, sid, parent.info.run_id)
 
 
 def run_pipeline(stages: list[str], overrides: list[str], *, fresh: bool = False, require_resume: bool = False,
@@ -94,6 +96,7 @@ def run_pipeline(stages: list[str], overrides: list[str], *, fresh: bool = False
     """Run `stages` in order, skipping finished ones and stopping after one that ends unfinished.
     `fresh` starts every stage over; `require_resume` insists that the first stage can be continued."""
     from orchestration.config import compose_config
+    from orchestration.errors import SweepBusy
     from orchestration.stage import run_stage
 
     unknown = [s for s in stages if s not in STAGES]
@@ -105,13 +108,19 @@ def run_pipeline(stages: list[str], overrides: list[str], *, fresh: bool = False
         status = stage_status(cfg)
         if status.state == "finished" and not fresh:
             step = PipelineStep(stage, "skipped", status.sweep_id, status.parent_run_id)
+        elif status.state == "running" and not fresh:
+            step = PipelineStep(stage, "busy", status.sweep_id, status.parent_run_id)
         else:
-            result = run_stage(cfg, fresh=fresh, require_resume=require_resume and i == 0, progress=progress)
-            step = PipelineStep(stage, "finished" if result.complete else "unfinished", result.sweep_id,
-                                result.parent_run_id, result)
+            try:
+                result = run_stage(cfg, fresh=fresh, require_resume=require_resume and i == 0, progress=progress)
+            except SweepBusy:  # a driver started between the look and the run
+                step = PipelineStep(stage, "busy", status.sweep_id, status.parent_run_id)
+            else:
+                step = PipelineStep(stage, "finished" if result.complete else "unfinished", result.sweep_id,
+                                    result.parent_run_id, result)
         steps.append(step)
         if report is not None:
             report(step)
-        if step.outcome == "unfinished":
+        if step.outcome in ("unfinished", "busy"):
             break
     return steps

@@ -246,14 +246,17 @@ def _node_sees(path: str) -> bool:
 
 
 def check_shared_storage(storage_path: str) -> None:
-    """On a cluster of several nodes, a local `ray.storage_path` must be one folder that every node
-    reads (checkpoints written on one node are restored on another after a failure): a marker
-    written here must be visible from every alive node."""
+    """On a cluster of several machines, a local `ray.storage_path` must be one folder that every
+    node reads (checkpoints written on one node are restored on another after a failure): a marker
+    written here must be visible from every alive node on another machine."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if "://" in storage_path or len(nodes) < 2:
+    if "://" in storage_path or ray.util.client.ray.is_connected():  # object store; or a Ray Client driver,
+        return                                                          # which need not see the cluster's disks
+    here = ray.util.get_node_ip_address()
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["NodeManagerAddress"] != here]
+    if not nodes:
         return
     os.makedirs(storage_path, exist_ok=True)
     marker = os.path.join(storage_path, f".rev2net-shared-{uuid.uuid4().hex}")
@@ -391,7 +394,7 @@ def _run_stage(cfg: DictConfig, *, fresh: bool, require_resume: bool, progress: 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from orchestration.callbacks import ProgressCallback, StatusCallback
+    from orchestration.callbacks import HeartbeatCallback, ProgressCallback, StatusCallback
     from orchestration.trainable import run_sweep_trial
 
     started = time.monotonic()
@@ -474,7 +477,8 @@ def _run_stage(cfg: DictConfig, *, fresh: bool, require_resume: bool, progress: 
                                    reduction_factor=cfg.scheduler.reduction_factor)
                      if cfg.scheduler.name == "asha" else FIFOScheduler())
         callbacks = [StatusCallback(cfg.mlflow.tracking_uri, exp_id, sid, cfg.trainer.max_epochs,
-                                    flush_timeout_s=cfg.mlflow.flush_timeout_s)]
+                                    flush_timeout_s=cfg.mlflow.flush_timeout_s),
+                     HeartbeatCallback(cfg.mlflow.tracking_uri, parent_id)]
         if progress:
             callbacks.append(ProgressCallback(title=f"{cfg.stage} · {plan.mode}", total_trials=plan.num_trials,
                                               max_epochs=cfg.trainer.max_epochs, metric=metric,

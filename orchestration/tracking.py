@@ -30,6 +30,8 @@ import hashlib
 import logging
 import math
 import os
+import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +42,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from orchestration.errors import ConfigError
+from orchestration.errors import ConfigError, SweepBusy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +59,10 @@ TAG_FAILURE = "rev2net.failure_reason"
 TAG_RAY_TRIAL = "ray.trial_id"
 TAG_NODE = "ray.node_ip"              # the node the trial's latest attempt ran on
 TAG_GIT = "mlflow.source.git.commit"
+TAG_DRIVER = "rev2net.driver"          # host:pid of the process that drives the stage (parent runs)
+TAG_HEARTBEAT = "rev2net.heartbeat"    # unix time of that driver's latest sign of life
+HEARTBEAT_S = 60.0                     # how often a driver says it is alive
+HEARTBEAT_STALE_S = 300.0              # a heartbeat older than this: the driver is gone
 
 # HTTP behaviour of every process of a sweep: fail fast and retry at this level (`sync` at the next
 # epoch, `retry` with a deadline), instead of MLflow's default of 7 retries with exponential backoff
@@ -151,6 +157,13 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
     try:
         client(tracking_uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        if getattr(e, "error_code", None) in ("UNAUTHENTICATED", "PERMISSION_DENIED") or \
+                re.search(r"error code (401|403)\b", str(e)):
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise ConfigError(f"MLflow tracking server {tracking_uri} refused "
+                              + (f"user {who!r}" if who else "a request without credentials")
+                              + ": set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                              "(a user with EDIT permission on the experiment)") from e
         raise ConfigError(f"MLflow tracking URI {tracking_uri} cannot be used: {str(e).splitlines()[0]}; "
                           "fix mlflow.tracking_uri") from e
 
@@ -173,16 +186,49 @@ def _find(c: MlflowClient, exp_id: str, tags: dict[str, str], timeout_s: float =
                  what="search_runs", timeout_s=timeout_s)
 
 
+def driver_tags() -> dict[str, str]:
+    """This process as a stage's driver, alive now."""
+    return {TAG_DRIVER: f"{socket.gethostname()}:{os.getpid()}", TAG_HEARTBEAT: str(int(time.time()))}
+
+
+def live_driver(run, stale_s: float = HEARTBEAT_STALE_S) -> str | None:
+    """Who else drives this stage's parent run right now, if anyone: the run is RUNNING with a fresh
+    heartbeat from another process (on this machine: one that is still alive)."""
+    driver, beat = run.data.tags.get(TAG_DRIVER), run.data.tags.get(TAG_HEARTBEAT)
+    if run.info.status != "RUNNING" or not driver or not beat:
+        return None
+    age = time.time() - float(beat)
+    if age > stale_s:
+        return None
+    host, _, pid = driver.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return None
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, someone else's
+            pass
+    return f"{driver} (heartbeat {max(0, int(age))} s ago)"
+
+
 def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mode: str, run_name: str,
                  params: dict[str, Any], tags: dict[str, str]) -> tuple[str, bool]:
-    """The stage's parent run: found again by sweep id when the stage is resumed. Returns (run id, resumed)."""
+    """The stage's parent run: found again by sweep id when the stage is resumed. Returns (run id, resumed).
+    Raises SweepBusy while another live driver runs the stage (e.g. the previous scheduled run)."""
     found = _find(c, exp_id, {TAG_ROLE: "stage", TAG_SWEEP: sweep_id})
     if found:
         run_id = found[0].info.run_id
+        other = live_driver(found[0])
+        if other:
+            raise SweepBusy(f"the {stage} stage (sweep {sweep_id}) is being run by {other}; nothing to do until it "
+                            f"ends, or until its heartbeat is {HEARTBEAT_STALE_S:.0f} s old if it died")
         c.update_run(run_id, status="RUNNING")
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in driver_tags().items()])
         return run_id, True
-    run = c.create_run(exp_id, run_name=run_name,
-                       tags={TAG_ROLE: "stage", TAG_SWEEP: sweep_id, TAG_STAGE: stage, TAG_MODE: mode, **tags})
+    run = c.create_run(exp_id, run_name=run_name, tags={TAG_ROLE: "stage", TAG_SWEEP: sweep_id, TAG_STAGE: stage,
+                                                        TAG_MODE: mode, **driver_tags(), **tags})
     c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
     return run.info.run_id, False
 

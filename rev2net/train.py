@@ -35,6 +35,16 @@ The checkpoint (`EpochReport.state_dict()`) holds model, optimizer, scheduler, e
 (python, numpy, torch, cuda) and `history`, every finished epoch's metrics; it is plain tensors,
 lists and numbers, so `torch.load(path, weights_only=True)` reads it, and training resumed from it
 continues bit-identically on CPU.
+
+Data-parallel (`fit(..., distributed=True)`, inside a torch.distributed process group that
+`rev2net.trial.run_trial(processes=N)` sets up): the model trains wrapped in
+DistributedDataParallel (gradients averaged over the ranks; each rank's loader yields its shard,
+so the global batch is N x data.batch_size), the loss terms are summed over the ranks at every
+step (a NaN on any rank stops every rank with the same DivergedError), and the epoch metrics are
+sums over all ranks' samples, so they read as in a single process. Rank 0 alone calls
+`on_epoch_end`; its checkpoint holds the unwrapped model (interchangeable with a single-process
+one) and every rank's RNG state (`rng_ranks`), so a DDP trial resumes exactly on the same number
+of ranks. BatchNorm statistics stay per rank (plain BatchNorm, as torchvision's DDP recipes).
 """
 
 from __future__ import annotations
@@ -47,8 +57,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rev2net.batch import FLOW, FRAMES, LABEL, SKIPPED, to_device
 from rev2net.losses import TERMS, LossConfig, needs, objective
@@ -241,19 +253,27 @@ def _logits(out: Union[Rev2NetOutput, Tensor]) -> Tensor:
     return out.logits if isinstance(out, Rev2NetOutput) else out
 
 
+def _sum_over_ranks(values: Tensor) -> Tensor:
+    """The element-wise sum of `values` over every rank of the default process group (a new tensor)."""
+    total = values.clone()
+    dist.all_reduce(total)
+    return total
+
+
 # ----------------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], device: Union[str, torch.device, None] = None,
-    *, amp: str = "auto",
+    *, amp: str = "auto", distributed: bool = False,
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy and loss on clip-averaged scores, in eval mode (I3D only).
 
     Frames may be (B, 3, T, H, W) or (B, K, 3, T, H, W); with K clips per video the softmax scores
     are averaged over the clips, and `loss` is the cross-entropy of the averaged scores. Returns
     `loss`, `top1`, `top5` (fractions) and `skipped_videos`. The model's train/eval mode is restored.
+    With `distributed`, each rank evaluates its shard and the results are over all ranks' videos.
     """
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -276,6 +296,11 @@ def evaluate(
             count += label.shape[0]
     finally:
         model.train(was_training)
+    if distributed:  # [loss, correct@1, correct@5, videos, skipped] summed over the ranks
+        totals = _sum_over_ranks(torch.cat([loss_sum.reshape(1), correct,
+                                            torch.tensor([count, skipped], dtype=torch.float32, device=device)]))
+        loss_sum, correct = totals[0], totals[1:3]
+        count, skipped = int(totals[3].item()), int(totals[4].item())
     if count == 0:
         raise ValueError("evaluate got an empty loader")
     top1, top5 = (correct / count).tolist()
@@ -287,9 +312,10 @@ def evaluate(
 
 def _train_epoch(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
-    cfg: TrainerConfig, loss_cfg: LossConfig, device: torch.device, epoch: int,
+    cfg: TrainerConfig, loss_cfg: LossConfig, device: torch.device, epoch: int, distributed: bool = False,
 ) -> tuple[dict[str, float], int, int]:
-    """One pass over `loader`; returns (averaged metrics, clips seen, skipped videos)."""
+    """One pass over `loader`; returns (averaged metrics, clips seen, skipped videos), over all
+    ranks when `distributed`."""
     model.train()
     need = needs(loss_cfg)
     keys = (FRAMES, LABEL, FLOW) if need.flow else (FRAMES, LABEL)
@@ -308,7 +334,13 @@ def _train_epoch(
         terms = objective(out, label, frames, batch.get(FLOW), loss_cfg)
         names = list(terms)
         values = torch.stack([t.detach() for t in terms.values()])
-        if not bool(torch.isfinite(values).all()):  # the step's one host sync
+        if distributed:  # a NaN on any rank is a NaN on every rank: all stop at the same step
+            seen = _sum_over_ranks(values)
+            if not bool(torch.isfinite(seen).all()):
+                bad = [(n, v) for n, v in zip(names, seen.tolist()) if not math.isfinite(v)]
+                first = min(bad, key=lambda nv: (*TERMS, "total").index(nv[0]))
+                raise DivergedError(first[0], first[1], epoch, step)
+        elif not bool(torch.isfinite(values).all()):  # the step's one host sync
             bad = [n for n in (*TERMS, "total") if n in terms and not math.isfinite(terms[n].item())]
             raise DivergedError(bad[0], terms[bad[0]].item(), epoch, step)
         optimizer.zero_grad(set_to_none=True)
@@ -322,6 +354,12 @@ def _train_epoch(
         count += n
     if count == 0:
         raise ValueError("the training loader yielded no batches")
+    if distributed:  # [Σ n·term..., correct@1, correct@5, clips, skipped] over the ranks
+        local = torch.tensor([count, skipped], dtype=torch.float32, device=device)
+        totals = _sum_over_ranks(torch.cat([sums, correct, local]))
+        k = len(sums)
+        sums, correct = totals[:k], totals[k:k + 2]
+        count, skipped = int(totals[k + 2].item()), int(totals[k + 3].item())
     means = (sums / count).tolist()
     metrics = {("train/loss" if name == "total" else f"train/{name}"): value for name, value in zip(names, means)}
     metrics["train/top1"], metrics["train/top5"] = (correct / count).tolist()
@@ -338,19 +376,30 @@ def fit(
     resume: Optional[Mapping[str, Any]] = None,
     on_epoch_end: Optional[Callable[[EpochReport], None]] = None,
     device: Union[str, torch.device, None] = None,
+    distributed: bool = False,
 ) -> list[dict[str, float]]:
     """Train `model` for `trainer_cfg.max_epochs` epochs (continuing `resume`, a state from
     `EpochReport.state_dict()`); return the history of per-epoch metrics.
 
-    Raises DivergedError as soon as a loss term is NaN or infinite (before the update)."""
+    With `distributed` (DDP; every rank calls `fit` with its shard of the data) only rank 0 calls
+    `on_epoch_end`. Raises DivergedError as soon as a loss term is NaN or infinite (before the update)."""
     trainer_cfg.validate()
     loss_cfg.validate()
+    if distributed and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("fit(distributed=True) needs torch.distributed's default process group; "
+                           "rev2net.trial.run_trial(spec, processes=N) sets it up")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = resolve_device(device if device is not None else trainer_cfg.device)
     if trainer_cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not trainer_cfg.deterministic
     model.to(device)
+    net = model  # what trains: the model itself, or its DDP wrapper (checkpoints hold the model itself)
+    if distributed:
+        # Heads whose loss weight is 0 are not run (needs()): their parameters get no gradient.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=not all(asdict(needs(loss_cfg)).values()))
     optimizer = build_optimizer(model, trainer_cfg)
     scheduler = build_scheduler(optimizer, trainer_cfg)
     history: list[dict[str, float]] = []
@@ -363,7 +412,8 @@ def fit(
         scheduler.load_state_dict(resume["scheduler"])
         history = [dict(m) for m in resume["history"]]
         start = int(resume["epoch"])
-        set_rng_state(resume["rng"])
+        ranks_rng = resume.get("rng_ranks") if distributed else None
+        set_rng_state(ranks_rng[rank] if ranks_rng and len(ranks_rng) == world else resume["rng"])
 
     for epoch in range(start, trainer_cfg.max_epochs):
         started = time.perf_counter()
@@ -371,25 +421,36 @@ def fit(
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        metrics, clips, skipped = _train_epoch(model, train_loader, optimizer, trainer_cfg, loss_cfg, device, epoch + 1)
+        metrics, clips, skipped = _train_epoch(net, train_loader, optimizer, trainer_cfg, loss_cfg, device, epoch + 1,
+                                               distributed=distributed)
         train_time = time.perf_counter() - started
+        if distributed:  # BatchNorm statistics moved per rank in the last step: every rank evaluates rank 0's model
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
         if val_loader is not None:
-            val = evaluate(model, val_loader, device, amp=trainer_cfg.amp)
+            val = evaluate(model, val_loader, device, amp=trainer_cfg.amp, distributed=distributed)
             skipped += int(val.pop("skipped_videos"))
             metrics.update({f"val/{k}": v for k, v in val.items()})
         scheduler.step()
         metrics.update(lr=lr, clips_per_s=clips / train_time, epoch_time_s=time.perf_counter() - started,
                        skipped_videos=float(skipped))
         history.append(metrics)
-        if on_epoch_end is not None:
+        ranks_rng: Optional[list] = None
+        if distributed:  # every rank takes part; rank 0's checkpoint holds them all
+            ranks_rng = [None] * world
+            dist.all_gather_object(ranks_rng, rng_state())
+        if on_epoch_end is not None and rank == 0:
             rng = rng_state()  # taken now: the callback can neither see nor perturb the training RNG stream
 
             def state(done: int = epoch + 1, rng: dict[str, Any] = rng) -> dict[str, Any]:
-                return _cpu_copy({
+                out = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": done, "rng": rng,
                     "history": [dict(m) for m in history], "trainer": asdict(trainer_cfg),
-                })
+                }
+                if ranks_rng is not None:
+                    out["rng_ranks"] = ranks_rng
+                return _cpu_copy(out)
 
             report = EpochReport(epoch + 1, metrics, state)
             try:

@@ -10,18 +10,35 @@ epoch's metrics as `shuffle/<protocol>/top1` and `shuffle/<protocol>/top5`. Doin
 report matters: a scheduler may stop the trial as soon as its last epoch is reported. With
 `data.eval_name` set (cross-dataset, e.g. UCF101 -> HMDB51 through a class map), the target
 dataset's test accuracy joins them as `cross/top1` and `cross/top5`.
+
+Data-parallel trials (`processes=N`, N > 1): one trial trains on N processes of this machine with
+DistributedDataParallel, one GPU each on CUDA (NCCL), or N CPU processes (gloo). The calling
+process is rank 0: it reads `resume`, calls `on_epoch_end` (so the caller's checkpointing and
+logging stay exactly as for one process) and runs the final evaluations; ranks 1..N-1 are
+spawned here, die with it, and are stopped when it returns or raises (e.g. a scheduler stopping
+the trial inside `on_epoch_end`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Callable, Optional, Sequence
+
+import torch
 
 from rev2net.data import DataConfig, build_eval_loader, build_loaders
 from rev2net.losses import LossConfig, check_compatible, needs
 from rev2net.model import ModelConfig, build_model, flow_stride
-from rev2net.train import EpochReport, TrainerConfig, evaluate, fit, resolve_device, seed_everything
+from rev2net.train import (DivergedError, EpochReport, TrainerConfig, evaluate, fit, resolve_device,
+                           seed_everything)
+
+DDP_TIMEOUT = timedelta(minutes=10)  # a collective waiting this long means a rank is gone
 
 
 @dataclass
@@ -47,15 +64,30 @@ def check_spec(spec: TrialSpec) -> None:
 
 def run_trial(spec: TrialSpec, *, resume: Optional[dict] = None,
               on_epoch_end: Optional[Callable[[EpochReport], None]] = None,
-              shuffle_protocols: Sequence[str] = ()) -> dict[str, float]:
-    """Train one Rev2Net trial (continuing `resume`), report every epoch, return the last epoch's metrics."""
+              shuffle_protocols: Sequence[str] = (), processes: int = 1) -> dict[str, float]:
+    """Train one Rev2Net trial (continuing `resume`), report every epoch, return the last epoch's
+    metrics; data-parallel over `processes` processes of this machine when it is > 1."""
     check_spec(spec)
+    if processes < 1:
+        raise ValueError(f"processes={processes} must be >= 1")
+    if processes > 1:
+        return _data_parallel(spec, resume, on_epoch_end, shuffle_protocols, processes)
+    return _train(spec, resume=resume, on_epoch_end=on_epoch_end, shuffle_protocols=shuffle_protocols)
+
+
+def _train(spec: TrialSpec, *, resume: Optional[dict], on_epoch_end: Optional[Callable[[EpochReport], None]],
+           shuffle_protocols: Sequence[str], rank: int = 0, world: int = 1) -> dict[str, float]:
+    """One process's part of a trial: all of it, or rank `rank` of a DDP group of `world`."""
     need = needs(spec.loss)
     # Flow targets cost loader time; read them only when the flow term is trained.
     data_cfg = dataclasses.replace(spec.data, flow=spec.data.flow and need.flow)
     device = resolve_device(spec.trainer.device)
+    if world > 1 and device.type == "cuda":  # one GPU per rank, of those this process sees
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
     seed_everything(spec.trainer.seed)  # identical initial weights for every trial with this seed
-    data = build_loaders(data_cfg, seed=spec.trainer.seed, device_is_cuda=device.type == "cuda")
+    data = build_loaders(data_cfg, seed=spec.trainer.seed, device_is_cuda=device.type == "cuda", rank=rank,
+                         num_replicas=world)
     model = build_model(spec.model, data.num_classes)
     max_epochs = spec.trainer.max_epochs
 
@@ -75,6 +107,106 @@ def run_trial(spec: TrialSpec, *, resume: Optional[dict] = None,
         if on_epoch_end is not None:
             on_epoch_end(epoch_report)
 
-    history = fit(model, data.train, data.val, spec.trainer, spec.loss, resume=resume, on_epoch_end=report,
-                  device=device)
+    history = fit(model, data.train, data.val, spec.trainer, spec.loss, resume=resume,
+                  on_epoch_end=report if rank == 0 else None, device=device, distributed=world > 1)
     return dict(history[-1]) if history else {}
+
+
+# ------------------------------------------------------------------------- data-parallel trials
+
+def _die_with_parent() -> None:
+    """A rank must not outlive the trial process (killed by Ray, its node lost): on Linux the kernel
+    sends SIGKILL when the thread that spawned it ends."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _rank_main(spec: TrialSpec, resume_file: Optional[str], rank: int, world: int, backend: str, init_method: str,
+               threads: int, parent: int, ready) -> None:
+    """Entry point of ranks 1..world-1 (a spawned process)."""
+    import torch.distributed as dist
+
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above
+        return
+    torch.set_num_threads(threads)
+    resume = torch.load(resume_file, map_location="cpu", weights_only=False) if resume_file else None
+    ready.put(rank)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world, timeout=DDP_TIMEOUT)
+    try:
+        _train(spec, resume=resume, on_epoch_end=None, shuffle_protocols=(), rank=rank, world=world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _wait_until_started(ranks: list, ready) -> None:
+    """Every spawned rank is up (imports done), or one died trying: then say so now rather than
+    wait for it in the rendezvous until DDP_TIMEOUT."""
+    import queue
+
+    waiting = {int(p.name.removeprefix("rev2net-rank")) for p in ranks}
+    while waiting:
+        try:
+            waiting.discard(ready.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p for p in ranks if p.exitcode is not None]
+            if dead:
+                raise RuntimeError(f"data-parallel trial: {dead[0].name} exited with code {dead[0].exitcode} while "
+                                   "starting (its traceback is in this trial's log)") from None
+
+
+def _data_parallel(spec: TrialSpec, resume: Optional[dict], on_epoch_end: Optional[Callable[[EpochReport], None]],
+                   shuffle_protocols: Sequence[str], processes: int) -> dict[str, float]:
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    cuda = resolve_device(spec.trainer.device).type == "cuda"
+    if cuda and torch.cuda.device_count() < processes:
+        raise ValueError(f"a trial on {processes} processes needs {processes} GPUs, this process sees "
+                         f"{torch.cuda.device_count()}: set trial.gpus={processes} (or trial.processes to the GPUs given)")
+    backend = "nccl" if cuda else "gloo"
+    threads = max(1, torch.get_num_threads() // processes)
+    with tempfile.TemporaryDirectory(prefix="rev2net-ddp-") as rendezvous:
+        init_method = f"file://{rendezvous}/store"  # a file store: no port to pick, no port to collide
+        resume_file = None
+        if resume is not None:  # a private copy per rank: tensors sent to a child would share memory with
+            resume_file = f"{rendezvous}/resume.pt"  # ours, and the optimizers would update one momentum twice
+            torch.save(resume, resume_file)
+        ctx = mp.get_context("spawn")  # never fork a process that runs threads (Ray's, the loader's)
+        ready = ctx.Queue()
+        ranks = [ctx.Process(target=_rank_main, name=f"rev2net-rank{r}",
+                             args=(spec, resume_file, r, processes, backend, init_method, threads, os.getpid(), ready))
+                 for r in range(1, processes)]
+        for p in ranks:
+            p.start()
+        finished = False
+        try:
+            _wait_until_started(ranks, ready)
+            torch.set_num_threads(threads)
+            dist.init_process_group(backend, init_method=init_method, rank=0, world_size=processes,
+                                    timeout=DDP_TIMEOUT)
+            try:
+                result = _train(spec, resume=resume, on_epoch_end=on_epoch_end, shuffle_protocols=shuffle_protocols,
+                                rank=0, world=processes)
+            finally:
+                dist.destroy_process_group()
+            finished = True
+            return result
+        except DivergedError:
+            raise  # every rank stopped at the same step (the loss terms are summed over the ranks)
+        except RuntimeError as error:  # a collective failed: name the rank that died, if one did
+            for p in ranks:
+                p.join(timeout=2)
+            dead = [(p.name, p.exitcode) for p in ranks if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"data-parallel trial: {dead[0][0]} exited with code {dead[0][1]} "
+                                   f"(its traceback is in this trial's log): {error}") from error
+            raise
+        finally:
+            for p in ranks:
+                p.join(timeout=60 if finished else 0)
+                if p.is_alive():  # rank 0 stopped early: the others wait in a collective that never comes
+                    p.kill()
+                    p.join()

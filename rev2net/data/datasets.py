@@ -12,6 +12,10 @@ JPEGs) never stops training: it is reported once per file and worker with an
 next video), and counted in the batch's `skipped` field.
 
 Frames travel as uint8 and become float in [-1, 1] on the device (`rev2net.batch.to_device`).
+
+Data-parallel trials (DDP, `rev2net.trial.run_trial(processes=N)`): `build_loaders(..., rank=r,
+num_replicas=N)` gives rank r every N-th position of the same epoch order with the same
+per-sample seeds (`EpochSampler`), and every N-th validation video (`ShardSampler`).
 """
 
 from __future__ import annotations
@@ -190,12 +194,21 @@ class EvalDataset(_Videos):
 
 class EpochSampler(Sampler):
     """Yields (index, sample_seed) pairs: a permutation (or the identity) and per-position seeds, both
-    from (seed, epoch). `set_epoch` before each epoch, like torch's DistributedSampler."""
+    from (seed, epoch). `set_epoch` before each epoch, like torch's DistributedSampler.
 
-    def __init__(self, size: int, *, seed: int, shuffle: bool = True):
+    With `num_replicas` > 1 (DDP), rank r yields positions r, r + N, r + 2N, ... of that same epoch
+    order, trimmed so that every rank yields `size // N` samples: equal batch counts keep DDP's
+    collectives in step. The ranks together yield the single-process epoch less its last `size % N`
+    positions, each sample with the seed it has in the single-process epoch."""
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool = True, rank: int = 0, num_replicas: int = 1):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
+        self.num_replicas = num_replicas
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -205,10 +218,29 @@ class EpochSampler(Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
         seeds = rng.integers(0, 2**62, self.size)
+        if self.num_replicas > 1:
+            shard = slice(self.rank, len(self) * self.num_replicas, self.num_replicas)
+            order, seeds = order[shard], seeds[shard]
         return iter(zip(order.tolist(), seeds.tolist()))
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.num_replicas if self.num_replicas > 1 else self.size
+
+
+class ShardSampler(Sampler):
+    """Evaluation under DDP: rank r reads indices r, r + N, r + 2N, ... in order. No padding, so every
+    video counts exactly once when the ranks' sums are added (shards may differ by one video)."""
+
+    def __init__(self, size: int, *, rank: int, num_replicas: int):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        self.indices = list(range(rank, size, num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 # --- what a trial calls --------------------------------------------------------------------------
@@ -221,8 +253,9 @@ class DataBundle:
     class_names: list[str]
 
 
-def build_loaders(cfg: DataConfig, *, seed: int, device_is_cuda: bool = False) -> DataBundle:
-    """The training and validation loaders of a trial.
+def build_loaders(cfg: DataConfig, *, seed: int, device_is_cuda: bool = False, rank: int = 0,
+                  num_replicas: int = 1) -> DataBundle:
+    """The training and validation loaders of a trial (of its DDP rank `rank` of `num_replicas`).
 
     Raises FlowMissingError (how many, and the extraction command) when cfg.flow is on and listed
     training videos have no flow; LayoutError when the root or a split file is missing.
@@ -235,11 +268,12 @@ def build_loaders(cfg: DataConfig, *, seed: int, device_is_cuda: bool = False) -
         flow_root = cfg.resolved_flow_root()
         require_flow(train, flow_root, dataset=cfg.name, root=cfg.root, algorithm=cfg.flow_algorithm)
     train_set = ClipDataset(train, spec, flow_root=flow_root, flow_size=cfg.flow_size)
-    sampler = EpochSampler(len(train_set), seed=seed)
+    sampler = EpochSampler(len(train_set), seed=seed, rank=rank, num_replicas=num_replicas)
     train_loader = _loader(train_set, cfg, batch_size=cfg.batch_size, sampler=sampler, device_is_cuda=device_is_cuda,
-                           drop_last=len(train_set) >= cfg.batch_size, persistent=True)
+                           drop_last=len(sampler) >= cfg.batch_size, persistent=True)
     val_set = EvalDataset(val, spec, clips=cfg.eval_clips)
-    val_loader = _loader(val_set, cfg, batch_size=cfg.eval_batch_size or cfg.batch_size, sampler=None,
+    val_sampler = ShardSampler(len(val_set), rank=rank, num_replicas=num_replicas) if num_replicas > 1 else None
+    val_loader = _loader(val_set, cfg, batch_size=cfg.eval_batch_size or cfg.batch_size, sampler=val_sampler,
                          device_is_cuda=device_is_cuda, drop_last=False, persistent=True)
     return DataBundle(train_loader, val_loader, len(split.class_names), list(split.class_names))
 
