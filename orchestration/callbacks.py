@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -28,30 +29,79 @@ def _error_reason(trial: Any) -> str:
     return lines[-1] if lines else text
 
 
+def terminal_status(result: dict[str, Any], max_epochs: int, error: str | None = None) -> tuple[str, str | None]:
+    """How a trial ended, from its last result: (completed | stopped_early | failed, reason)."""
+    if error is not None:
+        return "failed", error
+    if result.get("diverged"):
+        return "failed", str(result.get("failure_reason"))
+    if int(result.get("epoch", 0)) < max_epochs:
+        return "stopped_early", f"stopped by the scheduler after epoch {result.get('epoch', 0)}"
+    return "completed", None
+
+
 class StatusCallback(tune.Callback):
     """Marks each child run completed / stopped_early / failed (with the reason) when its trial ends.
 
-    Runs in Tune's event loop, so it never blocks on, nor dies of, a tracking server that is away:
-    a status it cannot set is kept and tried again every `retry_every_s` and, at the end of the
-    experiment, for up to `flush_timeout_s`."""
+    The MLflow writes happen on a thread of their own, never in Tune's event loop: the loop starts
+    the next trial at once, whatever the tracking server's latency, and a server that is away costs
+    nothing but a retry. A status that cannot be set is kept and tried again every `retry_every_s`;
+    at the end of the experiment the callback waits up to `flush_timeout_s` for the last ones.
+
+    Its state (statuses queued, trials marked) is part of Tune's experiment checkpoint. A driver
+    killed before it marked every ended trial is made good when the same command runs again: the
+    restored callback queues every trial that Tune holds as ended and that it has not marked (a
+    status set twice is the same status)."""
+
+    _RUNTIME = ("_client", "_lock", "_wake", "_idle", "_thread", "_closing", "_restored")
 
     def __init__(self, tracking_uri: str, experiment_id: str, sweep_id: str, max_epochs: int,
                  flush_timeout_s: float = 600.0, retry_every_s: float = 15.0):
         self.tracking_uri, self.experiment_id, self.sweep_id, self.max_epochs = \
             tracking_uri, experiment_id, sweep_id, max_epochs
         self.flush_timeout_s, self.retry_every_s = flush_timeout_s, retry_every_s
+        self._pending: list[dict[str, Any]] = []  # statuses not set yet: trial, run_id or trial key, status, reason
+        self._marked: set[str] = set()            # trial ids whose status MLflow holds
+        self._start_runtime()
+
+    def _start_runtime(self) -> None:
         self._client = None
-        self._pending: list[dict[str, Any]] = []  # statuses not set yet: run_id or trial key, status, reason
-        self._last_try = 0.0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()      # a new status, or the end of the experiment
+        self._idle = threading.Event()      # nothing pending
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._restored = False
+        if self._pending:
+            self._idle.clear()
+
+    def __getstate__(self):  # Tune pickles callbacks with its state; thread and client are rebuilt
+        with self._lock:
+            pending = [dict(p) for p in self._pending]
+        return {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME} | {"_pending": pending}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start_runtime()
+
+    def get_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"pending": [dict(p) for p in self._pending], "marked": sorted(self._marked)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._pending = [dict(p) for p in state.get("pending", [])]
+            self._marked = set(state.get("marked", []))
+            if self._pending:
+                self._idle.clear()
+        self._restored = True
 
     @property
     def client(self):
         if self._client is None:
             self._client = tracking.client(self.tracking_uri)
         return self._client
-
-    def __getstate__(self):  # Tune pickles callbacks with its state; clients are rebuilt on restore
-        return {**self.__dict__, "_client": None}
 
     def _set(self, status: dict[str, Any]) -> None:
         run_id = status["run_id"]
@@ -62,48 +112,82 @@ class StatusCallback(tune.Callback):
             run_id = found[0].info.run_id
         tracking.finish(self.client, run_id, status=status["status"], reason=status["reason"], attempts=2)
 
-    def _flush(self, timeout_s: float = 0.0) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _write(self) -> None:
+        """The writer thread: sets pending statuses in order; after a failure waits `retry_every_s`
+        (at the end of the experiment: 1 s, doubling up to 30 s) or the next status."""
         delay = 1.0
-        while self._pending:
-            self._last_try = time.monotonic()
-            try:
-                self._set(self._pending[0])
-                self._pending.pop(0)
-                continue
-            except Exception as e:  # noqa: BLE001 - whatever the store says, the sweep goes on
-                log.warning("MLflow unreachable; %d trial status(es) kept for later: %s", len(self._pending),
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-            if time.monotonic() + delay > deadline:
+        while True:
+            while True:
+                with self._lock:
+                    status = self._pending[0] if self._pending else None
+                    if status is None:
+                        self._idle.set()
+                if status is None:
+                    break
+                try:
+                    self._set(status)
+                except Exception as e:  # noqa: BLE001 - whatever the store says, the sweep goes on
+                    log.warning("MLflow unreachable; %d trial status(es) kept for later: %s", len(self._pending),
+                                str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    break
+                with self._lock:
+                    self._marked.add(self._pending.pop(0)["trial"])
+                delay = 1.0
+            if self._closing and self._idle.is_set():
                 return
-            time.sleep(delay)
-            delay = min(2 * delay, 30.0)
+            self._wake.wait(timeout=delay if self._closing else self.retry_every_s)
+            self._wake.clear()
+            if self._closing:
+                delay = min(2 * delay, 30.0)
 
     def _end(self, trial: Any, status: str, reason: str | None = None) -> None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
         key = tracking.trial_key(self.sweep_id, point_key(trial_point(trial.config)))
-        self._pending.append({"run_id": run_id, "key": key, "status": status, "reason": reason})
-        self._flush()
+        with self._lock:
+            self._pending.append({"trial": trial.trial_id, "run_id": run_id, "key": key, "status": status,
+                                  "reason": reason})
+            self._idle.clear()
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        """Called from Tune's event loop only (one thread): start the writer if it is not running."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._write, name="rev2net-mlflow-status", daemon=True)
+            self._thread.start()
+        self._wake.set()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        if result.get("diverged"):
-            self._end(trial, "failed", str(result.get("failure_reason")))
-        elif int(result.get("epoch", 0)) < self.max_epochs:
-            self._end(trial, "stopped_early", f"stopped by the scheduler after epoch {result.get('epoch', 0)}")
-        else:
-            self._end(trial, "completed")
+        self._end(trial, *terminal_status(trial.last_result or {}, self.max_epochs))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "failed", _error_reason(trial))
+        self._end(trial, *terminal_status(trial.last_result or {}, self.max_epochs, error=_error_reason(trial)))
+
+    def _queue_unmarked(self, trials: list) -> None:
+        """After a restore: the trials that ended under a previous driver and were never marked."""
+        self._restored = False
+        with self._lock:
+            known = self._marked | {p["trial"] for p in self._pending}
+        for trial in trials:
+            if trial.trial_id in known:
+                continue
+            if trial.status == "TERMINATED":
+                self.on_trial_complete(0, trials, trial)
+            elif trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+        if self._pending:
+            self._ensure_writer()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if self._pending and time.monotonic() - self._last_try > self.retry_every_s:
-            self._flush()
+        if self._restored:
+            self._queue_unmarked(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._flush(timeout_s=self.flush_timeout_s)
+        if self._restored:  # every trial had ended: Tune ran no step
+            self._queue_unmarked(trials)
+        self._closing = True
         if self._pending:
+            self._ensure_writer()
+        if not self._idle.wait(timeout=self.flush_timeout_s):
             log.error("%d trial status(es) could not be set in MLflow at %s; run the same command again to set them",
                       len(self._pending), self.tracking_uri)
 

@@ -392,6 +392,7 @@ def _run_stage(cfg: DictConfig, *, fresh: bool, require_resume: bool, progress: 
                progress_interval_s: float) -> StageResult:
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from orchestration.callbacks import HeartbeatCallback, ProgressCallback, StatusCallback
@@ -403,6 +404,9 @@ def _run_stage(cfg: DictConfig, *, fresh: bool, require_resume: bool, progress: 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Our ProgressCallback is the display; Tune's own (banner, TensorBoard hint) stays quiet.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # MLflow is the record of every trial: of Tune's own loggers only result.json stays (added below);
+    # its TensorBoard and CSV files would cost the driver's event loop at every result and trial end.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     cfg, plan = prepare(cfg)
     check_ray_address(cfg.ray.address)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
@@ -478,7 +482,7 @@ def _run_stage(cfg: DictConfig, *, fresh: bool, require_resume: bool, progress: 
                      if cfg.scheduler.name == "asha" else FIFOScheduler())
         callbacks = [StatusCallback(cfg.mlflow.tracking_uri, exp_id, sid, cfg.trainer.max_epochs,
                                     flush_timeout_s=cfg.mlflow.flush_timeout_s),
-                     HeartbeatCallback(cfg.mlflow.tracking_uri, parent_id)]
+                     HeartbeatCallback(cfg.mlflow.tracking_uri, parent_id), JsonLoggerCallback()]
         if progress:
             callbacks.append(ProgressCallback(title=f"{cfg.stage} · {plan.mode}", total_trials=plan.num_trials,
                                               max_epochs=cfg.trainer.max_epochs, metric=metric,

@@ -67,9 +67,9 @@ HEARTBEAT_STALE_S = 300.0              # a heartbeat older than this: the driver
 # HTTP behaviour of every process of a sweep: fail fast and retry at this level (`sync` at the next
 # epoch, `retry` with a deadline), instead of MLflow's default of 7 retries with exponential backoff
 # (minutes of a blocked training loop, or of a blocked Tune event loop in the driver).
+# Also: no "🏃 View run ... at: http://..." line on stdout per terminated run (one per trial).
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-WORKER_HTTP_ENV = HTTP_ENV  # the name the trainable uses
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 # Read from the environment by MlflowClient; passed on to the trials when set, never logged.
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",

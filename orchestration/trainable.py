@@ -119,7 +119,7 @@ def _load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
 
 def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """The Ray Tune function trainable (wrapped with `tune.with_parameters(run_sweep_trial, ctx=...)`)."""
-    for k, v in tracking.WORKER_HTTP_ENV.items():
+    for k, v in tracking.HTTP_ENV.items():
         os.environ.setdefault(k, v)
     for name in ("ray.train", "ray.tune"):  # one INFO line per checkpoint otherwise reaches the driver
         logging.getLogger(name).setLevel(logging.WARNING)

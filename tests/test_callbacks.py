@@ -1,0 +1,138 @@
+"""orchestration/callbacks.py against a real MLflow SQLite store: each ended trial's status reaches
+its run from a writer thread (Tune's event loop never waits on MLflow), a store that is away costs
+only retries, and a restored callback marks the trials a killed driver left unmarked."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+from mlflow import MlflowClient
+
+from orchestration import tracking
+from orchestration.callbacks import StatusCallback, terminal_status
+from orchestration.spaces import point_key
+
+SWEEP = "coarse-axes-x"
+
+
+@dataclass
+class FakeTrial:
+    """What the callback reads of a Tune trial."""
+
+    trial_id: str
+    config: dict
+    last_result: dict = field(default_factory=dict)
+    status: str = "RUNNING"
+    error: str | None = None
+
+    def get_error(self):
+        return self.error
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    exp_id = tracking.experiment_id(c, "test-exp", str(tmp_path / "artifacts"))
+    parent, _ = tracking.start_parent(c, exp_id, sweep_id=SWEEP, stage="coarse", mode="axes", run_name="coarse",
+                                      params={}, tags={})
+    return uri, c, exp_id, parent
+
+
+def _trials(c, exp_id, parent, n: int, max_epochs: int = 2) -> list[FakeTrial]:
+    """n trials with their child runs, each having reported its last epoch."""
+    trials = []
+    for i in range(n):
+        point = {"loss.alpha": float(i)}
+        run = tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id=SWEEP,
+                                     key=tracking.trial_key(SWEEP, point_key(point)), run_name=f"α={i}",
+                                     params={"loss.alpha": i}, tags={})
+        trials.append(FakeTrial(f"t{i}", {"point": point}, {"epoch": max_epochs, "mlflow_run_id": run.run_id}))
+    return trials
+
+
+def _status(c, trial: FakeTrial) -> tuple[str | None, str]:
+    run = c.get_run(trial.last_result["mlflow_run_id"])
+    return run.data.tags.get(tracking.TAG_STATUS), run.info.status
+
+
+def test_terminal_status_names_how_a_trial_ended():
+    assert terminal_status({"epoch": 3}, 3) == ("completed", None)
+    assert terminal_status({"epoch": 1}, 3) == ("stopped_early", "stopped by the scheduler after epoch 1")
+    assert terminal_status({"epoch": 2, "diverged": 1.0, "failure_reason": "loss term 'flow' is nan"}, 3) == \
+        ("failed", "loss term 'flow' is nan")
+    assert terminal_status({"epoch": 3}, 3, error="RayActorError: node died") == ("failed", "RayActorError: node died")
+
+
+def test_statuses_are_written_off_the_event_loop(store, monkeypatch):
+    uri, c, exp_id, parent = store
+    trials = _trials(c, exp_id, parent, 3)
+    release = threading.Event()
+    finish = tracking.finish
+
+    def slow_finish(*args, **kwargs):
+        release.wait(timeout=60)  # the tracking server is slow: the writer thread waits here
+        finish(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "finish", slow_finish)
+    cb = StatusCallback(uri, exp_id, SWEEP, max_epochs=2)
+    trials[1].last_result["epoch"] = 1
+    cb.on_trial_complete(0, trials, trials[0])
+    cb.on_trial_complete(0, trials, trials[1])
+    trials[2].error = "Traceback ...\nRuntimeError: CUDA out of memory"
+    cb.on_trial_error(0, trials, trials[2])
+    # the event loop got every call back while the writer is still blocked in the first write
+    assert [p["trial"] for p in cb.get_state()["pending"]] == ["t0", "t1", "t2"]
+    assert _status(c, trials[0]) == ("running", "RUNNING")
+    release.set()
+    cb.on_experiment_end(trials)
+    assert [_status(c, t) for t in trials] == [("completed", "FINISHED"), ("stopped_early", "FINISHED"),
+                                               ("failed", "FAILED")]
+    assert c.get_run(trials[2].last_result["mlflow_run_id"]).data.tags[tracking.TAG_FAILURE] == \
+        "RuntimeError: CUDA out of memory"
+    assert cb.get_state() == {"pending": [], "marked": ["t0", "t1", "t2"]}
+
+
+def test_a_store_that_is_away_costs_retries_not_statuses(store, monkeypatch):
+    uri, c, exp_id, parent = store
+    trials = _trials(c, exp_id, parent, 2)
+    failures = {"left": 3}
+    finish = tracking.finish
+
+    def flaky_finish(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("tracking server unreachable")
+        finish(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "finish", flaky_finish)
+    cb = StatusCallback(uri, exp_id, SWEEP, max_epochs=2, flush_timeout_s=60, retry_every_s=0.05)
+    for t in trials:
+        cb.on_trial_complete(0, trials, t)
+    cb.on_experiment_end(trials)
+    assert failures["left"] == 0
+    assert [_status(c, t)[0] for t in trials] == ["completed", "completed"]
+
+
+def test_a_restored_callback_marks_what_the_killed_driver_left_unmarked(store):
+    uri, c, exp_id, parent = store
+    trials = _trials(c, exp_id, parent, 4)
+    first = StatusCallback(uri, exp_id, SWEEP, max_epochs=2)
+    first.on_trial_complete(0, trials, trials[0])
+    first._idle.wait(timeout=30)
+    state = first.get_state()  # Tune's last experiment checkpoint before the driver was killed
+    assert state["marked"] == ["t0"]
+    # the driver is killed; meanwhile t1 had ended (never marked), t2 had failed, t3 will be rerun
+    trials[0].status = trials[1].status = "TERMINATED"
+    trials[2].status, trials[2].error = "ERROR", "RayTaskError: worker died"
+    trials[3].status = "PENDING"
+
+    restored = pickle.loads(pickle.dumps(first))  # the callbacks come back from Tune's tuner.pkl
+    restored.set_state(state)
+    restored.on_step_end(0, trials)
+    restored.on_experiment_end(trials)
+    assert [_status(c, t)[0] for t in trials] == ["completed", "completed", "failed", "running"]
+    assert restored.get_state()["marked"] == ["t0", "t1", "t2"]
