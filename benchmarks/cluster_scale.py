@@ -16,7 +16,8 @@ It prints
     sweep) against the cluster's capacity;
   * per-trial overhead: slot-seconds each trial took (wall x capacity / trials) against the
     theoretical minimum (epochs x epoch_s), and the wall time against ceil(trials / capacity) waves
-    (target: within 20%);
+    (target: within 20%); then where it goes: inside a trial, between two trials on a reused
+    worker (together: the steady-state overhead), and the workers' cold start;
   * MLflow write throughput against PostgreSQL: during the sweep (metrics and runs per second), and
     flat out (`--writers` threads sending `--batches` log_batch calls of 11 metrics each);
   * with --profile: where the driver's time went (cProfile of the driver process, grouped).
@@ -106,6 +107,25 @@ def concurrency(records: list[dict], wall: tuple[float, float]) -> tuple[int, fl
         most = max(most, now)
     busy = sum(r.get("end", wall[1]) - r["start"] for r in records)
     return most, busy / (wall[1] - wall[0])
+
+
+def overhead_parts(records: list[dict], epochs: int, epoch_s: float) -> tuple[float, float, float]:
+    """Where a trial's slot-seconds beyond `epochs x epoch_s` go, from the attempts' records (mean s):
+    inside the trial (per-epoch MLflow logging, checkpoint, report), between two trials on the same
+    reused worker (Tune's bookkeeping, placement group, the next trial's MLflow run), and each
+    worker's cold start (process start and imports, before its first trial)."""
+    inside = [r["end"] - r["start"] - epochs * epoch_s for r in records if "end" in r]
+    by_worker: dict[int, list[dict]] = {}
+    for r in records:
+        by_worker.setdefault(r["pid"], []).append(r)
+    gaps = []
+    for attempts in by_worker.values():
+        attempts.sort(key=lambda r: r["start"])
+        gaps += [b["start"] - a["end"] for a, b in zip(attempts, attempts[1:]) if "end" in a]
+    first = min(r["start"] for r in records)
+    cold = [min(r["start"] for r in attempts) - first for attempts in by_worker.values()]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return mean(inside), mean(gaps), mean(cold)
 
 
 def write_throughput(uri: str, writers: int, batches: int) -> tuple[float, float]:
@@ -229,6 +249,15 @@ def main() -> None:
         print(f"per-trial overhead: {per_trial:.2f} slot-s per trial vs {minimum_per_trial:.2f} minimum "
               f"(+{100 * (per_trial / minimum_per_trial - 1):.0f}%); wall {wall:.0f} s vs {waves:.0f} s for "
               f"{math.ceil(args.trials / capacity)} full waves (+{100 * (wall / waves - 1):.0f}%; target <= +20%)")
+        inside, between, cold = overhead_parts(records, args.epochs, args.epoch_s)
+        workers = len({r["pid"] for r in records})
+        print(f"per-trial overhead, where it goes: {inside:.2f} s inside the trial (epoch logging, checkpoints), "
+              f"{between:.2f} s between two trials on a reused worker; {workers} workers, each started "
+              f"{cold:.0f} s after the first trial on average (cold start: process, imports)")
+        steady = inside + between
+        print(f"steady state (every worker warm): {steady:.2f} s per trial over the {minimum_per_trial:.2f} s minimum "
+              f"(+{100 * steady / minimum_per_trial:.0f}%; target <= +20%); the rest of the wall time is the cold "
+              f"start of {workers} workers on {os.cpu_count()} cores, which a real cluster does on each node's own CPUs")
         logged = args.trials * args.epochs * METRICS_PER_EPOCH
         print(f"MLflow during the sweep: {logged} metrics in {args.trials * args.epochs} log_batch calls, "
               f"{logged / wall:.0f} metrics/s, {args.trials / wall:.2f} runs created/s")

@@ -6,7 +6,8 @@ Generates 320x240 videos (rev2net.data.synthetic, XVID) and their TV-L1 flow in 
 folder, then prints
   1. TV-L1 ("fast" preset) and Farneback frame pairs/s per core with 1..N extraction workers,
   2. clips/s of one process making 32x224x224 training clips: RGB alone, and RGB + flow targets at
-     224x224, 112x112 and 56x56 (flow_downsample 1, 2, 4),
+     224x224, 112x112 and 56x56 (flow_downsample 1, 2, 4); and 16x112x112 clips with 56x56 flow
+     (the coarse stage's reduced fidelity on a cluster),
   3. clips/s of a DataLoader (RGB + 112x112 flow, batch 8) with 1..N worker processes.
 Timings are wall-clock on whatever else the machine is doing: on a shared machine, run twice.
 """
@@ -83,6 +84,10 @@ def loader_rates(root: str, samples: int, max_workers: int) -> None:
     for size in (224, 112, 56):  # flow_downsample 1, 2, 4
         dataset = ClipDataset(records, spec, flow_root=flow_root, flow_size=size)
         print(f"  {f'RGB + flow {size}x{size}':20s} {clips_per_second(dataset, samples):6.1f}")
+    # The coarse stage's reduced fidelity on a cluster (cluster=gpu_shared, the README's GPU plan).
+    coarse = ClipSpec(16, 1, 112, 128, "loop")
+    dataset = ClipDataset(records, coarse, flow_root=flow_root, flow_size=56)
+    print(f"  {'coarse fidelity: 16x112x112 RGB + flow 56x56':20s} {clips_per_second(dataset, samples):6.1f}")
     print("DataLoader (RGB + flow 112x112, batch 8, persistent workers), clips/s:")
     for workers in range(1, max_workers + 1):
         # the generated set is in the UCF101 layout
