@@ -149,6 +149,13 @@ class MaxPool3dSame(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pads = _pads(x, self.kernel, self.stride)
+        if x.device.type == "cpu":
+            # PyTorch's CPU max_pool3d is ~10x faster on channels-last tensors (a vectorised kernel)
+            # than on the usual layout: a third of a thin trial's step otherwise. Same values.
+            return self._pool(x.contiguous(memory_format=torch.channels_last_3d), pads).contiguous()
+        return self._pool(x, pads)
+
+    def _pool(self, x: Tensor, pads: list[tuple[int, int]]) -> Tensor:
         if all(front == back for front, back in pads):
             return F.max_pool3d(x, self.kernel, self.stride, [p[0] for p in pads])
         return F.max_pool3d(F.pad(x, _f_pad(pads)), self.kernel, self.stride)

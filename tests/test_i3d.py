@@ -86,6 +86,13 @@ def test_padded_layers_equal_explicit_tf_padding(shape: tuple[int, ...]) -> None
         f_pads = [p for front_back in reversed(pads) for p in front_back]
         expected = F.max_pool3d(F.pad(x, f_pads), kernel, stride)  # the port pads with zeros
         assert torch.equal(MaxPool3dSame(kernel, stride)(x), expected), f"max pool {kernel}/{stride} on {shape}"
+        # on CPU the pool runs on a channels-last copy: same gradient, and the usual layout comes back
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = MaxPool3dSame(kernel, stride)(a)
+        assert out.is_contiguous(), "the next layer gets the usual memory layout"
+        out.square().sum().backward()
+        F.max_pool3d(F.pad(b, f_pads), kernel, stride).square().sum().backward()
+        assert torch.equal(a.grad, b.grad), f"max pool {kernel}/{stride} gradient on {shape}"
 
 
 @pytest.mark.parametrize("frames, height, width", [(9, 33, 30), (1, 16, 17)])
