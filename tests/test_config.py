@@ -25,7 +25,7 @@ def test_groups_are_one_per_concern():
 
 def test_embedded_default_is_thin_and_real_datasets_get_the_paper_model():
     tiny = to_objects(compose_config([]))
-    assert (tiny.data.name, tiny.model.width, tiny.data.frames, tiny.data.crop_size) == ("synthetic", 0.25, 16, 64)
+    assert (tiny.data.name, tiny.model.width, tiny.data.frames, tiny.data.crop_size) == ("synthetic", 0.1875, 16, 56)
     assert tiny.search.mode == "axes" and tiny.mlflow.tracking_uri == "sqlite:///mlflow.db"
     full = to_objects(compose_config(["data=ucf101", "data.root=/data/UCF101"]))
     assert (full.model.width, full.data.frames, full.data.crop_size, full.trainer.max_epochs) == (1.0, 32, 224, 40)

@@ -71,7 +71,7 @@ def test_dry_run_json_lists_every_trial_configuration(capsys, tmp_path):
     assert sorted({t["config"]["loss"]["alpha"] for t in trials}) == COARSE
     assert {tuple(t["params"][k] for k in WEIGHTS) for t in trials} == \
         {(a, b, f, i) for a in COARSE for b in COARSE for f in COARSE for i in COARSE}
-    assert all(t["config"]["model"]["width"] == 0.25 for t in trials)
+    assert all(t["config"]["model"]["width"] == 0.1875 for t in trials)
 
 
 def test_dry_run_asha_counts_trial_epochs(capsys):
