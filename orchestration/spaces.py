@@ -170,9 +170,21 @@ def fine_plan(space: dict[str, Any], coarse_space: dict[str, Any], coarse_best: 
     return Plan("fine", mode, grid_points(values, base, mode), values, base, notes=notes)
 
 
+def _trains_as(point: dict[str, Any], model_ddp: str) -> tuple:
+    """What a variant's point trains, up to what cannot change training: the low-level DDP form
+    has no parameters, so with beta = 0 asking for it changes nothing (the high-level form does:
+    its Gaussian heads condition the decoders even with alpha = 0)."""
+    ddp = str(point.get("model.ddp", model_ddp))
+    parts = {"low", "high"} if ddp == "both" else set() if ddp == "none" else {ddp}
+    if float(point.get("loss.beta", 0.0)) == 0.0:
+        parts.discard("low")
+    rest = {k: v for k, v in point.items() if k not in ("variant", "model.ddp")}
+    return tuple(sorted(parts)), tuple(sorted((k, repr(v)) for k, v in rest.items()))
+
+
 def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
                   variants: list[str] | None = None, seed_key: str = "trainer.seed", first_seed: int = 0,
-                  source: str = "") -> Plan:
+                  source: str = "", model_ddp: str = "both") -> Plan:
     """Named variants x seeds; each point = the chosen weights, then the variant's overrides, then the seed."""
     where = space["_path"]
     all_variants: dict[str, dict[str, Any]] = space.get("variants") or {}
@@ -195,6 +207,15 @@ def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: in
             points.append({"variant": name, **weights, **overrides, seed_key: s})
     values = {"variant": chosen, seed_key: list(range(first_seed, first_seed + n_seeds))}
     notes = [f"weights from {source or 'the loss config'}: " + ", ".join(f"{k}={v:g}" for k, v in weights.items())]
+    same: dict[tuple, list[str]] = {}
+    for p in points:
+        if p[seed_key] == first_seed:
+            same.setdefault(_trains_as(p, model_ddp), []).append(p["variant"])
+    for names in same.values():
+        if len(names) > 1:
+            notes.append(f"identical variants: {' and '.join(names)} train exactly alike with these weights (a DDP "
+                         f"form whose weight is 0 changes nothing); set `weights: config` in {where} and the loss.* "
+                         "weights to tell them apart")
     protocols = list(space.get("shuffle_protocols") or ["none"])
     return Plan("ablation", "variants", points, values, dict(weights), shuffle_protocols=protocols, notes=notes)
 

@@ -128,7 +128,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     elif weights_from != "config":
         raise ConfigError(f"{space['_path']}: weights={weights_from!r} is not one of auto, config")
     return ablation_plan(space, weights, seeds=s.seeds, variants=list(s.variants) or None,
-                         first_seed=int(cfg.trainer.seed), source=source)
+                         first_seed=int(cfg.trainer.seed), source=source, model_ddp=str(cfg.model.ddp))
 
 
 def sweep_id(cfg: DictConfig, plan: Plan, generation: int = 1) -> str:
@@ -408,6 +408,9 @@ def _run_stage(cfg: DictConfig, *, fresh: bool, require_resume: bool, progress: 
     # its TensorBoard and CSV files would cost the driver's event loop at every result and trial end.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     cfg, plan = prepare(cfg)
+    for note in plan.notes:
+        if note.startswith("identical variants"):
+            log.warning(note)
     check_ray_address(cfg.ray.address)
     tracking.check_reachable(cfg.mlflow.tracking_uri)
     prepare_data(cfg, progress=progress)

@@ -119,6 +119,17 @@ def test_ablation_plan_is_variants_times_seeds():
         ablation_plan(space, weights, variants=["nope"])
 
 
+def test_ablation_plan_names_variants_that_the_weights_make_identical():
+    space = load_space("ablation")
+    paper = {"loss.alpha": 0.01, "loss.beta": 0.1, "loss.lambda_flow": 0.1, "loss.lambda_im": 0.1}
+    assert not [n for n in ablation_plan(space, paper, seeds=1).notes if n.startswith("identical")]
+    # beta = 0 (e.g. the best of a coarse stage): the low-level form changes nothing, so "DDP low
+    # only" is "no DDP", and "DDP high only" is the full model (its heads run either way)
+    notes = [n for n in ablation_plan(space, {**paper, "loss.beta": 0.0}, seeds=1).notes if n.startswith("identical")]
+    assert len(notes) == 2, notes
+    assert any("no_ddp and ddp_low_only" in n for n in notes) and any("rev2net and ddp_high_only" in n for n in notes)
+
+
 def test_grid_points_dedupes_and_keeps_order():
     pts = grid_points({"a": [1, 2], "b": [3, 4]}, {"a": 1, "b": 3}, "axes")
     assert pts == [{"a": 1, "b": 3}, {"a": 2, "b": 3}, {"a": 1, "b": 4}]
