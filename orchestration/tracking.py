@@ -7,7 +7,9 @@ Exactly once, by construction rather than by luck:
     history, the run holds a tag with the last epoch it received (written in the same atomic
     `log_batch` as the metrics), and `ChildRun.sync(history)` sends exactly the epochs after that
     tag. A trial that re-runs an epoch after a crash therefore never writes a step twice, and one
-    whose tracking server was away for a while sends what it missed on its next sync;
+    whose tracking server was away for a while sends what it missed on its next sync, with the
+    timestamps of its first try, so a batch that had reached the store before the answer was lost
+    is an exact duplicate, which MLflow's SQL store drops;
   * run status is set by the driver (`StatusCallback`), which sees how every trial ended.
 
 Everything goes through `MlflowClient` (no fluent `mlflow.start_run` global state, which would leak
@@ -253,6 +255,10 @@ class ChildRun:
     run_id: str
     logged_epoch: int = 0
     pending_final: dict[str, float] = field(default_factory=dict)
+    # Each pending epoch's metric timestamp, fixed at its first send: a resend after a failure whose
+    # request did reach the store (the response was lost) is then an exact duplicate, which
+    # MLflow's SQL store drops, instead of a second point at the same step.
+    stamps: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def open(cls, c: MlflowClient, *, experiment_id: str, parent_id: str, sweep_id: str, key: str, run_name: str,
@@ -295,7 +301,8 @@ class ChildRun:
         now = int(time.time() * 1000)
         metrics: list[Metric] = []
         for epoch in range(self.logged_epoch + 1, len(history) + 1):
-            metrics.extend(Metric(k, float(v), now, epoch) for k, v in history[epoch - 1].items() if _finite(v))
+            stamp = self.stamps.setdefault(epoch, now)
+            metrics.extend(Metric(k, float(v), stamp, epoch) for k, v in history[epoch - 1].items() if _finite(v))
         new_epoch = len(history)
         try:
             # MLflow's SQL store accepts at most 1000 metrics per log_batch; the tag goes with the last chunk.
@@ -312,6 +319,7 @@ class ChildRun:
                         new_epoch - self.logged_epoch, self.run_id, str(e).splitlines()[0])
             return False
         self.logged_epoch = new_epoch
+        self.stamps = {e: t for e, t in self.stamps.items() if e > new_epoch}
         return True
 
     def log_final(self, metrics: dict[str, float], *, step: int) -> None:

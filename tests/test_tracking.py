@@ -129,3 +129,26 @@ def test_sync_keeps_epochs_pending_while_the_store_is_away(store, monkeypatch):
     monkeypatch.setattr(run.client, "log_batch", real)
     assert run.sync(_history(3)), "once back, everything pending is sent"
     assert [m.step for m in c.get_metric_history(run.run_id, "val/top1")] == [1, 2, 3]
+
+
+def test_a_send_whose_answer_was_lost_is_not_logged_twice(store, monkeypatch):
+    """The server stored the batch but the answer never came (killed mid-response): the resend is
+    the same batch, timestamps included, so the store keeps one point per step."""
+    uri, c, exp_id, parent = store
+    run = _open(c, exp_id, parent)
+    real = run.client.log_batch
+    lost = {"left": 3}  # every attempt of sync's own retry, then the next sync goes through
+
+    def stored_but_unanswered(*a, **k):
+        real(*a, **k)
+        if lost["left"]:
+            lost["left"] -= 1
+            raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(run.client, "log_batch", stored_but_unanswered)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    assert not run.sync(_history(1))
+    monkeypatch.setattr(tracking.time, "time", lambda: 4_000_000_000.0)  # the resend happens later
+    assert run.sync(_history(2))
+    for key in ("val/top1", "train/loss"):
+        assert [m.step for m in c.get_metric_history(run.run_id, key)] == [1, 2], key
