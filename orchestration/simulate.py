@@ -17,7 +17,8 @@ Failure drills (all off by default; passed as `trial.runner_args.<name>=...`):
     pid_dir             write this worker's pid to <pid_dir>/<trial key>.pid while it runs
     placement_dir       write where each attempt ran, to <placement_dir>/<trial key>-<pid>-<start>.json:
                         Ray node id and IP, GPU ids, the epoch it resumed from, start and end times (the
-                        end is missing when the attempt was killed), the trial's DDP processes
+                        end is missing when the attempt was killed), the trial's DDP processes, and the
+                        last epoch whose report came back (`reported`, at `reported_at`)
 
 `processes` (a data-parallel trial's rank count, from trial.gpus / trial.processes) is accepted and
 recorded: the stand-in trains nothing, so there is nothing to parallelise.
@@ -72,12 +73,26 @@ def constant_step(spec: Any, *, resume: Optional[dict], on_epoch_end: Callable[[
         rng.setstate(resume["rng"])
     placement = _placement(placement_dir, key, state.epoch, processes) if placement_dir else None
     try:
-        return _epochs(spec, state, rng, on_epoch_end, shuffle_protocols, epoch_s, fail_once_at_epoch, nan_at_epoch,
-                       diverge_above, marker_dir, key)
+        return _epochs(spec, state, rng, _recording(on_epoch_end, placement), shuffle_protocols, epoch_s,
+                       fail_once_at_epoch, nan_at_epoch, diverge_above, marker_dir, key)
     finally:
         if placement:
             placement[1]["end"] = time.time()
             _write_json(placement[0], placement[1])
+
+
+def _recording(on_epoch_end: Callable[[EpochReport], None],
+               placement: Optional[tuple[str, dict[str, Any]]]) -> Callable[[EpochReport], None]:
+    """`on_epoch_end`, then (with a placement record) the epoch whose report came back, in the record."""
+    if placement is None:
+        return on_epoch_end
+
+    def report(r: EpochReport) -> None:
+        on_epoch_end(r)
+        placement[1].update(reported=r.epoch, reported_at=time.time())
+        _write_json(*placement)
+
+    return report
 
 
 def _write_json(path: str, record: dict[str, Any]) -> None:
@@ -94,7 +109,7 @@ def _placement(folder: str, key: str, resumed_from: int, processes: int) -> tupl
     ctx = ray.get_runtime_context()
     record = {"trial": key, "pid": os.getpid(), "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
               "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])], "resumed_from": resumed_from,
-              "processes": processes, "start": time.time()}
+              "processes": processes, "start": time.time(), "reported": resumed_from, "reported_at": None}
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{key}-{os.getpid()}-{time.time_ns()}.json")
     _write_json(path, record)
