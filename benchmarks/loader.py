@@ -8,7 +8,11 @@ folder, then prints
   2. clips/s of one process making 32x224x224 training clips: RGB alone, and RGB + flow targets at
      224x224, 112x112 and 56x56 (flow_downsample 1, 2, 4); and 16x112x112 clips with 56x56 flow
      (the coarse stage's reduced fidelity on a cluster),
-  3. clips/s of a DataLoader (RGB + 112x112 flow, batch 8) with 1..N worker processes.
+  3. clips/s of a DataLoader (RGB + 112x112 flow, batch 8) with 1..N worker processes,
+  4. the same set copied at short side 128 (rev2net.data.resize): frames/s of the copy, its PSNR
+     against the source frames resized, and clips/s at the coarse fidelity from the copy with the
+     source's flow linked and with flow resampled to the copy's grid (and how much the resampled
+     flow targets differ from the linked ones).
 Timings are wall-clock on whatever else the machine is doing: on a shared machine, run twice.
 """
 
@@ -22,12 +26,17 @@ import tempfile
 import time
 
 import cv2
+import numpy as np
 import torch
 
 from rev2net.data.config import DataConfig
 from rev2net.data.datasets import ClipDataset, ClipSpec, build_loaders
-from rev2net.data.flow import DEFAULT_PRESET, FlowComputer, worker_init, extract_flow, flow_dir_of, grey_frames, quantize
+from rev2net.data.flow import DEFAULT_PRESET, FlowComputer, extract_flow, flow_dir_of, grey_frames, quantize
+from rev2net.data.jobs import worker_init
 from rev2net.data.layouts import all_videos, load_split
+from rev2net.data.resize import resize_dataset
+from rev2net.data.transforms import Crop
+from rev2net.data.video import open_video
 from rev2net.data.synthetic import flow_epe, generate_dataset
 
 HEIGHT, WIDTH, FRAMES, CROP, SHORT_SIDE = 240, 320, 32, 224, 256
@@ -108,6 +117,48 @@ def loader_rates(root: str, samples: int, max_workers: int) -> None:
         print(f"  workers={workers}: {rate:6.1f} total, {rate / workers:6.1f} per worker")
 
 
+def copy_rates(root: str, copies: str, samples: int, workers: int) -> None:
+    """The coarse fidelity read from a 128-pixel copy of the set (written under `copies`), against
+    the 320x240 source."""
+    short = 128
+    linked, resampled = os.path.join(copies, "linked"), os.path.join(copies, "resampled")
+    result = resize_dataset("synthetic", root, linked, short_side=short, flow="link", workers=workers, progress=False)
+    summary = result["video_summary"]
+    print(f"copy at short side {short} (rev2net.data.resize, {workers} workers): {summary.units / summary.seconds:.0f} "
+          f"frames/s, {summary.units / summary.seconds / workers:.0f} per core")
+    resize_dataset("synthetic", root, resampled, short_side=short, flow="resample", workers=workers, progress=False)
+    records = load_split("synthetic", root, 1).train
+    errors = []
+    for record in records[:4]:
+        source, copy = open_video(record.path), open_video(os.path.join(linked, os.path.relpath(record.path, root)))
+        frames = source.get_batch(list(range(len(source)))).asnumpy()
+        expected = np.stack([cv2.resize(f, copy[0].shape[1::-1], interpolation=cv2.INTER_AREA) for f in frames])
+        errors.append(np.mean((copy.get_batch(list(range(len(copy)))).asnumpy().astype(np.float64) - expected) ** 2))
+    print(f"  PSNR of the copy against the source frames resized: {10 * np.log10(255**2 / np.mean(errors)):.1f} dB")
+    coarse = ClipSpec(16, 1, 112, short, "loop")
+    print("  one process, coarse fidelity (16x112x112 clips, 56x56 flow), clips/s:")
+    rows = [("320x240 source", root, os.path.join(root, "flow_tvl1")),
+            ("copy, flow linked", linked, os.path.join(linked, "flow_tvl1")),
+            ("copy, flow resampled", resampled, os.path.join(resampled, "flow_tvl1"))]
+    datasets = {}
+    for label, folder, flow_root in rows:
+        folder_records = load_split("ucf101", folder, 1).train
+        datasets[label] = ClipDataset(folder_records, coarse, flow_root=flow_root, flow_size=56)
+        rgb = clips_per_second(ClipDataset(folder_records, coarse), samples)
+        print(f"    {label:22s} RGB {rgb:6.1f}   RGB + flow {clips_per_second(datasets[label], samples):6.1f}")
+    copy_records = datasets["copy, flow linked"].records
+    height, width = open_video(copy_records[0].path)[0].shape[:2]
+    crop = Crop((width - 112) // 2, (height - 112) // 2, 112)
+    differences, magnitudes = [], []
+    for record in copy_records:
+        a = datasets["copy, flow linked"]._flow(record, np.arange(16), crop, (height, width))
+        b = datasets["copy, flow resampled"]._flow(record, np.arange(16), crop, (height, width))
+        differences.append(np.abs(a - b).mean())
+        magnitudes.append(np.abs(a).mean())
+    print(f"  resampled vs linked flow targets: mean |difference| {np.mean(differences):.3f} px of the 56-pixel "
+          f"target (mean |flow| {np.mean(magnitudes):.3f} px)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=12, help="videos to generate (4 classes, >= 3 each)")
@@ -116,7 +167,7 @@ def main() -> None:
     parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPU cores; cv2 {cv2.__version__}, torch {torch.__version__}")
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as root, tempfile.TemporaryDirectory() as copies:
         start = time.perf_counter()
         per_class = max(3, -(-args.videos // 4))
         count = generate_dataset(root, classes=4, videos_per_class=per_class, frames=args.frames, height=HEIGHT,
@@ -126,11 +177,12 @@ def main() -> None:
         summary = extract_flow(jobs, workers=args.max_workers, progress=False)
         epe = flow_epe(root)
         print(f"{count} videos {WIDTH}x{HEIGHT}x{args.frames} generated in {generated - start:.1f} s; "
-              f"TV-L1 flow in {summary.seconds:.1f} s ({summary.pairs} pairs, {args.max_workers} workers); "
+              f"TV-L1 flow in {summary.seconds:.1f} s ({summary.units} pairs, {args.max_workers} workers); "
               f"EPE vs ground truth {epe['epe']:.3f} px (zero flow {epe['zero_flow_epe']:.3f}), on moving objects "
               f"{epe['object_epe']:.3f} px (zero flow {epe['object_zero_flow_epe']:.3f})")
         extraction_rates(root, args.max_workers)
         loader_rates(root, args.samples, args.max_workers)
+        copy_rates(root, copies, args.samples, args.max_workers)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
     datasets    ClipDataset, EvalDataset, EpochSampler, build_loaders, build_eval_loader
     synthetic   the generated motion dataset, ensure_synthetic, flow_epe
     check       check_dataset and its CLI
+    resize      a copy of a dataset at a lower resolution (resize_dataset and its CLI)
+    jobs        one job per video over every core, failures by video (flow, resize)
 
 Names are imported on first use, so `python -m rev2net.data.flow` and friends start clean.
 """
@@ -25,7 +27,7 @@ _EXPORTS = {
     "LayoutError": "layouts", "load_split": "layouts", "load_class_map": "layouts",
     "ensure_synthetic": "synthetic", "flow_epe": "synthetic",
     "check_dataset": "check", "CheckReport": "check",
-    "extract_flow": "flow", "PROTOCOLS": "shuffle",
+    "extract_flow": "flow", "PROTOCOLS": "shuffle", "resize_dataset": "resize",
 }
 __all__ = sorted(_EXPORTS)
 

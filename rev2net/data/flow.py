@@ -21,20 +21,16 @@ One extraction run per flow root at a time.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import sys
-import time
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from tqdm import tqdm
-
 from rev2net.data.config import DATASETS
+from rev2net.data.jobs import JobSummary, run_jobs
 from rev2net.data.layouts import all_videos
 from rev2net.data.video import UnreadableVideo, open_video
 
@@ -95,12 +91,19 @@ def read_pair(flow_dir: str, pair: int, reduce: int = 1) -> np.ndarray:
     return np.stack([x, y])
 
 
+def read_meta(flow_dir: str) -> dict:
+    """meta.json of a flow folder; {} for flow from other tools, which have none."""
+    meta_path = os.path.join(flow_dir, META)
+    if not os.path.isfile(meta_path):
+        return {}
+    with open(meta_path) as f:
+        return json.load(f)
+
+
 def stored_grid(flow_dir: str) -> tuple[int, int, int]:
     """(height, width, pairs) of a video's stored flow: from meta.json, else from its files."""
-    meta_path = os.path.join(flow_dir, META)
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+    meta = read_meta(flow_dir)
+    if meta:
         return meta["height"], meta["width"], meta["pairs"]
     pairs = sum(1 for name in os.listdir(flow_dir) if name.startswith("flow_x_"))
     first = read_pair(flow_dir, 0)
@@ -158,24 +161,49 @@ def extract_video(path: str, out_dir: str, *, algorithm: str = "tvl1", preset: s
     Written to `.<name>.partial` beside `out_dir` and renamed at the end (atomic on one filesystem).
     """
     compute = FlowComputer(algorithm, preset)
+    with partial_dir(out_dir) as partial:
+        pairs, grid = _write_pairs(path, partial, compute, flow_size, quality)
+        write_meta(partial, height=grid[0], width=grid[1], pairs=pairs, algorithm=algorithm, preset=compute.preset,
+                   source=os.path.basename(path))
+    return pairs
+
+
+@contextlib.contextmanager
+def partial_dir(out_dir: str):
+    """Yield `.<name>.partial` beside `out_dir` to fill; renamed to `out_dir` when the block ends
+    without an error (atomic on one filesystem). An error removes it; a kill leaves it, to be
+    removed by the next attempt."""
     parent, name = os.path.split(out_dir.rstrip(os.sep))
     os.makedirs(parent, exist_ok=True)
     partial = os.path.join(parent, f".{name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
     os.makedirs(partial)
     try:
-        pairs, grid = _write_pairs(path, partial, compute, flow_size, quality)
+        yield partial
     except Exception:
-        shutil.rmtree(partial, ignore_errors=True)  # a failure leaves nothing; a kill leaves .partial
+        shutil.rmtree(partial, ignore_errors=True)
         raise
-    with open(os.path.join(partial, META), "w") as f:
-        json.dump({"height": grid[0], "width": grid[1], "pairs": pairs, "algorithm": algorithm,
-                   "preset": compute.preset, "bound": BOUND, "source": os.path.basename(path)}, f)
     if os.path.isdir(out_dir):  # another run finished it meanwhile
         shutil.rmtree(partial, ignore_errors=True)
     else:
         os.rename(partial, out_dir)
-    return pairs
+
+
+def write_meta(flow_dir: str, *, height: int, width: int, pairs: int, algorithm: str, **extra) -> None:
+    """meta.json of a flow folder: its grid, pair count and how it was made."""
+    with open(os.path.join(flow_dir, META), "w") as f:
+        json.dump({"height": height, "width": width, "pairs": pairs, "algorithm": algorithm, "bound": BOUND,
+                   **extra}, f)
+
+
+def write_pair(flow_dir: str, pair: int, quantized: np.ndarray, params: list[int]) -> None:
+    """Store quantized flow uint8 (H, W, 2) as pair `pair`'s two grey JPEGs (imwrite `params`)."""
+    for component, file in zip((quantized[..., 0], quantized[..., 1]), pair_files(flow_dir, pair)):
+        ok, data = cv2.imencode(".jpg", component, params)
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for {file}")
+        with open(file, "wb") as f:
+            f.write(data.tobytes())
 
 
 def _write_pairs(path: str, out: str, compute: FlowComputer, flow_size: int | None,
@@ -186,13 +214,7 @@ def _write_pairs(path: str, out: str, compute: FlowComputer, flow_size: int | No
     pairs = 0
     for grey in grey_frames(path, flow_size):
         if prev is not None:
-            q = quantize(compute(prev, grey))
-            for component, file in zip((q[..., 0], q[..., 1]), pair_files(out, pairs)):
-                ok, data = cv2.imencode(".jpg", component, params)
-                if not ok:
-                    raise RuntimeError(f"JPEG encoding failed for {file}")
-                with open(file, "wb") as f:
-                    f.write(data.tobytes())
+            write_pair(out, pairs, quantize(compute(prev, grey)), params)
             pairs += 1
         prev = grey
     if pairs == 0:
@@ -200,74 +222,21 @@ def _write_pairs(path: str, out: str, compute: FlowComputer, flow_size: int | No
     return pairs, prev.shape
 
 
-def worker_init() -> None:
-    cv2.setNumThreads(1)  # one worker per core: no oversubscription
-
-
-def _extract_job(job: tuple) -> tuple[str, int, str]:
-    path, out_dir, options = job
-    try:
-        return path, extract_video(path, out_dir, **options), ""
-    except Exception as error:  # reported in the summary; one bad video does not stop the run
-        return path, 0, f"{type(error).__name__}: {error}"
-
-
-@dataclass
-class ExtractionSummary:
-    done: int = 0  # videos extracted by this run
-    skipped: int = 0  # videos already complete (resumed)
-    pairs: int = 0  # frame pairs computed by this run
-    seconds: float = 0.0
-    failures: dict[str, str] = field(default_factory=dict)  # video path -> error
-
-    def report(self) -> str:
-        lines = [f"flow: {self.done} videos extracted ({self.pairs} frame pairs, {self.seconds:.1f} s, "
-                 f"{self.pairs / max(self.seconds, 1e-9):.1f} pairs/s), {self.skipped} already done, "
-                 f"{len(self.failures)} failed"]
-        lines += [f"  FAILED {path}: {error}" for path, error in sorted(self.failures.items())]
-        return "\n".join(lines)
-
-
 def extract_flow(videos: list[tuple[str, str]], *, algorithm: str = "tvl1", preset: str = DEFAULT_PRESET,
                  flow_size: int | None = None, workers: int | None = None, quality: int = JPEG_QUALITY,
-                 progress: bool = True) -> ExtractionSummary:
+                 progress: bool = True) -> JobSummary:
     """Extract flow for (video path, flow folder) pairs, skipping folders that already exist.
 
     `workers` processes (default: every core), one video per task; workers=1 runs in this process.
     """
     FlowComputer(algorithm, preset)  # validate before starting workers
-    start = time.perf_counter()
-    summary = ExtractionSummary()
-    todo = [(path, out, dict(algorithm=algorithm, preset=preset, flow_size=flow_size, quality=quality))
-            for path, out in videos if not os.path.isdir(out)]
-    summary.skipped = len(videos) - len(todo)
-    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
-    bar = tqdm(total=len(todo), desc=f"flow ({algorithm})", unit="video", disable=not progress, smoothing=0.1)
-    if workers == 1:
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            _collect(map(_extract_job, todo), summary, bar)
-        finally:
-            cv2.setNumThreads(threads)
-    else:
-        context = multiprocessing.get_context("spawn")  # safe beside threads (decord, torch, tqdm)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init) as pool:
-            _collect(pool.map(_extract_job, todo, chunksize=max(1, min(8, len(todo) // (8 * workers)))), summary, bar)
-    bar.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    todo = [(path, out, algorithm, preset, flow_size, quality) for path, out in videos if not os.path.isdir(out)]
+    summary = JobSummary("flow", "extracted", "frame pairs", skipped=len(videos) - len(todo))
+    return run_jobs(_extract_job, todo, summary, workers=workers, progress=progress)
 
 
-def _collect(results, summary: ExtractionSummary, bar: tqdm) -> None:
-    for path, pairs, error in results:
-        if error:
-            summary.failures[path] = error
-        else:
-            summary.done += 1
-            summary.pairs += pairs
-        bar.set_postfix(pairs=summary.pairs, failed=len(summary.failures), refresh=False)
-        bar.update()
+def _extract_job(path: str, out_dir: str, algorithm: str, preset: str, flow_size: int | None, quality: int) -> int:
+    return extract_video(path, out_dir, algorithm=algorithm, preset=preset, flow_size=flow_size, quality=quality)
 
 
 def extraction_command(dataset: str, root: str, flow_root: str | None = None, algorithm: str = "tvl1") -> str:

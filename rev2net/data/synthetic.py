@@ -324,7 +324,7 @@ def _build(root: str, params: SyntheticConfig, *, progress: bool, workers: int |
         raise RuntimeError("flow extraction failed on generated videos:\n" + summary.report())
     extracted = time.perf_counter()
     marker = {"format": FORMAT_VERSION, "params": dataclasses.asdict(params), "videos": count,
-              "flow": {"algorithm": "tvl1", "preset": DEFAULT_PRESET, "pairs": summary.pairs},
+              "flow": {"algorithm": "tvl1", "preset": DEFAULT_PRESET, "pairs": summary.units},
               "generate_s": round(generated - start, 2), "extract_s": round(extracted - generated, 2),
               "tvl1_vs_ground_truth": flow_epe(partial, flow_root)}
     tmp = os.path.join(partial, MARKER + ".tmp")
