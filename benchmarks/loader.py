@@ -35,9 +35,9 @@ from rev2net.data.flow import DEFAULT_PRESET, FlowComputer, extract_flow, flow_d
 from rev2net.data.jobs import worker_init
 from rev2net.data.layouts import all_videos, load_split
 from rev2net.data.resize import resize_dataset
+from rev2net.data.synthetic import flow_epe, generate_dataset
 from rev2net.data.transforms import Crop
 from rev2net.data.video import open_video
-from rev2net.data.synthetic import flow_epe, generate_dataset
 
 HEIGHT, WIDTH, FRAMES, CROP, SHORT_SIDE = 240, 320, 32, 224, 256
 

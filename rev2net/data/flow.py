@@ -29,6 +29,7 @@ import sys
 
 import cv2
 import numpy as np
+
 from rev2net.data.config import DATASETS
 from rev2net.data.jobs import JobSummary, run_jobs
 from rev2net.data.layouts import all_videos
