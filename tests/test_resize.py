@@ -190,8 +190,11 @@ def test_bad_arguments_are_refused_before_any_work(synthetic_root, tmp_path, cap
 def test_switching_flow_modes_never_writes_through_the_link(synthetic_root, tmp_path):
     out = str(tmp_path / "copy")
     _resize(synthetic_root, out)  # link
+    first = all_videos("synthetic", synthetic_root)[0]
+    os.remove(os.path.join(out, os.path.relpath(first.path, synthetic_root)))
     with pytest.raises(ValueError, match="remove the link before --flow resample"):
         _resize(synthetic_root, out, flow="resample")
+    assert not os.path.exists(os.path.join(out, os.path.relpath(first.path, synthetic_root))), "refused before any work"
     os.remove(os.path.join(out, "flow_tvl1"))
     _resize(synthetic_root, out, flow="resample")
     with pytest.raises(ValueError, match="exists and is not a link"):

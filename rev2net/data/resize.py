@@ -154,29 +154,26 @@ def resize_dataset(dataset: str, root: str, out: str, *, short_side: int, flow: 
     _validate(root, out, short_side, flow, flow_size, algorithm)
     records = all_videos(dataset, root)  # a broken layout fails here, naming what is missing
     source_flow = os.path.abspath(flow_root or os.path.join(root, f"flow_{algorithm}"))
+    target_flow = os.path.join(out, f"flow_{algorithm}")
+    _check_flow_target(flow, source_flow, target_flow)  # before any work
+    size = (flow_size or short_side) if flow == "resample" else None
     os.makedirs(out, exist_ok=True)
     annotations = _copy_annotations(root, out, skip=(source_flow, out))
     jobs = [(r.path, os.path.join(out, os.path.relpath(r.path, root)), short_side) for r in records]
     todo = [job for job in jobs if not os.path.exists(job[1])]
     videos = run_jobs(resize_video, todo, JobSummary("resize", "resized", "frames", skipped=len(jobs) - len(todo)),
                       workers=workers, progress=progress)
-    target_flow = os.path.join(out, f"flow_{algorithm}")
     flows = None
     if flow == "link":
         _link(source_flow, target_flow)
     elif flow == "resample":
-        if os.path.islink(target_flow):
-            raise ValueError(f"{target_flow} is a link to the source's flow (an earlier --flow link); "
-                             "remove the link before --flow resample, which writes there")
-        size = flow_size or short_side
         jobs = [(flow_dir_of(source_flow, r.key), flow_dir_of(target_flow, r.key), size) for r in records]
         todo = [job for job in jobs if not os.path.isdir(job[1])]
         flows = run_jobs(resample_flow, todo, JobSummary("flow", "resampled", "frame pairs",
                                                          skipped=len(jobs) - len(todo)),
                          workers=workers, progress=progress)
     marker = {"dataset": dataset, "source": root, "short_side": short_side, "videos": len(records),
-              "annotations": annotations, "flow": flow, "flow_source": source_flow,
-              "flow_size": (flow_size or short_side) if flow == "resample" else None,
+              "annotations": annotations, "flow": flow, "flow_source": source_flow, "flow_size": size,
               "failed_videos": sorted(videos.failures),
               "failed_flow": sorted(flows.failures) if flows else [], "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(os.path.join(out, MARKER), "w") as f:
@@ -213,12 +210,20 @@ def _copy_annotations(root: str, out: str, skip: tuple[str, ...]) -> list[str]:
     return sorted(copied)
 
 
-def _link(source_flow: str, target_flow: str) -> None:
-    if os.path.islink(target_flow) and os.path.realpath(target_flow) == os.path.realpath(source_flow):
-        return
-    if os.path.lexists(target_flow):
+def _check_flow_target(flow: str, source_flow: str, target_flow: str) -> None:
+    """Refuse a flow mode that would clash with what an earlier run left at `target_flow`."""
+    if flow == "resample" and os.path.islink(target_flow):
+        raise ValueError(f"{target_flow} is a link to the source's flow (an earlier --flow link); "
+                         "remove the link before --flow resample, which writes there")
+    linked = os.path.islink(target_flow) and os.path.realpath(target_flow) == os.path.realpath(source_flow)
+    if flow == "link" and os.path.lexists(target_flow) and not linked:
         raise ValueError(f"{target_flow} exists and is not a link to {source_flow}; "
                          "remove it (or keep it with --flow none)")
+
+
+def _link(source_flow: str, target_flow: str) -> None:
+    if os.path.lexists(target_flow):  # the same link, from an earlier run (_check_flow_target)
+        return
     if not os.path.isdir(source_flow):
         print(f"no flow at {source_flow}: the copy has none (extract it with python -m rev2net.data.flow, "
               "or give --flow-root)", file=sys.stderr)
