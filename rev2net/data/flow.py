@@ -33,7 +33,7 @@ import numpy as np
 from rev2net.data.config import DATASETS
 from rev2net.data.jobs import JobSummary, run_jobs
 from rev2net.data.layouts import all_videos
-from rev2net.data.video import UnreadableVideo, open_video
+from rev2net.data.video import UnreadableVideo, iter_frames, open_video
 
 BOUND = 20.0  # flow is clipped at +-BOUND pixels before quantization
 JPEG_QUALITY = 95
@@ -137,22 +137,16 @@ class FlowComputer:
         return cv2.calcOpticalFlowFarneback(prev, nxt, None, **FARNEBACK)
 
 
-def grey_frames(path: str, flow_size: int | None, chunk: int = 64):
+def grey_frames(path: str, flow_size: int | None):
     """Yield the video's frames as grey uint8, short side resized to `flow_size` if given."""
-    reader = open_video(path)
-    for begin in range(0, len(reader), chunk):
-        try:
-            batch = reader.get_batch(list(range(begin, min(begin + chunk, len(reader))))).asnumpy()
-        except Exception as error:
-            raise UnreadableVideo(f"{path}: cannot decode frames from {begin} ({error})") from error
-        for frame in batch:
-            grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-            if flow_size is not None and min(grey.shape) != flow_size:
-                h, w = grey.shape
-                scale = flow_size / min(h, w)
-                size = (max(1, round(w * scale)), max(1, round(h * scale)))
-                grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-            yield grey
+    for frame in iter_frames(open_video(path), path):
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if flow_size is not None and min(grey.shape) != flow_size:
+            h, w = grey.shape
+            scale = flow_size / min(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        yield grey
 
 
 def extract_video(path: str, out_dir: str, *, algorithm: str = "tvl1", preset: str = DEFAULT_PRESET,

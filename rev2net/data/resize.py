@@ -54,14 +54,13 @@ from rev2net.data.flow import (JPEG_QUALITY, dequantize, flow_dir_of, partial_di
                                write_meta, write_pair)
 from rev2net.data.jobs import JobSummary, run_jobs
 from rev2net.data.layouts import all_videos
-from rev2net.data.video import UnreadableVideo, open_video
+from rev2net.data.video import UnreadableVideo, iter_frames, open_video
 
 MARKER = "resize.json"
 FLOW_MODES = ("link", "resample", "none")
 ANNOTATION_EXTENSIONS = (".txt", ".csv")
 FOURCC = {".avi": "XVID", ".mkv": "XVID", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".webm": "VP80",
           ".mpg": "PIM1", ".mpeg": "PIM1"}
-CHUNK = 64  # frames decoded at a time
 
 
 def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -110,14 +109,9 @@ def _encode(reader, source: str, path: str, size: tuple[int, int]) -> None:
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {FOURCC[ext]} video {path} ({width}x{height})")
     try:
-        for begin in range(0, len(reader), CHUNK):
-            try:
-                batch = reader.get_batch(list(range(begin, min(begin + CHUNK, len(reader))))).asnumpy()
-            except Exception as error:
-                raise UnreadableVideo(f"{source}: cannot decode frames from {begin} ({error})") from error
-            for frame in batch:  # (H, W, 3) RGB
-                small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-                writer.write(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        for frame in iter_frames(reader, source):  # (H, W, 3) RGB
+            small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            writer.write(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
 

@@ -49,6 +49,16 @@ def read_frames(reader: decord.VideoReader, indices: np.ndarray, path: str = "")
     return decoded if len(unique) == len(indices) and (unique == indices).all() else decoded[inverse]
 
 
+def iter_frames(reader: decord.VideoReader, path: str = "", chunk: int = 64):
+    """Every frame of the video in order, as uint8 (H, W, 3) RGB, decoded `chunk` frames at a time."""
+    for begin in range(0, len(reader), chunk):
+        try:
+            batch = reader.get_batch(list(range(begin, min(begin + chunk, len(reader))))).asnumpy()
+        except Exception as error:
+            raise UnreadableVideo(f"{path}: cannot decode frames from {begin} ({error})") from error
+        yield from batch
+
+
 def clip_indices(start: int, num_frames: int, stride: int, length: int, policy: str) -> np.ndarray:
     """Video frame indices of a clip of `num_frames` frames every `stride` from `start`."""
     indices = start + stride * np.arange(num_frames)
