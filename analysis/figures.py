@@ -23,9 +23,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.runs import AVERAGED, RANKED, SHUFFLE_PROTOCOLS, STATUSES, WEIGHTS, rank_trials
-from analysis.tables import (METRIC_LABELS, PROTOCOL_LABELS, VARIANT_LABELS, WEIGHT_NAMES, WEIGHT_SYMBOLS,
+from analysis.tables import (METRIC_LABELS, PROTOCOL_LABELS, WEIGHT_NAMES, WEIGHT_SYMBOLS,
                              shuffle_table, weight_value)
+from orchestration.records import AVERAGED, RANKED, SHUFFLE_PROTOCOLS, STATUSES, WEIGHTS, rank_trials
+from rev2net import registry
 
 TERMS = ("ce", "ddp_high", "ddp_low", "flow", "im")
 TERM_WEIGHTS = {"ce": None, "ddp_high": "loss.alpha", "ddp_low": "loss.beta", "flow": "loss.lambda_flow",
@@ -255,7 +256,7 @@ def shuffle_bars(runs: pd.DataFrame, *, statuses: Sequence[str] = AVERAGED, pape
                    yerr=None if stds is None else np.nan_to_num(stds), capsize=2, color=f"C{j}",
                    label=PROTOCOL_LABELS.get(p, p), hatch="//" if rows is theirs else None,
                    edgecolor="white" if rows is theirs else None)
-        labels = [VARIANT_LABELS.get(m, m) for m in rows["model"]]
+        labels = [registry.label(m) for m in rows["model"]]
         ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 100)

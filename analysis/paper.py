@@ -1,23 +1,26 @@
 """The published numbers the tables can show beside ours (top-1 accuracy, %), with their sources.
 
-Transcribed from /work/shared/papers/ (see its README): Yao, Wang et al., ICME 2020 ("2020") and
-Wang, Yao et al., arXiv 2018 ("2018"). They are the papers' results on UCF101 / HMDB51 with the full
+Transcribed from the papers: Yao, Wang et al., "Multi-Task Learning of Generalizable
+Representations for Video Action Recognition", ICME 2020 ("2020"), and Wang, Yao et al., "Reversing
+Two-Stream Networks with Decoding Discrepancy Penalty for Robust Action Recognition", arXiv 2018 ("2018"). They are the papers' results on UCF101 / HMDB51 with the full
 I3D at 32x224x224, not something this code reproduced; every table labels them as the paper's.
 """
 
 from __future__ import annotations
 
+from rev2net import registry as R
+
 # Yao et al. 2020, Table 2 (ImageNet-pretrained, RGB input); the same numbers are the 2018 paper's
-# Table 5 ablation rows. Keys are the ablation variants (search_spaces/ablation.yaml).
+# Table 5 ablation rows. Keys are registered variants (rev2net.registry).
 ABLATION = {
     "source": "Yao et al. 2020, Table 2 (ImageNet pretraining, RGB)",
     "columns": {"ucf101": "UCF101", "hmdb51": "HMDB51"},
     "rows": {
-        "rev2net": {"ucf101": 94.6, "hmdb51": 71.1},
-        "no_frame_decoder": {"ucf101": 93.8, "hmdb51": 69.6},
-        "no_flow_decoder": {"ucf101": 93.1, "hmdb51": 67.5},
-        "no_ddp": {"ucf101": 93.3, "hmdb51": 69.7},
-        "i3d": {"ucf101": 84.5, "hmdb51": 49.8},
+        R.REV2NET: {"ucf101": 94.6, "hmdb51": 71.1},
+        R.NO_FRAME_DECODER: {"ucf101": 93.8, "hmdb51": 69.6},
+        R.NO_FLOW_DECODER: {"ucf101": 93.1, "hmdb51": 67.5},
+        R.NO_DDP: {"ucf101": 93.3, "hmdb51": 69.7},
+        R.I3D: {"ucf101": 84.5, "hmdb51": 49.8},
     },
 }
 

@@ -5,13 +5,13 @@
 For each stage the experiment has (coarse, fine, ablation) it takes the newest invocation (its
 parent run; `--all-sweeps` pools every invocation of the stage) and writes into --out:
   status.{md,csv,tex}                      trials per stage and status
-  best.{md,csv,tex}                        the best configuration of each grid stage (analysis.runs.best_config)
+  best.{md,csv,tex}                        the best configuration of each grid stage (orchestration.records.best_config)
   <stage>_marginals.{md,csv,tex}, <stage>_top.{md,csv,tex}    coarse and fine grids
   ablation.{md,csv,tex}, shuffle.{md,csv,tex}                 ablation stage (Table 2, Table 3 layouts)
   cross_dataset.{md,csv,tex}               when trials with data.eval_name exist (Table 5 layout)
   <stage>_marginals.png, <stage>_alpha_beta.png, <stage>_flow_im.png, <stage>_curves.png,
   <stage>_loss_terms.png, shuffle.png      figures
-  runs.csv                                 every trial read, one row each (analysis.runs.load_runs)
+  runs.csv                                 every trial read, one row each (orchestration.records.load_runs)
   report.md                                all of the above on one page
 and prints the tables to the terminal. A table with nothing to show is skipped, with the reason.
 """
@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import figures, tables
-from analysis.runs import WEIGHTS, client_for, load_histories, load_runs, rank_trials, stage_runs
+from orchestration.records import WEIGHTS, client_for, load_histories, load_runs, rank_trials, stage_runs
 
 STAGES = ("coarse", "fine", "ablation")
 HEATMAPS = {"alpha_beta": ("loss.alpha", "loss.beta"), "flow_im": ("loss.lambda_flow", "loss.lambda_im")}

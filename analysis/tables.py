@@ -10,7 +10,7 @@ The rules, the same in every table:
     stopped-early (ASHA) trial's accuracy comes from fewer epochs. Stopped-early, failed and
     running trials, and averaged-status trials without a finite value of the metric ("missing"),
     are counted in the "not averaged" column, never averaged in.
-  * "best" (grid tables) ranks like `analysis.runs.best_config`: completed and stopped-early trials
+  * "best" (grid tables) ranks like `orchestration.records.best_config`: completed and stopped-early trials
     (a stopped trial's accuracy is a lower bound of what it would have reached).
   * A cell with no trial to average reads "—"; with one trial it has no "± std".
   * The paper's numbers (`paper=True`) are their own columns or rows, labelled "paper", with the
@@ -30,23 +30,11 @@ import numpy as np
 import pandas as pd
 
 from analysis import paper as published
-from analysis.runs import (AVERAGED, RANKED, SHUFFLE_PROTOCOLS, STATUSES, VARIANTS, WEIGHTS, best_config,
-                           rank_trials, variant_of)
+from orchestration.records import (AVERAGED, RANKED, SHUFFLE_PROTOCOLS, STATUSES, WEIGHT_INFO, WEIGHT_SYMBOLS, WEIGHTS,
+                                   best_config, rank_trials, variant_of)
+from rev2net import registry
 
-VARIANT_LABELS = {
-    "rev2net": "Rev2Net (full)",
-    "no_frame_decoder": "w/o frame decoder",
-    "no_flow_decoder": "w/o flow decoder",
-    "no_ddp": "w/o DDP",
-    "ddp_low_only": "DDP low-level only (β)",
-    "ddp_high_only": "DDP high-level only (α)",
-    "decoder_plain": "plain decoders",
-    "decoder_deep": "deep decoders",
-    "i3d": "I3D (no decoders)",
-}
-WEIGHT_SYMBOLS = {"loss.alpha": "α", "loss.beta": "β", "loss.lambda_flow": "λ_flow", "loss.lambda_im": "λ_im"}
-WEIGHT_NAMES = {"loss.alpha": "α (high-level DDP)", "loss.beta": "β (low-level DDP)",
-                "loss.lambda_flow": "λ_flow (flow prediction)", "loss.lambda_im": "λ_im (frame reconstruction)"}
+WEIGHT_NAMES = {k: f"{w.symbol} ({w.meaning})" for k, w in WEIGHT_INFO.items()}
 PROTOCOL_LABELS = {"none": "no shuffle", "long_term": "long-term", "short_term": "short-term", "complete": "complete"}
 DATASET_LABELS = {"ucf101": "UCF101", "hmdb51": "HMDB51", "kinetics400": "Kinetics-400", "synthetic": "synthetic",
                   "generic": "generic"}
@@ -102,18 +90,12 @@ def _right_aligned(column: pd.Series) -> bool:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """A GitHub pipe table (pandas' `to_markdown` needs `tabulate`, which the project does not use):
-    numeric columns right-aligned, `|` escaped, columns padded for reading as plain text."""
-    header = [str(c).replace("|", "\\|") for c in df.columns]
-    rows = [[str(v).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
-    right = [_right_aligned(df.iloc[:, i]) for i in range(df.shape[1])]
-    widths = [max(3, len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+    """A GitHub pipe table (pandas' `to_markdown`, through tabulate): numeric columns right-aligned,
+    `|` escaped, columns padded for reading as plain text."""
+    cells = df.astype(str).map(lambda v: v.replace("|", "\\|"))
+    cells.columns = [str(c).replace("|", "\\|") for c in df.columns]
+    align = tuple("right" if _right_aligned(df.iloc[:, i]) else "left" for i in range(df.shape[1]))
+    return cells.to_markdown(index=False, colalign=align, disable_numparse=True)
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -130,18 +112,14 @@ def latex_escape(text: Any) -> str:
 
 
 def latex(df: pd.DataFrame, *, caption: str, label: str, notes: Sequence[str] = ()) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}); notes go below it in small type."""
+    """A booktabs table (pandas' `Styler.to_latex`; needs \\usepackage{booktabs}); notes go below it
+    in small type."""
     align = "".join("r" if _right_aligned(df.iloc[:, i]) else "l" for i in range(df.shape[1]))
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", rf"\label{{{label}}}",
-             rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-             " & ".join(latex_escape(c) for c in df.columns) + r" \\", r"\midrule"]
-    for row in df.itertuples(index=False):
-        lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    for note in notes:
-        lines.append(rf"\par\smallskip{{\footnotesize {latex_escape(note)}}}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+    styler = df.style.hide(axis="index").format(latex_escape).format_index(latex_escape, axis=1)
+    tex = styler.to_latex(column_format=align, position="t", position_float="centering", hrules=True,
+                          caption=latex_escape(caption), label=label)
+    below = "".join(rf"\par\smallskip{{\footnotesize {latex_escape(note)}}}" + "\n" for note in notes)
+    return tex.replace("\\end{table}", below + "\\end{table}")
 
 
 # --------------------------------------------------------------------------- numbers
@@ -209,8 +187,9 @@ def _averaging_note(metric: str, statuses: Sequence[str], unit: str = "trials") 
 
 
 def _order_variants(variants: Sequence[str]) -> list[str]:
-    known = [v for v in VARIANTS if v in set(variants)]
-    return known + sorted(set(variants) - set(VARIANTS))
+    """Registered variants in the registry's order, then any others by name."""
+    known = [v for v in registry.VARIANTS if v in set(variants)]
+    return known + sorted(set(variants) - set(registry.VARIANTS))
 
 
 # --------------------------------------------------------------------------- the tables
@@ -227,7 +206,7 @@ def ablation_table(runs: pd.DataFrame, *, metric: str = "val/top1", statuses: Se
     datasets = list(dict.fromkeys(abl["_dataset"]))
     data_rows, shown_rows = [], []
     for variant in _order_variants(stats["_variant"].unique()):
-        shown = {"variant": VARIANT_LABELS.get(variant, variant)}
+        shown = {"variant": registry.label(variant)}
         for d in datasets:
             match = stats[(stats["_variant"] == variant) & (stats["_dataset"] == d)]
             if match.empty:
@@ -274,7 +253,7 @@ def shuffle_table(runs: pd.DataFrame, *, statuses: Sequence[str] = AVERAGED, pap
     for variant in _order_variants(pool["_variant"].unique()):
         first = per_protocol[present[0]].loc[variant].to_dict()
         seeds = int(first["n"])
-        shown = {"model": VARIANT_LABELS.get(variant, variant)}
+        shown = {"model": registry.label(variant)}
         row = {"model": variant, "source": "ours", "n": seeds}
         for p in present:
             s = per_protocol[p].loc[variant].to_dict()
@@ -324,7 +303,7 @@ def grid_marginals(runs: pd.DataFrame, *, metric: str = "val/top1", mode: str = 
                                "mean ± std (%)": pm(s["mean"], s["std"], s["n"], digits), "n": str(s["n"]),
                                "not averaged": not_averaged(s, statuses, metric)})
     label = f"{stage} grid" if stage else "grid"
-    notes = ["best: the highest value over completed and stopped-early trials (as analysis.runs.best_config ranks them)",
+    notes = ["best: the highest value over completed and stopped-early trials (as orchestration.records.best_config ranks them)",
              _averaging_note(metric, statuses) + " (n)",
              "each row pools every trial with that value, whatever the other weights"]
     title = f"{label.capitalize()}: marginal effect of each loss weight on {METRIC_LABELS.get(metric, metric)}"
@@ -361,7 +340,7 @@ def top_trials(runs: pd.DataFrame, *, k: int = 10, metric: str = "val/top1", mod
     counts = runs["status"].value_counts()
     left_out = [f"{int(counts[s])} {s.replace('_', ' ')}" for s in STATUSES if s not in statuses and counts.get(s, 0)]
     notes = [f"ranked by final-epoch {metric} among {' and '.join(s.replace('_', ' ') for s in statuses)} trials; "
-             "equal values are ordered by lower val/loss, then smaller weights (analysis.runs.best_config)",
+             "equal values are ordered by lower val/loss, then smaller weights (orchestration.records.best_config)",
              f"{len(ranked)} trials ranked" + (f"; not ranked: {', '.join(left_out)}" if left_out else "")
              + (f"; {len(excluded)} without a finite {metric}" if excluded else "")]
     if len(tied) > 1:
@@ -402,7 +381,7 @@ def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statu
 
     data_rows, shown_rows = [], []
     for variant in _order_variants(stats["_variant"].unique()):
-        shown = {"model": VARIANT_LABELS.get(variant, variant)}
+        shown = {"model": registry.label(variant)}
         left, seeds = [], []
         for d in directions:
             match = stats[(stats["_variant"] == variant) & (stats["_direction"] == d)]

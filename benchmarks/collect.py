@@ -42,6 +42,7 @@ def fill(uri: str, n_runs: int, epochs: int) -> float:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
+    from orchestration import records as R
     from orchestration.simulate import score
 
     started = time.perf_counter()
@@ -49,18 +50,18 @@ def fill(uri: str, n_runs: int, epochs: int) -> float:
     exp = c.create_experiment(EXPERIMENT)
     sweep = "coarse-factorial-bench"
     parent = c.create_run(exp, run_name="coarse · factorial · bench", tags={
-        "rev2net.role": "stage", "rev2net.stage": "coarse", "rev2net.mode": "factorial", "rev2net.sweep_id": sweep,
-        "mlflow.source.git.commit": "bench"}).info.run_id
+        R.TAG_ROLE: R.ROLE_STAGE, R.TAG_STAGE: "coarse", R.TAG_MODE: "factorial", R.TAG_SWEEP: sweep,
+        R.TAG_GIT: "bench"}).info.run_id
     c.log_batch(parent, params=[Param(k, str(v)) for k, v in {
         "stage": "coarse", "mode": "factorial", "algorithm": "grid", "trials": n_runs, "scheduler": "fifo",
         "data.name": "synthetic", "trainer.max_epochs": epochs, "search.metric": "val/top1"}.items()])
     points = list(itertools.product(GRID, repeat=4))[:n_runs]
     for i, (a, b, f, im) in enumerate(points):
         weights = {"loss.alpha": a, "loss.beta": b, "loss.lambda_flow": f, "loss.lambda_im": im}
-        run = c.create_run(exp, run_name=f"α={a:g} β={b:g} λf={f:g} λi={im:g}", tags={
-            "mlflow.parentRunId": parent, "rev2net.role": "trial", "rev2net.sweep_id": sweep,
-            "rev2net.trial_key": f"bench{i:05d}", "rev2net.stage": "coarse", "ray.trial_id": f"bench_{i:05d}",
-            "rev2net.status": "running", "rev2net.logged_epoch": "0"}).info.run_id
+        run = c.create_run(exp, run_name=R.run_name(weights), tags={
+            R.PARENT: parent, R.TAG_ROLE: R.ROLE_TRIAL, R.TAG_SWEEP: sweep, R.TAG_TRIAL_KEY: f"bench{i:05d}",
+            R.TAG_STAGE: "coarse", R.TAG_RAY_TRIAL: f"bench_{i:05d}", R.TAG_STATUS: R.RUNNING,
+            R.TAG_LOGGED_EPOCH: "0"}).info.run_id
         params = {**weights, "model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both",
                   "model.decoder_arch": "paper", "model.width": 0.25, "model.pretrained": None, "data.name": "synthetic",
                   "data.split": 1, "data.frames": 16, "data.frame_stride": 1, "data.crop_size": 64,
@@ -79,7 +80,7 @@ def fill(uri: str, n_runs: int, epochs: int) -> float:
             values.update({f"train/{t}": 1.0 / e for t, k in TERMS.items() if weights[k] > 0})
             metrics.extend(Metric(k, v, now + e, e) for k, v in values.items())
         c.log_batch(run, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
-                    tags=[RunTag("rev2net.logged_epoch", str(epochs)), RunTag("rev2net.status", "completed")])
+                    tags=[RunTag(R.TAG_LOGGED_EPOCH, str(epochs)), RunTag(R.TAG_STATUS, R.COMPLETED)])
         c.set_terminated(run, "FINISHED")
     c.set_terminated(parent, "FINISHED")
     return time.perf_counter() - started
@@ -112,7 +113,7 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from analysis import report
-    from analysis.runs import _gc_paused, _histories, load_runs
+    from orchestration.records import ROLE_TRIAL, _gc_paused, _histories, load_runs, trial_filter
     t_import = time.perf_counter() - t
 
     filled = db.exists()
@@ -126,14 +127,14 @@ def main() -> None:
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
 
     def search():
-        return client.search_runs([exp_id], "tags.`rev2net.role` = 'trial'", max_results=5000)
+        return client.search_runs([exp_id], trial_filter(role=ROLE_TRIAL), max_results=5000)
 
     gc_on, runs = timed(search, args.repeat)
     with _gc_paused():
         gc_off, _ = timed(search, args.repeat)
     ids = [r.info.run_id for r in runs]
     with _gc_paused():
-        hist, h = timed(lambda: _histories(client, ids, ["val/top1", "val/top5"]), args.repeat)
+        hist, h = timed(lambda: _histories(uri, ids, ["val/top1", "val/top5"]), args.repeat)
 
     out = folder / "report"
     t_build, built = timed(lambda: report.build(uri, EXPERIMENT))

@@ -28,8 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rev2net.batch import normalize_frames  # noqa: E402
-from rev2net.losses import LossConfig, needs, objective  # noqa: E402
-from rev2net.model import build_model, flow_size, model_config  # noqa: E402
+from rev2net import registry  # noqa: E402
+from rev2net.spec import LossConfig  # noqa: E402
+from rev2net.losses import needs, objective  # noqa: E402
+from rev2net.model import flow_size  # noqa: E402
 from rev2net.summary import summarize  # noqa: E402
 from rev2net.train import autocast, seed_everything  # noqa: E402
 
@@ -73,12 +75,13 @@ def main() -> None:
     device = torch.device(args.device)
     seed_everything(0)
 
+    I3D, REV2NET = registry.I3D, registry.REV2NET
     cfgs = {
-        "i3d": model_config("i3d", width=args.width),
-        "rev2net": model_config("rev2net", width=args.width, decoder_arch=args.decoder_arch),
+        I3D: registry.model_config(I3D, width=args.width),
+        REV2NET: registry.model_config(REV2NET, width=args.width, decoder_arch=args.decoder_arch),
     }
-    losses = {"i3d": LossConfig(alpha=0, beta=0, lambda_flow=0, lambda_im=0), "rev2net": LossConfig()}
-    models = {k: build_model(c, args.num_classes).to(device) for k, c in cfgs.items()}
+    losses = {I3D: LossConfig(alpha=0, beta=0, lambda_flow=0, lambda_im=0), REV2NET: LossConfig()}
+    models = {k: registry.build(c, args.num_classes).to(device) for k, c in cfgs.items()}
     optims = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
 
     frames_u8 = torch.randint(0, 256, (args.batch, 3, args.frames, args.size, args.size), dtype=torch.uint8)
@@ -139,8 +142,8 @@ def main() -> None:
         "decoder_arch": args.decoder_arch,
         "train_step_s": {k: med[f"train_{k}"] for k in models},
         "infer_s": {k: med[f"infer_{k}"] for k in models},
-        "train_ratio": med["train_rev2net"] / med["train_i3d"],
-        "infer_ratio": med["infer_rev2net"] / med["infer_i3d"],
+        "train_ratio": med[f"train_{REV2NET}"] / med[f"train_{I3D}"],
+        "infer_ratio": med[f"infer_{REV2NET}"] / med[f"infer_{I3D}"],
         "saved_activation_bytes": saved,
         "cuda_peak_bytes": peak,
         "macs_per_clip_here": {k: {"inference": here[k]["macs_inference"],
@@ -156,18 +159,18 @@ def main() -> None:
           f"{result['threads']} threads, amp {args.amp}, decoders '{args.decoder_arch}', "
           f"median of {args.steps} after {args.warmup} warm-up")
     print(f"{'':<26}{'I3D':>12}{'Rev2Net':>12}{'ratio':>8}   target")
-    print(f"{'train step (fwd+bwd+SGD)':<26}{med['train_i3d'] * 1e3:>10.1f}ms{med['train_rev2net'] * 1e3:>10.1f}ms"
+    print(f"{'train step (fwd+bwd+SGD)':<26}{med[f'train_{I3D}'] * 1e3:>10.1f}ms{med[f'train_{REV2NET}'] * 1e3:>10.1f}ms"
           f"{result['train_ratio']:>8.2f}   <= 1.5")
-    print(f"{'inference (eval fwd)':<26}{med['infer_i3d'] * 1e3:>10.1f}ms{med['infer_rev2net'] * 1e3:>10.1f}ms"
+    print(f"{'inference (eval fwd)':<26}{med[f'infer_{I3D}'] * 1e3:>10.1f}ms{med[f'infer_{REV2NET}'] * 1e3:>10.1f}ms"
           f"{result['infer_ratio']:>8.2f}   <= 1.05")
-    print(f"{'saved activations':<26}{saved['i3d'] / mib:>10.1f}MB{saved['rev2net'] / mib:>10.1f}MB"
-          f"{saved['rev2net'] / saved['i3d']:>8.2f}")
+    print(f"{'saved activations':<26}{saved[I3D] / mib:>10.1f}MB{saved[REV2NET] / mib:>10.1f}MB"
+          f"{saved[REV2NET] / saved[I3D]:>8.2f}")
     if peak:
-        print(f"{'CUDA peak allocated':<26}{peak['i3d'] / mib:>10.1f}MB{peak['rev2net'] / mib:>10.1f}MB"
-              f"{peak['rev2net'] / peak['i3d']:>8.2f}")
-    hi, hr = here["i3d"]["macs_training"], here["rev2net"]["macs_training"]
+        print(f"{'CUDA peak allocated':<26}{peak[I3D] / mib:>10.1f}MB{peak[REV2NET] / mib:>10.1f}MB"
+              f"{peak[REV2NET] / peak[I3D]:>8.2f}")
+    hi, hr = here[I3D]["macs_training"], here[REV2NET]["macs_training"]
     print(f"{'fwd MACs/clip here':<26}{hi / 1e9:>11.3f}G{hr / 1e9:>11.3f}G{hr / hi:>8.2f}")
-    fi, fr = full["i3d"], full["rev2net"]
+    fi, fr = full[I3D], full[REV2NET]
     print(f"{'fwd MACs/clip 32x224x224':<26}{fi['macs_training'] / 1e9:>11.2f}G{fr['macs_training'] / 1e9:>11.2f}G"
           f"{fr['macs_training'] / fi['macs_training']:>8.2f}   (inference {fr['macs_inference'] / 1e9:.2f}G)")
     print(f"{'params 32x224x224':<26}{fi['params_training']:>12,}{fr['params_training']:>12,}"

@@ -10,10 +10,11 @@ from typing import Any, TextIO
 
 from mlflow.entities import RunTag
 from ray import tune
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
-from orchestration import tracking
+from orchestration import records, tracking
 from orchestration.spaces import point_key
-from orchestration.trainable import run_name, trial_point
+from orchestration.trainable import trial_point
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,12 @@ def _error_reason(trial: Any) -> str:
 def terminal_status(result: dict[str, Any], max_epochs: int, error: str | None = None) -> tuple[str, str | None]:
     """How a trial ended, from its last result: (completed | stopped_early | failed, reason)."""
     if error is not None:
-        return "failed", error
+        return records.FAILED, error
     if result.get("diverged"):
-        return "failed", str(result.get("failure_reason"))
+        return records.FAILED, str(result.get("failure_reason"))
     if int(result.get("epoch", 0)) < max_epochs:
-        return "stopped_early", f"stopped by the scheduler after epoch {result.get('epoch', 0)}"
-    return "completed", None
+        return records.STOPPED_EARLY, f"stopped by the scheduler after epoch {result.get('epoch', 0)}"
+    return records.COMPLETED, None
 
 
 class StatusCallback(tune.Callback):
@@ -106,39 +107,42 @@ class StatusCallback(tune.Callback):
     def _set(self, status: dict[str, Any]) -> None:
         run_id = status["run_id"]
         if run_id is None:
-            found = tracking._find(self.client, self.experiment_id, {tracking.TAG_TRIAL_KEY: status["key"]})
+            found = tracking.find_runs(self.client, self.experiment_id, {records.TAG_TRIAL_KEY: status["key"]})
             if not found:
                 return  # the trial ended before its run was created: nothing to mark
             run_id = found[0].info.run_id
         tracking.finish(self.client, run_id, status=status["status"], reason=status["reason"], attempts=2)
 
-    def _write(self) -> None:
-        """The writer thread: sets pending statuses in order; after a failure waits `retry_every_s`
-        (at the end of the experiment: 1 s, doubling up to 30 s) or the next status."""
-        delay = 1.0
+    def _drain(self) -> int:
+        """Set the pending statuses in order until one fails; returns how many are left."""
         while True:
-            while True:
-                with self._lock:
-                    status = self._pending[0] if self._pending else None
-                    if status is None:
-                        self._idle.set()
-                if status is None:
-                    break
-                try:
-                    self._set(status)
-                except Exception as e:  # noqa: BLE001 - whatever the store says, the sweep goes on
-                    log.warning("MLflow unreachable; %d trial status(es) kept for later: %s", len(self._pending),
-                                str(e).splitlines()[0] if str(e) else type(e).__name__)
-                    break
-                with self._lock:
-                    self._marked.add(self._pending.pop(0)["trial"])
-                delay = 1.0
-            if self._closing and self._idle.is_set():
-                return
-            self._wake.wait(timeout=delay if self._closing else self.retry_every_s)
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()
+                    return 0
+                status = self._pending[0]
+            try:
+                self._set(status)
+            except Exception as e:  # noqa: BLE001 - whatever the store says, the sweep goes on
+                log.warning("MLflow unreachable; %d trial status(es) kept for later: %s", len(self._pending),
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                return len(self._pending)
+            with self._lock:
+                self._marked.add(self._pending.pop(0)["trial"])
+
+    def _write(self) -> None:
+        """The writer thread: sets pending statuses whenever woken (a new status), retrying what
+        failed every `retry_every_s`; at the end of the experiment, with backoff (1 s doubling up
+        to 30 s) for up to `flush_timeout_s`."""
+        while not self._closing:
+            self._drain()
+            self._wake.wait(timeout=self.retry_every_s)
             self._wake.clear()
-            if self._closing:
-                delay = min(2 * delay, 30.0)
+        try:
+            Retrying(stop=stop_after_delay(self.flush_timeout_s), wait=wait_exponential(multiplier=1.0, max=30.0),
+                     retry=retry_if_result(bool))(self._drain)
+        except RetryError:
+            pass  # on_experiment_end says what is left
 
     def _end(self, trial: Any, status: str, reason: str | None = None) -> None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
@@ -259,7 +263,7 @@ class ProgressCallback(tune.Callback):
 
     def _name(self, trial: Any) -> str:
         if trial.trial_id not in self.names:
-            self.names[trial.trial_id] = run_name(trial_point(trial.config))
+            self.names[trial.trial_id] = records.run_name(trial_point(trial.config))
         return self.names[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -3,9 +3,9 @@
 Groups, one per concern (the YAML options live in orchestration/conf/<group>/):
 
     data       what the trials read      rev2net.data.DataConfig       synthetic | ucf101 | hmdb51 | kinetics400 | generic
-    model      the network               rev2net.model.ModelConfig     rev2net
-    loss       the weights of eq. (3)    rev2net.losses.LossConfig     paper | zero
-    trainer    one trial's optimisation  rev2net.train.TrainerConfig   default
+    model      the network               rev2net.spec.ModelConfig    rev2net | i3d (families: rev2net.registry)
+    loss       the weights of eq. (3)    rev2net.spec.LossConfig     paper | zero
+    trainer    one trial's optimisation  rev2net.spec.TrainerConfig  default
     search     what is searched, how     SearchConfig                  grid | optuna
     scheduler  early stopping            SchedulerConfig               fifo | asha
     cluster    where trials run          RayConfig + TrialConfig       local | gpu | gpu_shared | gpu_ddp
@@ -18,7 +18,6 @@ override is merged into typed nodes: an unknown key or a wrong type fails at com
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from orchestration.errors import ConfigError
+from orchestration.records import sqlite_path
+from orchestration.spaces import STAGES
+from rev2net.spec import LossConfig, ModelConfig, TrainerConfig
 from rev2net.data.config import DataConfig
-from rev2net.losses import LossConfig
-from rev2net.model import ModelConfig
-from rev2net.train import TrainerConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 SEARCH_ALGORITHMS = ("grid", "optuna")
@@ -166,7 +165,7 @@ class MlflowConfig:
 class SweepConfig:
     """The whole composed configuration of one stage invocation."""
 
-    stage: str = "coarse"            # coarse | fine | ablation (the CLI's --stage)
+    stage: str = "coarse"            # one of orchestration.spaces.STAGES (the CLI's --stage)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -178,7 +177,7 @@ class SweepConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def __post_init__(self) -> None:
-        _check(self.stage in ("coarse", "fine", "ablation"), "stage", self.stage, "coarse | fine | ablation")
+        _check(self.stage in STAGES, "stage", self.stage, " | ".join(STAGES))
 
 
 def register() -> None:
@@ -262,8 +261,8 @@ def resolve_paths(cfg: DictConfig, cwd: str | None = None) -> DictConfig:
     if cfg.data.class_map and ("/" in cfg.data.class_map or cfg.data.class_map.endswith((".yaml", ".txt", ".csv"))):
         cfg.data.class_map = absolute(cfg.data.class_map)
     uri = cfg.mlflow.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        cfg.mlflow.tracking_uri = "sqlite:///" + absolute(uri[len("sqlite:///"):])
+    if sqlite_path(uri) is not None:
+        cfg.mlflow.tracking_uri = "sqlite:///" + absolute(str(sqlite_path(uri)))
     elif "://" not in uri:  # a plain folder: MLflow's file store
         cfg.mlflow.tracking_uri = absolute(uri)
     return cfg
@@ -272,6 +271,3 @@ def resolve_paths(cfg: DictConfig, cwd: str | None = None) -> DictConfig:
 def experiment_name(cfg: DictConfig) -> str:
     return cfg.mlflow.experiment or f"rev2net-{cfg.data.name}"
 
-
-def finite_nonnegative(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0

@@ -21,12 +21,11 @@ same key, e.g. `trial.gpus=1 coarse:trial.gpus=0.25` (the coarse stage packs 4 t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 from omegaconf import DictConfig
 
-from orchestration import tracking
+from orchestration import records, tracking
 from orchestration.errors import ConfigError
 from orchestration.spaces import STAGES
 
@@ -71,18 +70,20 @@ def stage_status(cfg: DictConfig) -> StageStatus:
     """Where the stage with this config stands, from its MLflow parent run (looked up, never created).
     Raises ConfigError like a dry run would (e.g. fine before any finished coarse stage)."""
     from orchestration.config import experiment_name
-    from orchestration.stage import _latest_generation, prepare, sweep_id, sweep_id_for
+    from orchestration.plan import prepare
+    from orchestration.sweep import latest_generation, sweep_id
 
     cfg, plan = prepare(cfg)
-    sid = sweep_id_for(sweep_id(cfg, plan), _latest_generation(cfg, sweep_id(cfg, plan)))
+    sid = sweep_id(cfg, plan, latest_generation(cfg, plan))
     uri = cfg.mlflow.tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if records.store_missing(uri):
         return StageStatus(cfg.stage, "new", sid)
     client = tracking.client(uri)
     exp = tracking.retry(lambda: client.get_experiment_by_name(experiment_name(cfg)), what="get_experiment")
     if exp is None:
         return StageStatus(cfg.stage, "new", sid)
-    found = tracking._find(client, exp.experiment_id, {tracking.TAG_ROLE: "stage", tracking.TAG_SWEEP: sid})
+    found = tracking.find_runs(client, exp.experiment_id, {records.TAG_ROLE: records.ROLE_STAGE,
+                                                           records.TAG_SWEEP: sid})
     if not found:
         return StageStatus(cfg.stage, "new", sid)
     parent = found[0]

@@ -7,7 +7,7 @@ run, the validation before the first trial and the real sweep all see the same t
     coarse   values per key; mode `factorial` = the product, mode `axes` = one key at a time
              around `base` (points shared by several axes are kept once)
     fine     the same two modes over values derived from the coarse best (see orchestration.fine)
-    ablation named variants x seeds, around the chosen weights
+    ablation registered variants (rev2net.registry) x seeds, around the chosen weights
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from typing import Any, Callable
 import yaml
 
 from orchestration.errors import ConfigError
+from orchestration.records import VARIANT_PARAM
+from orchestration.records import WEIGHTS as WEIGHT_KEYS
+from rev2net import registry
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 STAGES = ("coarse", "fine", "ablation")
 MODES = ("factorial", "axes")
-WEIGHT_KEYS = ("loss.alpha", "loss.beta", "loss.lambda_flow", "loss.lambda_im")
 
 
 @dataclass
@@ -178,8 +180,21 @@ def _trains_as(point: dict[str, Any], model_ddp: str) -> tuple:
     parts = {"low", "high"} if ddp == "both" else set() if ddp == "none" else {ddp}
     if float(point.get("loss.beta", 0.0)) == 0.0:
         parts.discard("low")
-    rest = {k: v for k, v in point.items() if k not in ("variant", "model.ddp")}
+    rest = {k: v for k, v in point.items() if k not in (VARIANT_PARAM, "model.ddp")}
     return tuple(sorted(parts)), tuple(sorted((k, repr(v)) for k, v in rest.items()))
+
+
+def _variants(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The space's variants: registered names (a list, or a mapping to extra dotted-key overrides),
+    each with its overrides from rev2net.registry, then the space's own."""
+    where = space["_path"]
+    listed = space.get("variants") or []
+    listed = dict.fromkeys(listed, None) if isinstance(listed, list) else dict(listed)
+    unknown = [name for name in listed if name not in registry.VARIANTS]
+    if unknown:
+        raise ConfigError(f"{where}: variant(s) {', '.join(map(str, unknown))} are not registered; known: "
+                          f"{', '.join(registry.VARIANTS)} (rev2net/registry.py)")
+    return {name: {**registry.variant(name).overrides, **(extra or {})} for name, extra in listed.items()}
 
 
 def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
@@ -187,7 +202,7 @@ def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: in
                   source: str = "", model_ddp: str = "both") -> Plan:
     """Named variants x seeds; each point = the chosen weights, then the variant's overrides, then the seed."""
     where = space["_path"]
-    all_variants: dict[str, dict[str, Any]] = space.get("variants") or {}
+    all_variants = _variants(space)
     chosen = list(variants) if variants else list(all_variants)
     unknown = [v for v in chosen if v not in all_variants]
     if unknown:
@@ -200,17 +215,17 @@ def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: in
         check_weight(k, v, "ablation weights")
     points = []
     for name in chosen:
-        overrides = dict(all_variants[name] or {})
+        overrides = all_variants[name]
         for k, v in overrides.items():
             check_weight(k, v, f"{where} variant {name}")
         for s in range(first_seed, first_seed + n_seeds):
-            points.append({"variant": name, **weights, **overrides, seed_key: s})
-    values = {"variant": chosen, seed_key: list(range(first_seed, first_seed + n_seeds))}
+            points.append({VARIANT_PARAM: name, **weights, **overrides, seed_key: s})
+    values = {VARIANT_PARAM: chosen, seed_key: list(range(first_seed, first_seed + n_seeds))}
     notes = [f"weights from {source or 'the loss config'}: " + ", ".join(f"{k}={v:g}" for k, v in weights.items())]
     same: dict[tuple, list[str]] = {}
     for p in points:
         if p[seed_key] == first_seed:
-            same.setdefault(_trains_as(p, model_ddp), []).append(p["variant"])
+            same.setdefault(_trains_as(p, model_ddp), []).append(p[VARIANT_PARAM])
     for names in same.values():
         if len(names) > 1:
             notes.append(f"identical variants: {' and '.join(names)} train exactly alike with these weights (a DDP "

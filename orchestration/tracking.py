@@ -1,4 +1,5 @@
-"""MLflow: one experiment per sweep, a parent run per stage invocation, a nested child run per trial.
+"""Writing the MLflow record (its names and layout: orchestration/records.py): one experiment per
+sweep, a parent run per stage invocation, a nested child run per trial.
 
 Exactly once, by construction rather than by luck:
   * a child run is found again by its trial key (a hash of the sweep and the trial's point), so a
@@ -38,31 +39,22 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from tenacity import (RetryError, Retrying, retry_if_exception, retry_if_result, stop_after_attempt, stop_after_delay,
+                      wait_exponential)
 
 from orchestration.errors import ConfigError, SweepBusy
+from orchestration.records import (FAILED, PARENT, ROLE_STAGE, ROLE_TRIAL, RUNNING, TAG_DRIVER, TAG_FAILURE,
+                                   TAG_HEARTBEAT, TAG_LOGGED_EPOCH, TAG_MODE, TAG_ROLE, TAG_STAGE, TAG_STATUS, TAG_SWEEP,
+                                   TAG_TRIAL_KEY)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PARENT = "mlflow.parentRunId"
-TAG_ROLE = "rev2net.role"              # "stage" (parent) | "trial" (child)
-TAG_SWEEP = "rev2net.sweep_id"         # the sweep (stage + config hash) a run belongs to
-TAG_STAGE = "rev2net.stage"            # coarse | fine | ablation
-TAG_MODE = "rev2net.mode"              # factorial | axes | variants
-TAG_TRIAL_KEY = "rev2net.trial_key"    # hash of sweep id + trial point: finds a child run again
-TAG_LOGGED_EPOCH = "rev2net.logged_epoch"  # last epoch whose metrics this run holds
-TAG_STATUS = "rev2net.status"          # running | completed | stopped_early | failed
-TAG_FAILURE = "rev2net.failure_reason"
-TAG_RAY_TRIAL = "ray.trial_id"
-TAG_NODE = "ray.node_ip"              # the node the trial's latest attempt ran on
-TAG_GIT = "mlflow.source.git.commit"
-TAG_DRIVER = "rev2net.driver"          # host:pid of the process that drives the stage (parent runs)
-TAG_HEARTBEAT = "rev2net.heartbeat"    # unix time of that driver's latest sign of life
 HEARTBEAT_S = 60.0                     # how often a driver says it is alive
 HEARTBEAT_STALE_S = 300.0              # a heartbeat older than this: the driver is gone
 
@@ -116,23 +108,24 @@ def redact(text: str) -> str:
     return text
 
 
+def _transient(error: BaseException) -> bool:
+    """A failure a retry can change: anything MLflow or the network raises, except a definite answer."""
+    return isinstance(error, (MlflowException, OSError)) and getattr(error, "error_code", None) not in PERMANENT_ERRORS
+
+
 def retry(fn: Callable[[], T], *, attempts: int = 5, delay_s: float = 0.2, what: str = "MLflow call",
           timeout_s: float = 0.0) -> T:
     """Call `fn`, retrying transient failures (SQLite 'database is locked', HTTP hiccups, a server
-    restarting): `attempts` times, or, with `timeout_s` > 0, for as long as that (backoff up to 10 s)."""
-    deadline = time.monotonic() + timeout_s
-    i = 0
-    while True:
-        try:
-            return fn()
-        except (MlflowException, OSError) as e:
-            i += 1
-            if getattr(e, "error_code", None) in PERMANENT_ERRORS:
-                raise
-            if (time.monotonic() > deadline) if timeout_s > 0 else i >= attempts:
-                raise
-            log.debug("%s failed (%s), retry %d", what, str(e).splitlines()[0] if str(e) else e, i)
-            time.sleep(min(delay_s * (2 ** (i - 1)), 10.0))
+    restarting) with exponential backoff up to 10 s: `attempts` times, or, with `timeout_s` > 0,
+    for as long as that."""
+    def note(state) -> None:
+        error = state.outcome.exception()
+        log.debug("%s failed (%s), retry %d", what, str(error).splitlines()[0] if str(error) else error,
+                  state.attempt_number)
+
+    return Retrying(stop=stop_after_delay(timeout_s) if timeout_s > 0 else stop_after_attempt(attempts),
+                    wait=wait_exponential(multiplier=delay_s, max=10.0), retry=retry_if_exception(_transient),
+                    before_sleep=note, reraise=True)(fn)
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -182,7 +175,8 @@ def experiment_id(c: MlflowClient, name: str, artifact_location: str | None = No
         return c.get_experiment_by_name(name).experiment_id
 
 
-def _find(c: MlflowClient, exp_id: str, tags: dict[str, str], timeout_s: float = 0.0) -> list:
+def find_runs(c: MlflowClient, exp_id: str, tags: dict[str, str], timeout_s: float = 0.0) -> list:
+    """The runs (up to 10, oldest first) that carry every tag of `tags`."""
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return retry(lambda: list(c.search_runs([exp_id], filter_string=flt, max_results=10, order_by=["start_time ASC"])),
                  what="search_runs", timeout_s=timeout_s)
@@ -219,7 +213,7 @@ def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mod
                  params: dict[str, Any], tags: dict[str, str]) -> tuple[str, bool]:
     """The stage's parent run: found again by sweep id when the stage is resumed. Returns (run id, resumed).
     Raises SweepBusy while another live driver runs the stage (e.g. the previous scheduled run)."""
-    found = _find(c, exp_id, {TAG_ROLE: "stage", TAG_SWEEP: sweep_id})
+    found = find_runs(c, exp_id, {TAG_ROLE: ROLE_STAGE, TAG_SWEEP: sweep_id})
     if found:
         run_id = found[0].info.run_id
         other = live_driver(found[0])
@@ -229,7 +223,7 @@ def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mod
         c.update_run(run_id, status="RUNNING")
         c.log_batch(run_id, tags=[RunTag(k, v) for k, v in driver_tags().items()])
         return run_id, True
-    run = c.create_run(exp_id, run_name=run_name, tags={TAG_ROLE: "stage", TAG_SWEEP: sweep_id, TAG_STAGE: stage,
+    run = c.create_run(exp_id, run_name=run_name, tags={TAG_ROLE: ROLE_STAGE, TAG_SWEEP: sweep_id, TAG_STAGE: stage,
                                                         TAG_MODE: mode, **driver_tags(), **tags})
     c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
     return run.info.run_id, False
@@ -254,7 +248,6 @@ class ChildRun:
     client: MlflowClient
     run_id: str
     logged_epoch: int = 0
-    pending_final: dict[str, float] = field(default_factory=dict)
     # Each pending epoch's metric timestamp, fixed at its first send: a resend after a failure whose
     # request did reach the store (the response was lost) is then an exact duplicate, which
     # MLflow's SQL store drops, instead of a second point at the same step.
@@ -275,17 +268,17 @@ class ChildRun:
                     raise
                 run = None
         if run is None:
-            found = _find(c, experiment_id, {TAG_TRIAL_KEY: key}, timeout_s=wait_s)
+            found = find_runs(c, experiment_id, {TAG_TRIAL_KEY: key}, timeout_s=wait_s)
             run = found[0] if found else None
         if run is None:
             run = retry(lambda: c.create_run(experiment_id, run_name=run_name, tags={
-                PARENT: parent_id, TAG_ROLE: "trial", TAG_SWEEP: sweep_id, TAG_TRIAL_KEY: key,
-                TAG_STATUS: "running", TAG_LOGGED_EPOCH: "0", **tags}), what="create_run", timeout_s=wait_s)
+                PARENT: parent_id, TAG_ROLE: ROLE_TRIAL, TAG_SWEEP: sweep_id, TAG_TRIAL_KEY: key,
+                TAG_STATUS: RUNNING, TAG_LOGGED_EPOCH: "0", **tags}), what="create_run", timeout_s=wait_s)
             retry(lambda: c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()]),
                   what="log params", timeout_s=wait_s)
             return cls(c, run.info.run_id, 0)
         # A continued run: mark it running again with the current attempt's tags.
-        retry(lambda: c.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, "running")] +
+        retry(lambda: c.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, RUNNING)] +
                                   [RunTag(k, str(v)) for k, v in tags.items()]), what="retag", timeout_s=wait_s)
         if run.info.status != "RUNNING":
             retry(lambda: c.update_run(run.info.run_id, status="RUNNING"), what="update_run", timeout_s=wait_s)
@@ -322,40 +315,22 @@ class ChildRun:
         self.stamps = {e: t for e, t in self.stamps.items() if e > new_epoch}
         return True
 
-    def log_final(self, metrics: dict[str, float], *, step: int) -> None:
-        """Metrics measured once at the end of the trial (e.g. the frame-shuffle accuracies)."""
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=batch, synchronous=True), what="log final metrics")
-
     def flush(self, history: list[dict[str, float]], *, timeout_s: float) -> None:
-        """Keep trying to send what is pending until `timeout_s` has passed (then raise)."""
-        deadline = time.monotonic() + timeout_s
-        delay = 1.0
-        while not self.sync(history):
-            if time.monotonic() > deadline:
-                self.sync(history, raise_errors=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        """Keep trying to send what is pending (backoff 1 s doubling up to 30 s) until `timeout_s`
+        has passed, then raise the store's error."""
+        attempts = Retrying(stop=stop_after_delay(timeout_s), wait=wait_exponential(multiplier=1.0, max=30.0),
+                            retry=retry_if_result(lambda sent: not sent))
+        try:
+            attempts(self.sync, history)
+        except RetryError:
+            self.sync(history, raise_errors=True)
 
 
 def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = None, attempts: int = 5) -> None:
-    """Terminal state of a child run: status in completed | stopped_early | failed."""
+    """Terminal state of a child run: status one of records.STATUSES (not RUNNING)."""
     tags = [RunTag(TAG_STATUS, status)]
     if reason:
         tags.append(RunTag(TAG_FAILURE, reason[:4000]))
     retry(lambda: c.log_batch(run_id, tags=tags), what="status tags", attempts=attempts)
-    retry(lambda: c.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED"), what="set_terminated",
+    retry(lambda: c.set_terminated(run_id, "FAILED" if status == FAILED else "FINISHED"), what="set_terminated",
           attempts=attempts)
-
-
-def child_runs(c: MlflowClient, exp_id: str, parent_id: str) -> Iterable:
-    """Every child run of a parent, paging through `search_runs`."""
-    token = None
-    while True:
-        page = retry(lambda: c.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'",
-                                           max_results=1000, page_token=token), what="search_runs")
-        yield from page
-        token = page.token
-        if not token:
-            return

@@ -29,15 +29,14 @@ import torch
 from omegaconf import OmegaConf
 from ray import tune
 
-from orchestration import tracking
+from orchestration import records, tracking
 from orchestration.config import SweepConfig, to_objects
 from orchestration.spaces import point_key
+from rev2net.spec import TrialSpec
 from rev2net.train import DivergedError, EpochReport
-from rev2net.trial import TrialSpec
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trial_state.pt"
-META_KEYS = ("variant",)   # point keys that name a trial but are not config keys
 
 
 @dataclass(frozen=True)
@@ -72,27 +71,16 @@ def apply_point(config_yaml: str, point: dict[str, Any]) -> SweepConfig:
     """The sweep config with the trial's values set, as validated dataclasses."""
     cfg = _base_config(config_yaml).copy()
     for key, value in point.items():
-        if key not in META_KEYS:
+        if key != records.VARIANT_PARAM:  # names the trial; its settings are in the point already
             OmegaConf.update(cfg, key, value, merge=False)
     return to_objects(cfg)
-
-
-def run_name(point: dict[str, Any]) -> str:
-    """Readable in the MLflow UI: `α=0.01 β=0.1 λf=0.1 λi=0.1`, `no_ddp seed=1`."""
-    short = {"loss.alpha": "α", "loss.beta": "β", "loss.lambda_flow": "λf", "loss.lambda_im": "λi"}
-    if "variant" in point:
-        seed = next((v for k, v in point.items() if k.endswith(".seed")), None)
-        return f"{point['variant']} seed={seed}"
-    parts = [f"{short.get(k, k)}={point[k]:g}" if isinstance(point[k], float) else f"{short.get(k, k)}={point[k]}"
-             for k in sorted(point, key=lambda k: list(short).index(k) if k in short else 99)]
-    return " ".join(parts)
 
 
 def trial_params(cfg: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
     """The child run's params: the weights, the ablation switches, model/data identifiers, seed."""
     m, d, t, w = cfg.model, cfg.data, cfg.trainer, cfg.loss
     params = {
-        "loss.alpha": w.alpha, "loss.beta": w.beta, "loss.lambda_flow": w.lambda_flow, "loss.lambda_im": w.lambda_im,
+        "model.name": m.name, "loss.alpha": w.alpha, "loss.beta": w.beta, "loss.lambda_flow": w.lambda_flow, "loss.lambda_im": w.lambda_im,
         "model.flow_decoder": m.flow_decoder, "model.frame_decoder": m.frame_decoder, "model.ddp": m.ddp,
         "model.decoder_arch": m.decoder_arch, "model.width": m.width, "model.pretrained": m.pretrained,
         "data.name": d.name, "data.split": d.split, "data.frames": d.frames, "data.frame_stride": d.frame_stride,
@@ -136,9 +124,9 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     trial_id = tune.get_context().get_trial_id() or ""
     run = tracking.ChildRun.open(
         client, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id, sweep_id=ctx.sweep_id,
-        key=tracking.trial_key(ctx.sweep_id, point_key(point)), run_name=run_name(point),
-        params=trial_params(cfg, point), tags={tracking.TAG_RAY_TRIAL: trial_id, tracking.TAG_STAGE: ctx.stage,
-                                               tracking.TAG_NODE: ray.util.get_node_ip_address()},
+        key=tracking.trial_key(ctx.sweep_id, point_key(point)), run_name=records.run_name(point),
+        params=trial_params(cfg, point), tags={records.TAG_RAY_TRIAL: trial_id, records.TAG_STAGE: ctx.stage,
+                                               records.TAG_NODE: ray.util.get_node_ip_address()},
         run_id=saved.get("mlflow_run_id") if saved else None, wait_s=ctx.flush_timeout_s)
     run.sync(history)  # what a crash or an unreachable server left unsent
     max_epochs = cfg.trainer.max_epochs

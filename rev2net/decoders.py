@@ -74,9 +74,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rev2net.spec import DECODER_ARCHS as ARCH_NAMES
+from rev2net.spec import DECODER_OUTPUT_STRIDE as OUTPUT_STRIDE  # every decoder's output grid, relative to the input
 from rev2net.i3d import BN_EPS, BN_MOMENTUM, ENDPOINT_STRIDES
 
-OUTPUT_STRIDE = 2  # spatial stride of every decoder's output grid relative to the input frames
 LOGVAR_BOUND = 8.0  # |log-variance| of the Gaussian heads stays below this (tanh soft bound)
 
 
@@ -101,6 +102,7 @@ DECODER_ARCHS: dict[str, DecoderArch] = {
     "plain": DecoderArch("Conv3d_2c_3x3", (1, 1, 1), background=False),
     "deep": DecoderArch("Mixed_3c", (1, 2, 2), background=True),
 }
+assert tuple(DECODER_ARCHS) == ARCH_NAMES, "model.decoder_arch's values (rev2net.spec) name these architectures"
 
 
 # --------------------------------------------------------------------------------------- blocks

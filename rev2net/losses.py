@@ -26,60 +26,17 @@ runs only what `needs(cfg)` asks for.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rev2net.model import ModelConfig, Need, Rev2NetOutput
+from rev2net.spec import LossConfig
+from rev2net.model import Need, Rev2NetOutput
 
 FLOW_BOUND = 20.0  # px; TV-L1 targets are clipped at +-20 (../shared/papers/README.md)
 TERMS = ("ce", "ddp_high", "ddp_low", "flow", "im")  # in the order they are checked for divergence
-
-
-@dataclass
-class LossConfig:
-    """The `loss.` config group: the weights of eq. (3), defaults = the paper's optimum."""
-
-    alpha: float = 0.01  # weight of the high-level DDP (KL between the two Gaussian heads)
-    beta: float = 0.1  # weight of the low-level DDP (Frobenius distance of decoder layers)
-    lambda_flow: float = 0.1  # weight of the flow prediction term ||O - O^||_F
-    lambda_im: float = 0.1  # weight of the reversed-frame reconstruction term ||I - I^||_F
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        for key in ("alpha", "beta", "lambda_flow", "lambda_im"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"loss.{key}={value!r} must be a finite number >= 0")
-
-    def weight(self, term: str) -> float:
-        return {"ce": 1.0, "ddp_high": self.alpha, "ddp_low": self.beta, "flow": self.lambda_flow,
-                "im": self.lambda_im}[term]
-
-
-def check_compatible(model: ModelConfig, loss: LossConfig) -> None:
-    """Raise ValueError for a model/loss combination that cannot train as asked, naming the keys and
-    the fix. The orchestration calls it before any trial starts."""
-    model.validate()
-    loss.validate()
-    if loss.lambda_flow > 0 and not model.flow_decoder:
-        raise ValueError(f"loss.lambda_flow={loss.lambda_flow} needs the flow decoder but model.flow_decoder=false; "
-                         "set loss.lambda_flow=0 or model.flow_decoder=true")
-    if loss.lambda_im > 0 and not model.frame_decoder:
-        raise ValueError(f"loss.lambda_im={loss.lambda_im} needs the frame decoder but model.frame_decoder=false; "
-                         "set loss.lambda_im=0 or model.frame_decoder=true")
-    if loss.beta > 0 and model.ddp not in ("low", "both"):
-        raise ValueError(f"loss.beta={loss.beta} weights the low-level DDP but model.ddp={model.ddp!r} does not "
-                         "include it; set loss.beta=0 or model.ddp=low|both")
-    if loss.alpha > 0 and model.ddp not in ("high", "both"):
-        raise ValueError(f"loss.alpha={loss.alpha} weights the high-level DDP but model.ddp={model.ddp!r} does not "
-                         "build the Gaussian heads; set loss.alpha=0 or model.ddp=high|both")
 
 
 def needs(cfg: LossConfig) -> Need:

@@ -15,76 +15,23 @@ In `train()` mode `forward` returns everything the objective needs; `need` (see 
 its own loss term or for low-level DDP, and only its trunk for the latter. In `eval()` mode only I3D
 runs, so inference costs what I3D costs. What the config switches off is not built at all.
 
-Defaults (ModelConfig): width 1.0, dropout 0.5, both decoders, DDP "both", decoder_arch "paper",
+The `model.` keys are `rev2net.spec.ModelConfig`; named variants (the ablations, I3D) are declared
+in `rev2net.registry`. Defaults: width 1.0, dropout 0.5, both decoders, DDP "both", decoder_arch "paper",
 32 decoder channels, 64-dimensional latents, BatchNorm momentum 0.01 (the port's).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from rev2net.spec import ModelConfig
 from rev2net.decoders import DECODER_ARCHS, OUTPUT_STRIDE, FlowDecoder, FrameDecoder, GaussianHead
 from rev2net.i3d import InceptionI3d, load_i3d_state, scale_channels
-
-DDP_FORMS = ("none", "low", "high", "both")
-
-
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-
-
-@dataclass
-class ModelConfig:
-    """The `model.` config group. Plain dataclass, usable as a Hydra structured config."""
-
-    width: float = 1.0  # channel multiplier of I3D and the decoders (1.0 = published I3D; ~0.25 for CPU trials)
-    dropout: float = 0.5  # drop probability before the logits conv (the I3D port's 0.5)
-    flow_decoder: bool = True  # build the flow decoder (predicts the TV-L1 flow of consecutive frame pairs)
-    frame_decoder: bool = True  # build the decoder that reconstructs the frames in reversed order
-    ddp: str = "both"  # DDP forms built: none | low (Frobenius, decoder layers) | high (KL, Gaussian heads) | both
-    decoder_arch: str = "paper"  # paper | plain (no background compositing) | deep (on Mixed_3c); rev2net.decoders
-    decoder_channels: int = 32  # hidden channels of each decoder at width 1.0 (scaled by width)
-    latent_dim: int = 64  # dimension of each Gaussian head's latent (ddp high/both)
-    bn_momentum: float = 0.01  # BatchNorm running-stats momentum; the port's 0.01 needs ~500 steps: 0.1 in short trials
-    pretrained: Optional[str] = None  # local I3D checkpoint in the public port's state-dict layout (needs width 1.0)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the key, the bad value and what is allowed."""
-        if not (math.isfinite(self.width) and 0.0 < self.width <= 4.0):
-            raise ValueError(f"model.width={self.width!r} must be in (0, 4]")
-        if not (math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"model.dropout={self.dropout!r} must be in [0, 1)")
-        _one_of("model.ddp", self.ddp, DDP_FORMS)
-        _one_of("model.decoder_arch", self.decoder_arch, tuple(DECODER_ARCHS))
-        if self.decoder_channels < 1:
-            raise ValueError(f"model.decoder_channels={self.decoder_channels!r} must be >= 1")
-        if not (math.isfinite(self.bn_momentum) and 0.0 < self.bn_momentum <= 1.0):
-            raise ValueError(f"model.bn_momentum={self.bn_momentum!r} must be in (0, 1]")
-        if self.latent_dim < 1:
-            raise ValueError(f"model.latent_dim={self.latent_dim!r} must be >= 1")
-        if self.ddp != "none" and not (self.flow_decoder and self.frame_decoder):
-            off = "model.flow_decoder" if not self.flow_decoder else "model.frame_decoder"
-            raise ValueError(f"model.ddp={self.ddp!r} compares the two decoders but {off}=false; set model.ddp=none")
-        if self.pretrained is not None:
-            if self.width != 1.0:
-                raise ValueError(f"model.pretrained={self.pretrained!r} has the published widths but "
-                                 f"model.width={self.width}; set model.width=1.0 or model.pretrained=null")
-            if not os.path.isfile(self.pretrained):
-                raise ValueError(f"model.pretrained={self.pretrained!r} does not exist")
-
-    @property
-    def has_decoders(self) -> bool:
-        return self.flow_decoder or self.frame_decoder
 
 
 def flow_stride(cfg: Optional[ModelConfig] = None) -> int:
@@ -238,27 +185,3 @@ def build_model(cfg: ModelConfig, num_classes: int) -> Rev2Net:
     if cfg.pretrained is not None:
         model.pretrained_report = load_i3d_state(model.encoder, cfg.pretrained)  # what was loaded, key by key
     return model
-
-
-# Named variants: the ablations of the papers' Table 2 / Table 5, plus the I3D baseline.
-MODEL_VARIANTS: dict[str, dict[str, Any]] = {
-    "rev2net": {},
-    "i3d": dict(flow_decoder=False, frame_decoder=False, ddp="none"),
-    "rev2net_no_ddp": dict(ddp="none"),
-    "rev2net_ddp_low": dict(ddp="low"),
-    "rev2net_ddp_high": dict(ddp="high"),
-    "rev2net_no_flow": dict(flow_decoder=False, ddp="none"),
-    "rev2net_no_frame": dict(frame_decoder=False, ddp="none"),
-    "rev2net_plain": dict(decoder_arch="plain"),
-    "rev2net_deep": dict(decoder_arch="deep"),
-}
-
-
-def model_config(name: str, **overrides: Any) -> ModelConfig:
-    """The ModelConfig of a named variant, with `overrides` (e.g. width=0.25) applied."""
-    _one_of("model variant", name, tuple(MODEL_VARIANTS))
-    known = {f.name for f in fields(ModelConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}; valid: {', '.join(sorted(known))}")
-    return replace(ModelConfig(), **{**MODEL_VARIANTS[name], **overrides})

@@ -19,7 +19,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rev2net.i3d import endpoint_shapes
-from rev2net.model import MODEL_VARIANTS, ModelConfig, build_model, flow_size, model_config
+from rev2net import registry
+from rev2net.spec import ModelConfig
+from rev2net.model import flow_size
 
 _PARTS = ("encoder", "flow_decoder", "frame_decoder", "flow_gaussian", "frame_gaussian")
 
@@ -41,7 +43,7 @@ def summarize(cfg: ModelConfig, num_classes: int, frames: int, size: int) -> dic
     """Parameters, multiply-adds per clip and endpoint shapes for a (1, 3, frames, size, size) clip."""
     cfg = replace(cfg, pretrained=None)  # weights do not change any count
     with torch.device("meta"):
-        model = build_model(cfg, num_classes)
+        model = registry.build(cfg, num_classes)
         x = torch.zeros(2, 3, frames, size, size)  # 2 clips: train-mode BatchNorm needs > 1 value per channel
     model.eval()
     macs_inference, _ = _macs(model, x)
@@ -83,8 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--variant", default="rev2net", choices=sorted(MODEL_VARIANTS),
-                        help="named model variant (rev2net.model.MODEL_VARIANTS)")
+    parser.add_argument("--variant", default=registry.REV2NET, choices=list(registry.VARIANTS),
+                        help="named model variant (rev2net.registry.VARIANTS)")
     parser.add_argument("--decoder-arch", default=None, help="override model.decoder_arch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -92,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.decoder_arch is not None:
         overrides["decoder_arch"] = args.decoder_arch
     try:
-        cfg = model_config(args.variant, **overrides)
+        cfg = registry.model_config(args.variant, **overrides)
     except ValueError as err:
         parser.error(str(err))
     summary = summarize(cfg, args.num_classes, args.frames, args.size)

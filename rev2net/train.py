@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
@@ -63,63 +63,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rev2net.batch import FLOW, FRAMES, LABEL, SKIPPED, to_device
-from rev2net.losses import TERMS, LossConfig, needs, objective
+from rev2net.spec import LossConfig, TrainerConfig
+from rev2net.losses import TERMS, needs, objective
 from rev2net.model import Rev2NetOutput
-
-SCHEDULES = ("cosine", "step")
-OPTIMIZERS = ("sgd", "adamw")
-AMP_MODES = ("auto", "bf16", "off")
-
-
-@dataclass
-class TrainerConfig:
-    """The `trainer.` config group (batch size and loader workers belong to the data config)."""
-
-    max_epochs: int = 40  # epochs of one trial
-    optimizer: str = "sgd"  # sgd (with momentum, as I3D is trained) | adamw (for short from-scratch trials)
-    lr: float = 0.01  # SGD learning rate at the start (I3D's 0.1 at 160 clips per update, scaled to ~8-16 clips)
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4  # L2 penalty on every parameter
-    schedule: str = "cosine"  # cosine (annealed to 0 over max_epochs) | step (x step_gamma every step_every epochs)
-    step_every: int = 10  # step schedule: epochs between decays
-    step_gamma: float = 0.1  # step schedule: decay factor
-    grad_clip: float = 0.0  # max global gradient norm; 0 = off
-    amp: str = "auto"  # auto (bf16 autocast on CUDA, off on CPU) | bf16 | off
-    seed: int = 0  # seeds python, numpy and torch (call seed_everything before build_model too)
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU; CPU is deterministic anyway)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        if self.max_epochs < 1:
-            raise ValueError(f"trainer.max_epochs={self.max_epochs!r} must be >= 1")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"trainer.lr={self.lr!r} must be a finite number > 0")
-        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
-            raise ValueError(f"trainer.momentum={self.momentum!r} must be in [0, 1)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"trainer.weight_decay={self.weight_decay!r} must be a finite number >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"trainer.optimizer={self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"trainer.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if self.step_every < 1:
-            raise ValueError(f"trainer.step_every={self.step_every!r} must be >= 1")
-        if not (math.isfinite(self.step_gamma) and 0 < self.step_gamma <= 1):
-            raise ValueError(f"trainer.step_gamma={self.step_gamma!r} must be in (0, 1]")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise ValueError(f"trainer.grad_clip={self.grad_clip!r} must be a finite number >= 0 (0 = off)")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"trainer.amp={self.amp!r} is not one of {', '.join(AMP_MODES)}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError as err:
-                raise ValueError(f"trainer.device={self.device!r} is not auto or a torch device "
-                                 "(cpu, cuda, cuda:N)") from err
-
 
 class DivergedError(RuntimeError):
     """A loss term became NaN or infinite; `term` names it ("total" if only the sum overflowed)."""

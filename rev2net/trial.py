@@ -26,40 +26,19 @@ import os
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from rev2net.data import DataConfig, build_eval_loader, build_loaders
-from rev2net.losses import LossConfig, check_compatible, needs
-from rev2net.model import ModelConfig, build_model, flow_stride
-from rev2net.train import (DivergedError, EpochReport, TrainerConfig, evaluate, fit, resolve_device,
-                           seed_everything)
+from rev2net import registry
+from rev2net.spec import TrialSpec
+from rev2net.data import build_eval_loader, build_loaders
+from rev2net.losses import needs
+from rev2net.registry import check_spec
+from rev2net.train import DivergedError, EpochReport, evaluate, fit, resolve_device, seed_everything
 
 DDP_TIMEOUT = timedelta(minutes=10)  # a collective waiting this long means a rank is gone
-
-
-@dataclass
-class TrialSpec:
-    """Everything one trial needs to know."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-def check_spec(spec: TrialSpec) -> None:
-    """Cross-group consistency, raised before anything is built (the orchestration calls it for
-    every trial of a sweep before the first one starts)."""
-    check_compatible(spec.model, spec.loss)
-    if spec.data.flow and needs(spec.loss).flow and spec.data.flow_downsample != flow_stride(spec.model):
-        raise ValueError(
-            f"data.flow_downsample={spec.data.flow_downsample} delivers flow at {spec.data.flow_size} px, but the flow "
-            f"decoder predicts at 1/{flow_stride(spec.model)} of the crop: set data.flow_downsample="
-            f"{flow_stride(spec.model)}")
 
 
 def run_trial(spec: TrialSpec, *, resume: Optional[dict] = None,
@@ -88,7 +67,7 @@ def _train(spec: TrialSpec, *, resume: Optional[dict], on_epoch_end: Optional[Ca
     seed_everything(spec.trainer.seed)  # identical initial weights for every trial with this seed
     data = build_loaders(data_cfg, seed=spec.trainer.seed, device_is_cuda=device.type == "cuda", rank=rank,
                          num_replicas=world)
-    model = build_model(spec.model, data.num_classes)
+    model = registry.build(spec.model, data.num_classes)
     max_epochs = spec.trainer.max_epochs
 
     def report(epoch_report: EpochReport) -> None:

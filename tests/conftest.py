@@ -57,7 +57,7 @@ def _log_cross_dataset(uri: str, name: str) -> str:
     writer: rev2net and i3d over two seeds, one failed rev2net trial and one completed trial whose
     cross-dataset evaluation is missing. Returns the parent run id."""
     from mlflow import MlflowClient
-    from orchestration import tracking
+    from orchestration import records, tracking
 
     c = MlflowClient(tracking_uri=uri)
     exp_id = tracking.experiment_id(c, name)
@@ -75,7 +75,7 @@ def _log_cross_dataset(uri: str, name: str) -> str:
                                                        "loss.lambda_im": 0.1}.items()}}
         run = tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id="ablation-variants-cross",
                                      key=f"{variant}-{seed}", run_name=f"{variant} seed={seed}", params=params,
-                                     tags={tracking.TAG_STAGE: "ablation", tracking.TAG_RAY_TRIAL: f"x{seed}"})
+                                     tags={records.TAG_STAGE: "ablation", records.TAG_RAY_TRIAL: f"x{seed}"})
         history = [{"val/top1": 0.5, "val/loss": 1.0, "train/loss": 1.2}, {"val/top1": 0.6, "val/loss": 0.9,
                                                                           "train/loss": 1.0}]
         if cross is not None:
@@ -99,7 +99,7 @@ def sweep_store(tmp_path_factory, synthetic_root) -> SweepStore:
     import ray
     from mlflow import MlflowClient
 
-    from orchestration import tracking
+    from orchestration import records, tracking
     from orchestration.config import compose_config
     from orchestration.stage import run_stage
 
@@ -124,7 +124,7 @@ def sweep_store(tmp_path_factory, synthetic_root) -> SweepStore:
             params={"loss.alpha": 1.0, "loss.beta": 1.0, "loss.lambda_flow": 1.0, "loss.lambda_im": 1.0,
                     "model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both",
                     "model.decoder_arch": "paper", "data.name": "synthetic", "data.eval_name": None, "trainer.seed": 0},
-            tags={tracking.TAG_STAGE: "coarse", tracking.TAG_RAY_TRIAL: "left-running"})
+            tags={records.TAG_STAGE: "coarse", records.TAG_RAY_TRIAL: "left-running"})
         running.sync([{"val/top1": 0.99, "val/loss": 0.01, "train/loss": 0.5, "train/ce": 0.5}], raise_errors=True)
         parents["fine"] = run_stage(compose_config(common, stage="fine"), progress=False).parent_run_id
         parents["ablation"] = run_stage(compose_config(common + ["search.seeds=2"], stage="ablation"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from mlflow import MlflowClient
 
-from orchestration import tracking
+from orchestration import records
 from orchestration.spaces import SPACES_DIR
 
 SIM = "trial.runner=orchestration.simulate:constant_step"
@@ -44,7 +44,7 @@ def small_spaces(tmp: Path) -> Path:
 def child_runs(uri: str, experiment: str = "rev2net-synthetic", parent: str | None = None) -> list:
     c = MlflowClient(tracking_uri=uri)
     exp = c.get_experiment_by_name(experiment)
-    flt = "tags.`rev2net.role` = 'trial'" + (f" and tags.`{tracking.PARENT}` = '{parent}'" if parent else "")
+    flt = "tags.`rev2net.role` = 'trial'" + (f" and tags.`{records.PARENT}` = '{parent}'" if parent else "")
     return list(c.search_runs([exp.experiment_id], filter_string=flt, max_results=5000))
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from mlflow import MlflowClient
 
-from orchestration import tracking
+from orchestration import records, tracking
 from orchestration.callbacks import StatusCallback, terminal_status
 from orchestration.spaces import point_key
 
@@ -56,7 +56,7 @@ def _trials(c, exp_id, parent, n: int, max_epochs: int = 2) -> list[FakeTrial]:
 
 def _status(c, trial: FakeTrial) -> tuple[str | None, str]:
     run = c.get_run(trial.last_result["mlflow_run_id"])
-    return run.data.tags.get(tracking.TAG_STATUS), run.info.status
+    return run.data.tags.get(records.TAG_STATUS), run.info.status
 
 
 def test_terminal_status_names_how_a_trial_ended():
@@ -91,7 +91,7 @@ def test_statuses_are_written_off_the_event_loop(store, monkeypatch):
     cb.on_experiment_end(trials)
     assert [_status(c, t) for t in trials] == [("completed", "FINISHED"), ("stopped_early", "FINISHED"),
                                                ("failed", "FAILED")]
-    assert c.get_run(trials[2].last_result["mlflow_run_id"]).data.tags[tracking.TAG_FAILURE] == \
+    assert c.get_run(trials[2].last_result["mlflow_run_id"]).data.tags[records.TAG_FAILURE] == \
         "RuntimeError: CUDA out of memory"
     assert cb.get_state() == {"pending": [], "marked": ["t0", "t1", "t2"]}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration import tracking
+from orchestration import records
 from orchestration.config import compose_config
 from orchestration.stage import run_stage
 from sweep_helpers import SIM, child_runs, small_spaces, steps, tiny_overrides
@@ -73,11 +73,11 @@ def test_fractional_gpu_trials_are_packed_and_never_exceed_a_node(cluster, tmp_p
         "trainer.max_epochs=2", "+trial.runner_args.epoch_s=1", f"+trial.runner_args.placement_dir={placed}"),
         stage="coarse"), progress=False)
     runs = child_runs(result.tracking_uri, parent=result.parent_run_id)
-    assert len(runs) == 16 and all(r.data.tags[tracking.TAG_STATUS] == "completed" for r in runs)
+    assert len(runs) == 16 and all(r.data.tags[records.TAG_STATUS] == "completed" for r in runs)
 
-    records = _placements(placed)
-    assert len(records) == 16 and all(len(r["gpu_ids"]) == 1 for r in records), "a quarter of one GPU each"
-    on = {name: [r for r in records if r["node_id"] == node.node_id] for name, node in nodes.items()}
+    placements = _placements(placed)
+    assert len(placements) == 16 and all(len(r["gpu_ids"]) == 1 for r in placements), "a quarter of one GPU each"
+    on = {name: [r for r in placements if r["node_id"] == node.node_id] for name, node in nodes.items()}
     assert len(on["A"]) + len(on["B"]) == 16, "no trial on the head, which has no GPU"
     most = {name: _most_at_once([(r["start"], r["end"]) for r in rs]) for name, rs in on.items()}
     assert most["A"] == 4, f"4 trials share node A's GPU at 0.25 each ({most})"
@@ -114,14 +114,14 @@ def test_a_node_lost_mid_sweep_costs_its_trials_a_retry_elsewhere_from_their_che
     runs = child_runs(result.tracking_uri, parent=result.parent_run_id)
     assert len(runs) == 5, "the retried trials continued their own runs"
     for r in runs:
-        assert r.data.tags[tracking.TAG_STATUS] == "completed", r.data.tags.get(tracking.TAG_FAILURE)
+        assert r.data.tags[records.TAG_STATUS] == "completed", r.data.tags.get(records.TAG_FAILURE)
         assert steps(result.tracking_uri, r.info.run_id) == [1, 2, 3, 4], f"continuous history of {r.info.run_name}"
-    records = _placements(placed)
-    lost = {r["trial"]: r for r in records if r["node_id"] == nodes["A"].node_id and "end" not in r}
+    placements = _placements(placed)
+    lost = {r["trial"]: r for r in placements if r["node_id"] == nodes["A"].node_id and "end" not in r}
     assert lost, "trials were running on node A when it went"
     assert any(r["reported"] >= 1 for r in lost.values()), "a trial on node A had a checkpoint when it went"
     for trial, attempt in lost.items():
-        retries = [r for r in records if r["trial"] == trial and r["node_id"] != nodes["A"].node_id
+        retries = [r for r in placements if r["trial"] == trial and r["node_id"] != nodes["A"].node_id
                    and r["start"] > attempt["start"]]
         assert retries, f"trial {trial} was retried on another node"
         retry = min(retries, key=lambda r: r["start"])
@@ -129,4 +129,4 @@ def test_a_node_lost_mid_sweep_costs_its_trials_a_retry_elsewhere_from_their_che
         # under way when the node went may or may not have reached the driver
         assert attempt["reported"] <= retry["resumed_from"] <= attempt["reported"] + 1, \
             f"trial {trial} continued from its last checkpoint ({attempt['reported']}), not {retry['resumed_from']}"
-    assert not [r for r in records if r["node_id"] == nodes["A"].node_id and r["start"] > removed[0] + 1]
+    assert not [r for r in placements if r["node_id"] == nodes["A"].node_id and r["start"] > removed[0] + 1]

@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from orchestration import tracking
+from orchestration import records
 from rev2net.data.config import DataConfig
 from rev2net.data.datasets import EpochSampler, ShardSampler, build_loaders
-from rev2net.losses import LossConfig
-from rev2net.model import ModelConfig, build_model
-from rev2net.train import TrainerConfig, evaluate
-from rev2net.trial import TrialSpec, run_trial
+from rev2net.spec import LossConfig, ModelConfig, TrainerConfig, TrialSpec
+from rev2net.model import build_model
+from rev2net.train import evaluate
+from rev2net.trial import run_trial
 from sweep_helpers import child_runs, small_spaces, steps, tiny_overrides
 
 
@@ -107,6 +107,6 @@ def test_a_data_parallel_tune_trial_is_one_mlflow_run(tmp_path, synthetic_root):
     runs = child_runs(result.tracking_uri, parent=result.parent_run_id)
     assert result.plan.num_trials == 1 and len(runs) == 1, "one Tune trial, one MLflow run, whatever its processes"
     run = runs[0]
-    assert run.data.tags[tracking.TAG_STATUS] == "completed", run.data.tags.get(tracking.TAG_FAILURE)
+    assert run.data.tags[records.TAG_STATUS] == "completed", run.data.tags.get(records.TAG_FAILURE)
     assert steps(result.tracking_uri, run.info.run_id) == [1, 2] and steps(result.tracking_uri, run.info.run_id,
                                                                             "train/loss") == [1, 2]

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis import figures, tables
-from analysis.runs import load_histories, load_runs
+from orchestration.records import load_histories, load_runs
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ failing fast, in one line, before a trial (or Ray) starts."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 

@@ -20,7 +20,8 @@ from rev2net.i3d import (
     load_i3d_state,
     same_padding,
 )
-from rev2net.model import build_model, model_config
+from rev2net.model import build_model
+from rev2net.registry import model_config
 
 MIXED = ("Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c")
 

@@ -11,8 +11,6 @@ from torch.distributions import Normal, kl_divergence
 
 from rev2net.losses import (
     FLOW_BOUND,
-    LossConfig,
-    check_compatible,
     flow_target,
     frame_target,
     frobenius,
@@ -20,7 +18,9 @@ from rev2net.losses import (
     needs,
     objective,
 )
-from rev2net.model import ModelConfig, Need, Rev2NetOutput, build_model, flow_size, model_config
+from rev2net.model import Need, Rev2NetOutput, build_model, flow_size
+from rev2net.registry import model_config
+from rev2net.spec import LossConfig
 
 PARTS = ("flow_decoder", "frame_decoder", "flow_gaussian", "frame_gaussian")
 WEIGHTS = {"ddp_high": "alpha", "ddp_low": "beta", "flow": "lambda_flow", "im": "lambda_im"}
@@ -193,39 +193,3 @@ def test_objective_names_what_is_missing() -> None:
         objective(out, label, x, None, LossConfig(**{**ZERO, "lambda_flow": 0.1}))
 
 
-@pytest.mark.parametrize("key", ["alpha", "beta", "lambda_flow", "lambda_im"])
-@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
-def test_loss_config_rejects_bad_weights(key: str, value: float) -> None:
-    with pytest.raises(ValueError, match=f"loss.{key}="):
-        LossConfig(**{key: value})
-
-
-def test_defaults_are_the_papers_optimum() -> None:
-    assert LossConfig() == LossConfig(alpha=0.01, beta=0.1, lambda_flow=0.1, lambda_im=0.1)
-
-
-@pytest.mark.parametrize(
-    "model, loss, message",
-    [
-        (dict(flow_decoder=False, ddp="none"), dict(lambda_flow=0.1, alpha=0, beta=0),
-         "loss.lambda_flow=0.1 needs the flow decoder but model.flow_decoder=false; set loss.lambda_flow=0"),
-        (dict(frame_decoder=False, ddp="none"), dict(lambda_im=0.1, lambda_flow=0, alpha=0, beta=0),
-         "loss.lambda_im=0.1 needs the frame decoder"),
-        (dict(ddp="high"), dict(beta=0.1),
-         r"loss.beta=0.1 .* model.ddp='high' .* set loss.beta=0 or model.ddp=low\|both"),
-        (dict(ddp="low"), dict(alpha=0.01, beta=0.1), "loss.alpha=0.01 .* model.ddp='low'"),
-        (dict(ddp="none"), dict(), "loss.beta=0.1"),
-    ],
-)
-def test_check_compatible_names_keys_and_fix(model: dict, loss: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        check_compatible(ModelConfig(**model), LossConfig(**loss))
-
-
-@pytest.mark.parametrize(
-    "variant, loss",
-    [("rev2net", {}), ("i3d", ZERO), ("rev2net_no_ddp", dict(alpha=0, beta=0)),
-     ("rev2net_no_flow", dict(alpha=0, beta=0, lambda_flow=0)), ("rev2net_ddp_low", dict(alpha=0))],
-)
-def test_check_compatible_accepts_consistent_configs(variant: str, loss: dict) -> None:
-    check_compatible(model_config(variant), LossConfig(**loss))

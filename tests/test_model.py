@@ -11,18 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from rev2net.spec import ModelConfig
 from rev2net.decoders import DECODER_ARCHS
 from rev2net.losses import flow_target, frame_target
-from rev2net.model import (
-    MODEL_VARIANTS,
-    ModelConfig,
-    Need,
-    Rev2Net,
-    build_model,
-    flow_size,
-    flow_stride,
-    model_config,
-)
+from rev2net.model import Need, Rev2Net, build_model, flow_size, flow_stride
+from rev2net.registry import VARIANTS, model_config
 
 ALL = Need(flow=True, frames=True, ddp_low=True, ddp_high=True)
 
@@ -115,7 +108,7 @@ def test_only_what_is_needed_runs(need: Need, runs: list[str], skips: list[str])
         assert not ran(calls, name), f"{name} must not run for {need}"
 
 
-@pytest.mark.parametrize("variant", sorted(MODEL_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_builds_only_what_it_uses(variant: str) -> None:
     model = tiny(variant)
     cfg = model.cfg
@@ -142,7 +135,7 @@ def test_i3d_baseline_has_exactly_the_inference_parameters() -> None:
 
 
 def test_asking_for_what_is_not_built_is_an_error() -> None:
-    model = tiny("rev2net_no_flow").train()
+    model = tiny("no_flow_decoder").train()
     with pytest.raises(ValueError, match="need.flow"):
         model(torch.rand(1, 3, 8, 32, 32), need=Need(flow=True))
 
@@ -150,41 +143,6 @@ def test_asking_for_what_is_not_built_is_an_error() -> None:
 def test_frames_must_be_a_clip() -> None:
     with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
         tiny()(torch.rand(3, 8, 32, 32))
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(ddp="lowish"), "model.ddp='lowish' is not one of none, low, high, both"),
-        (dict(decoder_arch="unet"), "model.decoder_arch='unet' is not one of paper, plain, deep"),
-        (dict(width=0.0), "model.width=0.0"),
-        (dict(width=float("nan")), "model.width=nan"),
-        (dict(dropout=1.0), "model.dropout=1.0"),
-        (dict(latent_dim=0), "model.latent_dim=0"),
-        (dict(decoder_channels=0), "model.decoder_channels=0"),
-        (dict(bn_momentum=0.0), "model.bn_momentum=0.0"),
-        (dict(flow_decoder=False), "model.ddp='both'.*model.flow_decoder=false; set model.ddp=none"),
-        (dict(frame_decoder=False, ddp="low"), "model.frame_decoder=false; set model.ddp=none"),
-        (dict(pretrained="/nonexistent/i3d.pt"), "model.pretrained='/nonexistent/i3d.pt' does not exist"),
-    ],
-)
-def test_model_config_names_the_bad_key(overrides: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        ModelConfig(**overrides)
-
-
-def test_pretrained_needs_the_published_width(tmp_path) -> None:
-    path = tmp_path / "i3d.pt"
-    path.write_bytes(b"")
-    with pytest.raises(ValueError, match="model.width=0.25; set model.width=1.0"):
-        ModelConfig(width=0.25, pretrained=str(path))
-
-
-def test_model_config_of_an_unknown_variant_or_key() -> None:
-    with pytest.raises(ValueError, match="model variant='resnet'"):
-        model_config("resnet")
-    with pytest.raises(ValueError, match="widht"):
-        model_config("rev2net", widht=0.5)
 
 
 def test_bn_momentum_reaches_every_batchnorm() -> None:

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import RunTag
 
-from orchestration import tracking
+from orchestration import records, tracking
 from orchestration.grid import main
 from orchestration.pipeline import run_pipeline, stage_overrides
 from sweep_helpers import SIM, child_runs, parent_runs, small_spaces, tiny_overrides
@@ -64,13 +64,13 @@ def test_a_scheduled_pipeline_continues_then_does_nothing_and_never_drives_a_bus
     c = MlflowClient(tracking_uri=uri)
     fine_parent = first[1].parent_run_id
     c.update_run(fine_parent, status="RUNNING")
-    c.log_batch(fine_parent, tags=[RunTag(tracking.TAG_DRIVER, "elsewhere:4242"),
-                                   RunTag(tracking.TAG_HEARTBEAT, str(int(time.time())))])
+    c.log_batch(fine_parent, tags=[RunTag(records.TAG_DRIVER, "elsewhere:4242"),
+                                   RunTag(records.TAG_HEARTBEAT, str(int(time.time())))])
     busy = run_pipeline(["coarse", "fine", "ablation"], overrides, progress=False)
     assert [(s.stage, s.outcome) for s in busy] == [("coarse", "skipped"), ("fine", "busy")], "ablation waits"
 
     # ... until its heartbeat is stale (that driver died): then the next run resumes it and goes on
-    c.set_tag(fine_parent, tracking.TAG_HEARTBEAT, str(int(time.time() - 2 * tracking.HEARTBEAT_STALE_S)))
+    c.set_tag(fine_parent, records.TAG_HEARTBEAT, str(int(time.time() - 2 * tracking.HEARTBEAT_STALE_S)))
     resumed = run_pipeline(["coarse", "fine", "ablation"],
                            overrides + ["ablation:search.seeds=1", "ablation:search.variants=[rev2net,i3d]"],
                            progress=False)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import report
-from analysis.runs import REPO
+from orchestration.records import REPO
 
 TABLES = ("status", "coarse_marginals", "coarse_top", "fine_marginals", "fine_top", "best", "ablation", "shuffle")
 FIGURES = ("coarse_marginals", "coarse_alpha_beta", "coarse_flow_im", "coarse_curves", "fine_marginals",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestration import tracking
+from orchestration import records
 from orchestration.config import compose_config
 from orchestration.stage import run_stage
 from sweep_helpers import SIM, child_runs, parent_runs, small_spaces, steps, tiny_overrides
@@ -50,8 +50,8 @@ def test_a_sweep_leaves_one_child_run_per_trial_with_full_histories(ray_session,
     assert points == sorted({(0.1, 0.1, 0.1, 0.1), (0.001, 0.1, 0.1, 0.1), (0.1, 0.001, 0.1, 0.1),
                              (0.1, 0.1, 0.001, 0.1), (0.1, 0.1, 0.1, 0.001)})
     for r in runs:
-        assert r.info.status == "FINISHED" and r.data.tags[tracking.TAG_STATUS] == "completed"
-        assert r.data.tags[tracking.PARENT] == result.parent_run_id
+        assert r.info.status == "FINISHED" and r.data.tags[records.TAG_STATUS] == "completed"
+        assert r.data.tags[records.PARENT] == result.parent_run_id
         assert r.data.params["data.name"] == "synthetic" and r.data.params["trainer.seed"] == "0"
         assert r.data.tags["ray.trial_id"]
         for key in ("val/top1", "train/loss", "lr", "epoch_time_s"):
@@ -75,12 +75,12 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_sessi
                     "+trial.runner_args.nan_at_epoch=2", "+trial.runner_args.diverge_above=0.05")
     runs = child_runs(result.tracking_uri, parent=result.parent_run_id)
     assert len(runs) == 16
-    failed = [r for r in runs if r.data.tags[tracking.TAG_STATUS] == "failed"]
-    completed = [r for r in runs if r.data.tags[tracking.TAG_STATUS] == "completed"]
+    failed = [r for r in runs if r.data.tags[records.TAG_STATUS] == "failed"]
+    completed = [r for r in runs if r.data.tags[records.TAG_STATUS] == "completed"]
     assert len(completed) == 1 and len(failed) == 15, "only the all-0.001 point stays below the threshold"
     for r in failed:
         assert r.info.status == "FAILED"
-        assert "loss term 'flow' diverged" in r.data.tags[tracking.TAG_FAILURE]
+        assert "loss term 'flow' diverged" in r.data.tags[records.TAG_FAILURE]
         assert steps(result.tracking_uri, r.info.run_id) == [1], "the epoch before divergence is kept"
     assert steps(result.tracking_uri, completed[0].info.run_id) == [1, 2, 3]
 
@@ -111,7 +111,7 @@ def test_a_trial_killed_mid_training_resumes_from_its_checkpoint(ray_session, tm
                 runs = child_runs(uri)
             except Exception:  # noqa: BLE001 - the store may not exist yet
                 continue
-            if any(int(r.data.tags.get(tracking.TAG_LOGGED_EPOCH, 0)) >= 2 for r in runs):
+            if any(int(r.data.tags.get(records.TAG_LOGGED_EPOCH, 0)) >= 2 for r in runs):
                 pid = next(iter(pids.values()))
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -126,7 +126,7 @@ def test_a_trial_killed_mid_training_resumes_from_its_checkpoint(ray_session, tm
     runs = child_runs(result.tracking_uri, parent=result.parent_run_id)
     assert len(runs) == 5, "the retried trial continued its own run: no second run"
     for r in runs:
-        assert r.data.tags[tracking.TAG_STATUS] == "completed"
+        assert r.data.tags[records.TAG_STATUS] == "completed"
         assert steps(result.tracking_uri, r.info.run_id) == [1, 2, 3, 4], f"continuous history of {r.info.run_name}"
 
 
@@ -146,7 +146,7 @@ def test_the_driver_killed_mid_sweep_continues_when_run_again(tmp_path, syntheti
             runs = child_runs(uri)
         except Exception:  # noqa: BLE001 - not created yet
             continue
-        done = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) == "completed"]
+        done = [r for r in runs if r.data.tags.get(records.TAG_STATUS) == "completed"]
         if len(done) >= 2 and len(runs) >= 3:
             break
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started die at once
@@ -161,14 +161,14 @@ def test_the_driver_killed_mid_sweep_continues_when_run_again(tmp_path, syntheti
     assert len(after) == 5 and len(parent_runs(uri)) == 1, "nothing duplicated"
     assert set(before) <= {r.info.run_id for r in after}, "the runs started before the kill were continued"
     for r in after:
-        assert r.data.tags[tracking.TAG_STATUS] == "completed"
+        assert r.data.tags[records.TAG_STATUS] == "completed"
         assert steps(uri, r.info.run_id) == [1, 2, 3], f"continuous history of {r.info.run_name}"
 
 
 def test_three_stages_end_to_end_with_real_training(ray_session, tmp_path, synthetic_root):
     coarse = _stage(tmp_path, synthetic_root, "coarse", "trainer.max_epochs=1")
     runs = child_runs(coarse.tracking_uri, parent=coarse.parent_run_id)
-    assert len(runs) == 5 and all(r.data.tags[tracking.TAG_STATUS] == "completed" for r in runs)
+    assert len(runs) == 5 and all(r.data.tags[records.TAG_STATUS] == "completed" for r in runs)
     assert all("train/flow" in r.data.metrics and "val/top1" in r.data.metrics for r in runs)
 
     fine = _stage(tmp_path, synthetic_root, "fine", "trainer.max_epochs=1")
@@ -184,7 +184,7 @@ def test_three_stages_end_to_end_with_real_training(ray_session, tmp_path, synth
     runs = {r.data.params["variant"]: r for r in child_runs(ablation.tracking_uri, parent=ablation.parent_run_id)}
     assert set(runs) == {"rev2net", "no_ddp", "i3d"}
     for variant, r in runs.items():
-        assert r.data.tags[tracking.TAG_STATUS] == "completed", r.data.tags.get(tracking.TAG_FAILURE)
+        assert r.data.tags[records.TAG_STATUS] == "completed", r.data.tags.get(records.TAG_FAILURE)
         for protocol in ("none", "long_term", "short_term", "complete"):
             assert f"shuffle/{protocol}/top1" in r.data.metrics, f"{variant} lacks the {protocol} shuffle accuracy"
     assert "train/flow" not in runs["i3d"].data.metrics and runs["i3d"].data.params["model.flow_decoder"] == "False"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rev2net.model import ModelConfig, model_config
+from rev2net.spec import ModelConfig
+from rev2net.registry import model_config
 from rev2net.summary import main, summarize
 
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from analysis import paper, tables
-from analysis.runs import REPO, STATUSES, VARIANTS, WEIGHTS, best_config, load_runs
+from orchestration.records import REPO, STATUSES, WEIGHTS, best_config, load_runs
+from rev2net.registry import VARIANTS
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from orchestration import tracking
+from orchestration import records, tracking
 from orchestration.errors import ConfigError
 
 
@@ -56,10 +56,10 @@ def test_child_run_is_nested_and_continued_not_duplicated(store):
     hist = c.get_metric_history(run.run_id, "val/top1")
     assert [m.step for m in hist] == [1, 2, 3, 4], "each epoch exactly once, in order"
     stored = c.get_run(run.run_id)
-    assert stored.data.tags[tracking.PARENT] == parent
-    assert stored.data.tags[tracking.TAG_LOGGED_EPOCH] == "4"
+    assert stored.data.tags[records.PARENT] == parent
+    assert stored.data.tags[records.TAG_LOGGED_EPOCH] == "4"
     assert stored.data.params["loss.alpha"] == "0.1"
-    children = list(tracking.child_runs(c, exp_id, parent))
+    children = list(records.child_runs(c, exp_id, parent))
     assert [r.info.run_id for r in children] == [run.run_id], "one child run per trial"
     # a different trial key is a different run
     assert _open(c, exp_id, parent, key="k2").run_id != run.run_id
@@ -78,7 +78,7 @@ def test_sync_is_idempotent_and_batches_large_histories(store):
     wide = [{f"m{i}": float(e * i) for i in range(300)} for e in range(1, 5)]  # 1200 metrics > one batch
     assert run.sync(wide) and run.sync(wide)
     assert len(c.get_metric_history(run.run_id, "m7")) == 4
-    assert c.get_run(run.run_id).data.tags[tracking.TAG_LOGGED_EPOCH] == "4"
+    assert c.get_run(run.run_id).data.tags[records.TAG_LOGGED_EPOCH] == "4"
 
 
 def test_finish_sets_status_and_reason(store):
@@ -87,12 +87,12 @@ def test_finish_sets_status_and_reason(store):
     tracking.finish(c, run.run_id, status="failed", reason="loss term 'flow' diverged (nan) at epoch 2")
     r = c.get_run(run.run_id)
     assert r.info.status == "FAILED"
-    assert r.data.tags[tracking.TAG_STATUS] == "failed"
-    assert "flow" in r.data.tags[tracking.TAG_FAILURE]
+    assert r.data.tags[records.TAG_STATUS] == "failed"
+    assert "flow" in r.data.tags[records.TAG_FAILURE]
     # a resumed trial reopens its run: running again
     _open(c, exp_id, parent)
     r = c.get_run(run.run_id)
-    assert r.info.status == "RUNNING" and r.data.tags[tracking.TAG_STATUS] == "running"
+    assert r.info.status == "RUNNING" and r.data.tags[records.TAG_STATUS] == "running"
 
 
 def _free_port() -> int:

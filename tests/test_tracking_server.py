@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestration import tracking
+from orchestration import records, tracking
 from orchestration.config import compose_config
 from orchestration.errors import ConfigError
 from orchestration.stage import run_stage
@@ -171,11 +171,11 @@ def _check_every_metric_logged(result) -> int:
     """Every metric of every epoch each trial reported is in MLflow, once, with its value. Returns the count."""
     c = MlflowClient(tracking_uri=result.tracking_uri)
     reported = _reported(result.storage_dir)
-    runs = list(tracking.child_runs(c, c.get_experiment_by_name(result.experiment).experiment_id, result.parent_run_id))
+    runs = list(records.child_runs(c, c.get_experiment_by_name(result.experiment).experiment_id, result.parent_run_id))
     assert len(runs) == len(reported) == result.plan.num_trials, "one run per trial"
     count = 0
     for run in runs:
-        epochs = reported[run.data.tags[tracking.TAG_RAY_TRIAL]]
+        epochs = reported[run.data.tags[records.TAG_RAY_TRIAL]]
         keys = {k for metrics in epochs.values() for k in metrics}
         assert keys <= set(run.data.metrics), f"{run.info.run_name} lacks {keys - set(run.data.metrics)}"
         for key in keys:
@@ -227,7 +227,7 @@ def test_a_server_away_for_a_while_kills_no_trial_and_loses_nothing(server, clus
                                      filter_string="tags.`rev2net.role` = 'trial'")
             except Exception:  # noqa: BLE001 - not there yet
                 continue
-            if any(int(r.data.tags.get(tracking.TAG_LOGGED_EPOCH, 0)) >= 1 for r in runs):
+            if any(int(r.data.tags.get(records.TAG_LOGGED_EPOCH, 0)) >= 1 for r in runs):
                 break
         outage.append(time.monotonic())
         server.stop(signal.SIGKILL)  # a crash, not a shutdown

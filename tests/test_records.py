@@ -1,5 +1,5 @@
-"""analysis/runs.py against a real sweep store: one row per trial with the logged values, the
-histories, and `best_config` (the same one the fine stage used)."""
+"""orchestration/records.py against a real sweep store: one row per trial with the logged values, the
+histories, and `best_config` (the same one the fine stage used); the record's names and naming."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from analysis import runs as R
+from orchestration import records as R
 from orchestration.fine import upper_neighbour
 
 

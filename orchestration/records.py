@@ -1,43 +1,97 @@
-"""Reading a sweep back from MLflow: one row per trial, the per-epoch histories, and the best configuration.
+"""The MLflow record of a sweep, in one place: the names it uses and how it is read back.
 
-`best_config` is the one definition of "best" in the project: the fine stage derives its grid
-from it and the analysis tables report it, so the two can never disagree.
+Layout (written by orchestration/tracking.py, read here and by analysis/):
 
-Statuses (the `rev2net.status` tag the sweep writes): `completed` (trained to trainer.max_epochs),
-`stopped_early` (stopped by ASHA: its metrics come from fewer epochs), `failed` (diverged or
-crashed; `failure_reason` says why) and `running` (still training, or interrupted: its driver died
-before marking it; `mlflow_status` then says FINISHED/KILLED/FAILED rather than RUNNING). A run
-without the tag is `running`.
+    experiment  rev2net-<data.name> (or mlflow.experiment)
+      parent run, one per stage invocation   tags: role=stage, sweep id, stage, mode, driver, heartbeat,
+                                                   storage, git commit, best.*; params: the plan's summary;
+                                                   artifacts config.yaml, plan.json
+        child run, one per trial             tags: role=trial, parent, sweep id, stage, trial key, status,
+                                                   failure reason, logged epoch, Ray trial id and node;
+                                             params: the trial's config (`trial_params`); metrics: every
+                                             epoch's (rev2net.train) at step = epoch, the final evaluations
+
+Statuses (the status tag): `completed` (trained to trainer.max_epochs), `stopped_early` (stopped by
+ASHA: its metrics come from fewer epochs), `failed` (diverged or crashed; the failure reason says
+why) and `running` (still training, or interrupted: its driver died before marking it;
+`mlflow_status` then says FINISHED/KILLED/FAILED rather than RUNNING). A run without the tag is
+`running`.
+
+`best_config` is the one definition of "best" in the project: the fine and ablation stages take
+their weights from it and the analysis tables report it, so the two can never disagree.
 
 Speed (1296 trials in well under 5 s from SQLite): one `search_runs` page of up to 5000 runs, the
-best-epoch histories of every run in one query per metric on SQL stores, and Python's cyclic
-garbage collector paused while MLflow builds its tens of thousands of small ORM objects (without
-the pause, collection passes over them triple the time of `search_runs`).
+best-epoch histories of every run in one query per metric on SQL stores (through MLflow's
+`SqlAlchemyStore.get_metric_history_bulk`, the call its server's get-history-bulk endpoint makes),
+and Python's cyclic garbage collector paused while MLflow builds its tens of thousands of small ORM
+objects (without the pause, collection passes over them triple the time of `search_runs`).
+
+Imports mlflow and pandas, nothing of Ray or torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-WEIGHTS = ("loss.alpha", "loss.beta", "loss.lambda_flow", "loss.lambda_im")
+from rev2net import registry
+
+# --------------------------------------------------------------------------- names
+
 PARENT = "mlflow.parentRunId"
-STATUSES = ("completed", "stopped_early", "failed", "running")
-RANKED = ("completed", "stopped_early")       # the trials `best_config` chooses among by default
-AVERAGED = ("completed",)                     # the trials the tables average by default
-SHUFFLE_PROTOCOLS = ("none", "long_term", "short_term", "complete")
-# The ablation variants of search_spaces/ablation.yaml, in the order the tables list them.
-VARIANTS = ("rev2net", "no_frame_decoder", "no_flow_decoder", "no_ddp", "ddp_low_only", "ddp_high_only",
-            "decoder_plain", "decoder_deep", "i3d")
+TAG_GIT = "mlflow.source.git.commit"
+TAG_ROLE = "rev2net.role"              # ROLE_STAGE (parent) | ROLE_TRIAL (child)
+TAG_SWEEP = "rev2net.sweep_id"         # the sweep (stage + config hash) a run belongs to
+TAG_STAGE = "rev2net.stage"            # coarse | fine | ablation
+TAG_MODE = "rev2net.mode"              # factorial | axes | variants
+TAG_TRIAL_KEY = "rev2net.trial_key"    # hash of sweep id + trial point: finds a child run again
+TAG_LOGGED_EPOCH = "rev2net.logged_epoch"  # last epoch whose metrics this run holds
+TAG_STATUS = "rev2net.status"          # one of STATUSES
+TAG_FAILURE = "rev2net.failure_reason"
+TAG_DRIVER = "rev2net.driver"          # host:pid of the process that drives the stage (parent runs)
+TAG_HEARTBEAT = "rev2net.heartbeat"    # unix time of that driver's latest sign of life
+TAG_STORAGE = "rev2net.storage"        # where the stage's Tune state lives (parent runs)
+TAG_RAY_TRIAL = "ray.trial_id"
+TAG_NODE = "ray.node_ip"               # the node the trial's latest attempt ran on
+BEST_PREFIX = "best."                  # parent runs: best.<weight key>, best.run_id
+
+ROLE_STAGE, ROLE_TRIAL = "stage", "trial"
+
+RUNNING, COMPLETED, STOPPED_EARLY, FAILED = "running", "completed", "stopped_early", "failed"
+STATUSES = (COMPLETED, STOPPED_EARLY, FAILED, RUNNING)
+RANKED = (COMPLETED, STOPPED_EARLY)           # the trials `best_config` chooses among by default
+AVERAGED = (COMPLETED,)                       # the trials the tables average by default
+
+
+class Weight(NamedTuple):
+    """How one weight of eq. (3) is written: its config key, symbol, short form in run names, meaning."""
+
+    key: str
+    symbol: str
+    short: str
+    meaning: str
+
+
+WEIGHT_INFO = {w.key: w for w in (
+    Weight("loss.alpha", "α", "α", "high-level DDP"),
+    Weight("loss.beta", "β", "β", "low-level DDP"),
+    Weight("loss.lambda_flow", "λ_flow", "λf", "flow prediction"),
+    Weight("loss.lambda_im", "λ_im", "λi", "frame reconstruction"),
+)}
+WEIGHTS = tuple(WEIGHT_INFO)                  # the params of the four weights, in eq. (3)'s order
+WEIGHT_SYMBOLS = {k: w.symbol for k, w in WEIGHT_INFO.items()}
+VARIANT_PARAM = "variant"                     # a point's key that names a registered variant (not a config key)
+SHUFFLE_PROTOCOLS = ("none", "long_term", "short_term", "complete")   # rev2net.data.shuffle.PROTOCOLS
 # Every per-epoch metric rev2net.train logs (the loss terms only when their weight is > 0).
 EPOCH_METRICS = ("train/loss", "train/ce", "train/ddp_high", "train/ddp_low", "train/flow", "train/im",
                  "train/top1", "train/top5", "val/loss", "val/top1", "val/top5", "lr", "clips_per_s",
@@ -54,16 +108,72 @@ _RUN_COLUMNS = ["run_id", "run_name", "parent_run_id", "stage", "status", "failu
                 "ray_trial_id", "epochs", "start_time", "end_time", "duration_s"]
 
 
-def _typed(key: str, value: Optional[str]) -> Any:
-    if value is None or value == "None":
-        return None
-    if key in FLOAT_PARAMS:
-        return float(value)
-    if key in INT_PARAMS:
-        return int(float(value))
-    if key in BOOL_PARAMS:
-        return value == "True"
-    return value
+def run_name(point: dict[str, Any]) -> str:
+    """A trial's run name, readable in the MLflow UI: `α=0.01 β=0.1 λf=0.1 λi=0.1`, `no_ddp seed=1`."""
+    if VARIANT_PARAM in point:
+        seed = next((v for k, v in point.items() if k.endswith(".seed")), None)
+        return f"{point[VARIANT_PARAM]} seed={seed}"
+    order = list(WEIGHT_INFO)
+    keys = sorted(point, key=lambda k: order.index(k) if k in WEIGHT_INFO else len(order))
+    return " ".join(f"{WEIGHT_INFO[k].short if k in WEIGHT_INFO else k}="
+                    + (f"{point[k]:g}" if isinstance(point[k], float) else f"{point[k]}") for k in keys)
+
+
+def trial_filter(*, stage: Optional[str] = None, parent_run_id: Optional[str] = None,
+                 role: str = ROLE_TRIAL) -> str:
+    """The `search_runs` filter for a sweep's runs of `role`, of a stage and/or a parent run."""
+    flt = f"tags.`{TAG_ROLE}` = '{role}'"
+    if stage:
+        flt += f" and tags.`{TAG_STAGE}` = '{stage}'"
+    if parent_run_id:
+        flt += f" and tags.`{PARENT}` = '{parent_run_id}'"
+    return flt
+
+
+# --------------------------------------------------------------------------- stores
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def store_missing(uri: str) -> bool:
+    """A SQLite store whose file does not exist (MLflow would create it just by being asked)."""
+    path = sqlite_path(uri)
+    return path is not None and not path.is_file()
+
+
+def resolve_tracking_uri(uri: str, base: str | Path = REPO) -> str:
+    """`uri` with a relative SQLite path made absolute: relative to the working directory when the
+    file is there, else to `base` (the repository root, where the sweep's default sqlite:///mlflow.db
+    lives; notebooks run in analysis/)."""
+    path = sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    resolved = path.resolve() if path.exists() else (Path(base) / path).resolve()
+    return f"sqlite:///{resolved}"
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """An MlflowClient for reading; a SQLite file that does not exist is an error here (MLflow would
+    silently create an empty store, and the reader would then report a missing experiment)."""
+    if store_missing(tracking_uri):
+        raise LookupError(f"no MLflow store at {tracking_uri} ({sqlite_path(tracking_uri).resolve()} does not "
+                          "exist); pass the sweep's mlflow.tracking_uri")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str, *,
+               page_size: Optional[int] = None, order_by: Optional[list[str]] = None) -> Iterator:
+    """Every run matching `filter_string`, page after page (`PAGE_SIZE` runs each by default)."""
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=page_size or PAGE_SIZE,
+                                  page_token=token, order_by=order_by)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 @contextlib.contextmanager
@@ -79,37 +189,31 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> Iterable:
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=PAGE_SIZE,
-                                  page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
+@functools.lru_cache(maxsize=8)
+def _bulk_store(tracking_uri: str) -> Any:
+    """MLflow's SQL store for a database URI, else None. MlflowClient has no bulk history call;
+    `SqlAlchemyStore.get_metric_history_bulk` reads one metric of many runs in one query (engines
+    are shared with the client's store: MLflow caches them per URI)."""
+    if not tracking_uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+        return None
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = sqlite_path(tracking_uri)
+    return SqlAlchemyStore(tracking_uri, str(path.parent / "mlartifacts") if path else "./mlartifacts")
 
 
-def resolve_tracking_uri(uri: str, base: str | Path = REPO) -> str:
-    """`uri` with a relative SQLite path made absolute: relative to the working directory when the
-    file is there, else to `base` (the repository root, where the sweep's default sqlite:///mlflow.db
-    lives; notebooks run in analysis/)."""
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////"):
-        return uri
-    path = Path(uri[len("sqlite:///"):])
-    resolved = path.resolve() if path.exists() else (Path(base) / path).resolve()
-    return f"sqlite:///{resolved}"
+# --------------------------------------------------------------------------- reading
 
-
-def client_for(tracking_uri: str) -> MlflowClient:
-    """An MlflowClient for reading; a SQLite file that does not exist is an error here (MLflow would
-    silently create an empty store, and the reader would then report a missing experiment)."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise LookupError(f"no MLflow store at {tracking_uri} ({path.resolve()} does not exist); "
-                              "pass the sweep's mlflow.tracking_uri")
-    return MlflowClient(tracking_uri=tracking_uri)
+def _typed(key: str, value: Optional[str]) -> Any:
+    if value is None or value == "None":
+        return None
+    if key in FLOAT_PARAMS:
+        return float(value)
+    if key in INT_PARAMS:
+        return int(float(value))
+    if key in BOOL_PARAMS:
+        return value == "True"
+    return value
 
 
 def experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
@@ -124,16 +228,14 @@ def experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
 def stage_runs(client: MlflowClient, experiment: str, *, stage: Optional[str] = None,
                finished_only: bool = False) -> pd.DataFrame:
     """The parent run of every stage invocation, newest first."""
-    flt = "tags.`rev2net.role` = 'stage'"
-    if stage:
-        flt += f" and tags.`rev2net.stage` = '{stage}'"
+    flt = trial_filter(stage=stage, role=ROLE_STAGE)
     if finished_only:
         flt += " and attributes.status = 'FINISHED'"
-    rows = [{"run_id": r.info.run_id, "run_name": r.info.run_name, "stage": r.data.tags.get("rev2net.stage"),
-             "mode": r.data.tags.get("rev2net.mode"), "sweep_id": r.data.tags.get("rev2net.sweep_id"),
+    rows = [{"run_id": r.info.run_id, "run_name": r.info.run_name, "stage": r.data.tags.get(TAG_STAGE),
+             "mode": r.data.tags.get(TAG_MODE), "sweep_id": r.data.tags.get(TAG_SWEEP),
              "status": r.info.status, "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
              "end_time": pd.to_datetime(r.info.end_time, unit="ms") if r.info.end_time else pd.NaT}
-            for r in _search(client, experiment_ids(client, experiment), flt)]
+            for r in search_all(client, experiment_ids(client, experiment), flt)]
     df = pd.DataFrame(rows, columns=["run_id", "run_name", "stage", "mode", "sweep_id", "status", "start_time",
                                      "end_time"])
     return df.sort_values("start_time", ascending=False, ignore_index=True)
@@ -143,6 +245,20 @@ def latest_sweep(tracking_uri: str, experiment: str, stage: str) -> Optional[str
     """The parent run id of the newest invocation of `stage` in `experiment` (finished or not), or None."""
     parents = stage_runs(client_for(tracking_uri), experiment, stage=stage)
     return None if parents.empty else str(parents.iloc[0]["run_id"])
+
+
+def _trial_row(r: Any) -> dict[str, Any]:
+    info, tags = r.info, r.data.tags
+    row: dict[str, Any] = {
+        "run_id": info.run_id, "run_name": info.run_name, "parent_run_id": tags.get(PARENT),
+        "stage": tags.get(TAG_STAGE), "status": tags.get(TAG_STATUS, RUNNING),
+        "failure_reason": tags.get(TAG_FAILURE), "mlflow_status": info.status,
+        "ray_trial_id": tags.get(TAG_RAY_TRIAL), "epochs": int(tags.get(TAG_LOGGED_EPOCH, "0") or 0),
+        "start_time": info.start_time, "end_time": info.end_time,
+    }
+    row.update({k: _typed(k, v) for k, v in r.data.params.items()})
+    row.update(r.data.metrics)
+    return row
 
 
 def load_runs(tracking_uri: str, experiment: str, *, stage: Optional[str] = None, parent_run_id: Optional[str] = None,
@@ -157,28 +273,12 @@ def load_runs(tracking_uri: str, experiment: str, *, stage: Optional[str] = None
     final value (its last epoch; the shuffle and cross-dataset accuracies logged with it); and,
     with `best_epoch`, `best_epoch` (the epoch with the best `best_by`, the earliest among equal
     values) and `best_epoch/val/top1`, `best_epoch/val/top5` (their values at that epoch).
-    Filter by stage, by parent (one stage invocation), by `rev2net.status`.
+    Filter by stage, by parent (one stage invocation), by status.
     """
     client = client_for(tracking_uri)
-    flt = "tags.`rev2net.role` = 'trial'"
-    if stage:
-        flt += f" and tags.`rev2net.stage` = '{stage}'"
-    if parent_run_id:
-        flt += f" and tags.`{PARENT}` = '{parent_run_id}'"
-    rows = []
     with _gc_paused():
-        for r in _search(client, experiment_ids(client, experiment), flt):
-            info, tags = r.info, r.data.tags
-            row: dict[str, Any] = {
-                "run_id": info.run_id, "run_name": info.run_name, "parent_run_id": tags.get(PARENT),
-                "stage": tags.get("rev2net.stage"), "status": tags.get("rev2net.status", "running"),
-                "failure_reason": tags.get("rev2net.failure_reason"), "mlflow_status": info.status,
-                "ray_trial_id": tags.get("ray.trial_id"), "epochs": int(tags.get("rev2net.logged_epoch", "0") or 0),
-                "start_time": info.start_time, "end_time": info.end_time,
-            }
-            row.update({k: _typed(k, v) for k, v in r.data.params.items()})
-            row.update(r.data.metrics)
-            rows.append(row)
+        rows = [_trial_row(r) for r in search_all(client, experiment_ids(client, experiment),
+                                                  trial_filter(stage=stage, parent_run_id=parent_run_id))]
         if not rows:
             return pd.DataFrame(columns=_RUN_COLUMNS)
         df = pd.DataFrame(rows)
@@ -189,23 +289,14 @@ def load_runs(tracking_uri: str, experiment: str, *, stage: Optional[str] = None
         if status is not None:
             df = df[df["status"].isin(list(status))].reset_index(drop=True)
         if best_epoch and not df.empty:
-            best = best_epoch_metrics(_histories(client, df["run_id"].tolist(), sorted({best_by, *BEST_EPOCH_KEYS})),
-                                      by=best_by, mode=best_mode)
-            df = df.join(best, on="run_id")
+            histories = _histories(tracking_uri, df["run_id"].tolist(), sorted({best_by, *BEST_EPOCH_KEYS}))
+            df = df.join(best_epoch_metrics(histories, by=best_by, mode=best_mode), on="run_id")
     return df
 
 
-def _sql_store(client: MlflowClient) -> Any:
-    """MLflow's SQL store behind `client`, when it is one, else None. MlflowClient has no public
-    bulk history call; the SQL store's `get_metric_history_bulk` (the one the MLflow server's
-    get-history-bulk endpoint uses) reads a metric of many runs in one query."""
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    return store if callable(getattr(store, "get_metric_history_bulk", None)) else None
-
-
-def _histories(client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str], *,
+def _histories(tracking_uri: str, run_ids: Sequence[str], keys: Sequence[str], *,
                bulk: Optional[bool] = None) -> pd.DataFrame:
-    store = _sql_store(client) if bulk is not False else None
+    store = _bulk_store(tracking_uri) if bulk is not False else None
     records: list[tuple[str, str, int, float, int]] = []
     if store is not None:
         for key in keys:
@@ -214,6 +305,8 @@ def _histories(client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str]
                 for m in store.get_metric_history_bulk(chunk, key, max_results=10 ** 9):
                     records.append((m.run_id, key, m.step, m.value, m.timestamp))
     else:  # a tracking server (or any other store): one call per run and key, in parallel
+        client = client_for(tracking_uri)
+
         def one(pair: tuple[str, str]) -> list[tuple[str, str, int, float, int]]:
             run_id, key = pair
             return [(run_id, key, m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)]
@@ -236,9 +329,9 @@ def load_histories(tracking_uri: str, run_ids: Sequence[str], keys: Sequence[str
     reads SQL stores in one query per key and anything else with one `get_metric_history` call per
     run and key (8 in parallel); `bulk=False` forces the per-run path.
     """
-    client = client_for(tracking_uri)
+    client_for(tracking_uri)  # a missing store is an error, not a new empty one
     with _gc_paused():
-        return _histories(client, list(run_ids), list(keys), bulk=bulk)
+        return _histories(tracking_uri, list(run_ids), list(keys), bulk=bulk)
 
 
 def best_epoch_metrics(histories: pd.DataFrame, *, by: str = "val/top1", mode: str = "max",
@@ -272,29 +365,11 @@ def status_counts(runs: pd.DataFrame) -> dict[str, int]:
 
 
 def variant_of(runs: pd.DataFrame) -> pd.Series:
-    """Each trial's model variant: the ablation's `variant` param where logged, otherwise derived
-    from the switches (decoders, DDP form, decoder architecture) with the ablation's names."""
-    def derive(row: pd.Series) -> str:
-        flow, frame = row.get("model.flow_decoder"), row.get("model.frame_decoder")
-        ddp, arch = row.get("model.ddp"), row.get("model.decoder_arch")
-        if flow is False and frame is False:
-            return "i3d"
-        if frame is False:
-            return "no_frame_decoder"
-        if flow is False:
-            return "no_flow_decoder"
-        if ddp in ("none", "low", "high"):
-            return {"none": "no_ddp", "low": "ddp_low_only", "high": "ddp_high_only"}[ddp]
-        if arch in ("plain", "deep"):
-            return f"decoder_{arch}"
-        return "rev2net"
-
+    """Each trial's model variant (a name of rev2net.registry): its `variant` param where logged,
+    otherwise the registered variant its logged settings match (`registry.identify`)."""
     if runs.empty:
-        return pd.Series([], dtype=object, name="variant")
-    derived = runs.apply(derive, axis=1)
-    if "variant" in runs:
-        derived = runs["variant"].where(runs["variant"].notna(), derived)
-    return derived.rename("variant")
+        return pd.Series([], dtype=object, name=VARIANT_PARAM)
+    return runs.apply(lambda row: registry.identify(row.dropna().to_dict()), axis=1).rename(VARIANT_PARAM)
 
 
 def _finite(values: pd.Series) -> pd.Series:
@@ -362,3 +437,8 @@ def best_config(runs: pd.DataFrame, *, metric: str = "val/top1", mode: str = "ma
     tied = ranked[ranked[metric] == best_value]
     return Best(params={k: winner[k] for k in keys}, value=float(best_value), run_id=winner["run_id"], metric=metric,
                 tied_with=tied["run_id"].iloc[1:].tolist(), excluded=excluded)
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> Iterable:
+    """Every child run of a parent run."""
+    return search_all(client, [experiment_id], f"tags.`{PARENT}` = '{parent_id}'", page_size=1000)

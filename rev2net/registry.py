@@ -1,0 +1,202 @@
+"""The model registry: every model family and every named variant, declared once.
+
+A **family** is a kind of network with its builder (`model.name` selects it): what it needs from
+the data, how a trial's config is checked for it, its label in tables. A **variant** is a named
+configuration of a family (the rows of the ablation table, the models a comparison runs): its
+family, the dotted config keys it sets, its label. The config schema, the search spaces'
+validation (the ablation stage names variants by these names), the trial and the tables all ask
+this module; nothing else spells a family's or a variant's name.
+
+Like timm's registry, but importable without torch (builders are "module:function" strings,
+imported when a model is built), so a dry run validates every planned trial without torch.
+
+    family(name) / variant(name)   the entries (a KeyError-free ValueError naming the known ones)
+    build(cfg, num_classes)        the model of cfg.name (torch is imported here, on first use)
+    data_needs(model, loss)        what a trial of this config reads from the data (DataNeeds)
+    check_spec(spec)               a trial's config, checked for its family before anything is built
+    identify(params)               the variant a logged run trained (its `variant` param, else its switches)
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+from rev2net.spec import DECODER_OUTPUT_STRIDE, DEFAULT_FAMILY, LossConfig, ModelConfig, TrialSpec
+
+# Names (each spelled here only, the default family in the config's schema; everything else refers
+# to these constants or asks the registry).
+REV2NET = DEFAULT_FAMILY
+I3D = "i3d"
+NO_FRAME_DECODER = "no_frame_decoder"
+NO_FLOW_DECODER = "no_flow_decoder"
+NO_DDP = "no_ddp"
+DDP_LOW_ONLY = "ddp_low_only"
+DDP_HIGH_ONLY = "ddp_high_only"
+DECODER_PLAIN = "decoder_plain"
+DECODER_DEEP = "decoder_deep"
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a trial reads from the data besides labelled RGB clips."""
+
+    flow_targets: bool = False  # optical flow of the clip's frame pairs as a training target
+    frame_targets: bool = False  # the clip itself as a reconstruction target (its frames, already in the batch)
+    target_clips: bool = False  # unlabelled clips of a target domain (domain adaptation)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of network: `model.name` selects it."""
+
+    name: str
+    label: str  # in tables and plots
+    builder: str  # "module:function" taking (ModelConfig, num_classes) -> nn.Module
+    needs: Callable[[ModelConfig, LossConfig], DataNeeds]
+    check: Callable[[TrialSpec], None]  # raises ValueError naming the keys to change
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named configuration of a family: a row of the ablation or comparison tables."""
+
+    name: str
+    family: str
+    label: str  # in tables and plots
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # dotted config keys (model.*, loss.*) it sets
+
+
+# --------------------------------------------------------------------------- Rev2Net and I3D
+
+def _rev2net_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
+    return DataNeeds(flow_targets=model.flow_decoder and loss.lambda_flow > 0,
+                     frame_targets=model.frame_decoder and loss.lambda_im > 0)
+
+
+def check_compatible(model: ModelConfig, loss: LossConfig) -> None:
+    """Raise ValueError for a Rev2Net model/loss combination that cannot train as asked, naming
+    the keys and the fix: a weighted term needs the part that computes it."""
+    model.validate()
+    loss.validate()
+    if loss.lambda_flow > 0 and not model.flow_decoder:
+        raise ValueError(f"loss.lambda_flow={loss.lambda_flow} needs the flow decoder but model.flow_decoder=false; "
+                         "set loss.lambda_flow=0 or model.flow_decoder=true")
+    if loss.lambda_im > 0 and not model.frame_decoder:
+        raise ValueError(f"loss.lambda_im={loss.lambda_im} needs the frame decoder but model.frame_decoder=false; "
+                         "set loss.lambda_im=0 or model.frame_decoder=true")
+    if loss.beta > 0 and model.ddp not in ("low", "both"):
+        raise ValueError(f"loss.beta={loss.beta} weights the low-level DDP but model.ddp={model.ddp!r} does not "
+                         "include it; set loss.beta=0 or model.ddp=low|both")
+    if loss.alpha > 0 and model.ddp not in ("high", "both"):
+        raise ValueError(f"loss.alpha={loss.alpha} weights the high-level DDP but model.ddp={model.ddp!r} does not "
+                         "build the Gaussian heads; set loss.alpha=0 or model.ddp=high|both")
+
+
+def _check_rev2net(spec: TrialSpec) -> None:
+    check_compatible(spec.model, spec.loss)
+    if spec.data.flow and data_needs(spec.model, spec.loss).flow_targets \
+            and spec.data.flow_downsample != DECODER_OUTPUT_STRIDE:
+        raise ValueError(
+            f"data.flow_downsample={spec.data.flow_downsample} delivers flow at {spec.data.flow_size} px, but the flow "
+            f"decoder predicts at 1/{DECODER_OUTPUT_STRIDE} of the crop: set data.flow_downsample={DECODER_OUTPUT_STRIDE}")
+
+
+def _check_i3d(spec: TrialSpec) -> None:
+    if spec.model.has_decoders or spec.model.ddp != "none":
+        raise ValueError(f"model.name={I3D} has no decoders and no DDP, but model.flow_decoder="
+                         f"{spec.model.flow_decoder}, model.frame_decoder={spec.model.frame_decoder}, model.ddp="
+                         f"{spec.model.ddp!r}; choose model={I3D} (which switches them off) or model.name={REV2NET}")
+    _check_rev2net(spec)
+
+
+_NO_DECODERS = {"model.flow_decoder": False, "model.frame_decoder": False, "model.ddp": "none"}
+_ZERO = {"loss.alpha": 0.0, "loss.beta": 0.0, "loss.lambda_flow": 0.0, "loss.lambda_im": 0.0}
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family(REV2NET, "Rev2Net", "rev2net.model:build_model", _rev2net_needs, _check_rev2net),
+    Family(I3D, "I3D", "rev2net.model:build_model", _rev2net_needs, _check_i3d),
+)}
+
+# In the order the tables list them: the full model, its ablations (the papers' Table 2 and the
+# earlier paper's decoder architectures), the baseline.
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant(REV2NET, REV2NET, "Rev2Net (full)"),
+    Variant(NO_FRAME_DECODER, REV2NET, "w/o frame decoder",
+            {"model.frame_decoder": False, "model.ddp": "none", "loss.lambda_im": 0.0, "loss.alpha": 0.0,
+             "loss.beta": 0.0}),
+    Variant(NO_FLOW_DECODER, REV2NET, "w/o flow decoder",
+            {"model.flow_decoder": False, "model.ddp": "none", "loss.lambda_flow": 0.0, "loss.alpha": 0.0,
+             "loss.beta": 0.0}),
+    Variant(NO_DDP, REV2NET, "w/o DDP", {"model.ddp": "none", "loss.alpha": 0.0, "loss.beta": 0.0}),
+    Variant(DDP_LOW_ONLY, REV2NET, "DDP low-level only (β)", {"model.ddp": "low", "loss.alpha": 0.0}),
+    Variant(DDP_HIGH_ONLY, REV2NET, "DDP high-level only (α)", {"model.ddp": "high", "loss.beta": 0.0}),
+    Variant(DECODER_PLAIN, REV2NET, "plain decoders", {"model.decoder_arch": "plain"}),
+    Variant(DECODER_DEEP, REV2NET, "deep decoders", {"model.decoder_arch": "deep"}),
+    Variant(I3D, I3D, "I3D (no decoders)", {"model.name": I3D, **_NO_DECODERS, **_ZERO}),
+)}
+
+
+# --------------------------------------------------------------------------- asking the registry
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"model.name={name!r} is not a model family; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"model variant {name!r} is not registered; known: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def label(name: str) -> str:
+    """The table label of a variant or family (the name itself when unknown)."""
+    entry = VARIANTS.get(name) or FAMILIES.get(name)
+    return entry.label if entry is not None else name
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a named variant (its `model.*` keys), with `overrides` (e.g. width=0.25)."""
+    chosen = {k.removeprefix("model."): v for k, v in variant(name).overrides.items() if k.startswith("model.")}
+    chosen.setdefault("name", variant(name).family)
+    unknown = set(overrides) - set(ModelConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}; valid: "
+                         f"{', '.join(sorted(ModelConfig.__dataclass_fields__))}")
+    return replace(ModelConfig(), **{**chosen, **overrides})
+
+
+def data_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
+    """What a trial of this config reads from the data besides labelled RGB clips."""
+    return family(model.name).needs(model, loss)
+
+
+def check_spec(spec: TrialSpec) -> None:
+    """Cross-group consistency of one trial's config for its family, raised before anything is built
+    (the orchestration calls it for every planned trial before the first one starts)."""
+    family(spec.model.name).check(spec)
+
+
+def build(cfg: ModelConfig, num_classes: int) -> Any:
+    """The model of `cfg` (its family's builder; imports torch)."""
+    module, _, function = family(cfg.name).builder.partition(":")
+    return getattr(importlib.import_module(module), function)(cfg, num_classes)
+
+
+def identify(params: Mapping[str, Any]) -> str:
+    """The variant a logged run trained: its `variant` param when it has one, else the registered
+    variant whose settings all match its params, the most specific one (ties: registry order);
+    params are compared as logged (MLflow keeps strings) or typed."""
+    if params.get("variant") not in (None, ""):
+        return str(params["variant"])
+    best, matched = params.get("model.name") or REV2NET, -1
+    for v in VARIANTS.values():
+        if v.family != (params.get("model.name") or v.family):
+            continue
+        keys = [k for k in v.overrides if k.startswith("model.") and k != "model.name"]
+        if all(k in params and str(params[k]) == str(v.overrides[k]) for k in keys) and len(keys) > matched:
+            best, matched = v.name, len(keys)
+    return best

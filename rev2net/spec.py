@@ -1,0 +1,162 @@
+"""The configuration of one trial, as plain dataclasses that import no torch: `model.`, `loss.` and
+`trainer.` (the data's is `rev2net.data.config.DataConfig`), and `TrialSpec`, the four together.
+
+They are Hydra structured configs (field types OmegaConf accepts, every field with a default) and
+check their own values in `__post_init__`, with the dotted key, the value and what is allowed, so a
+sweep can validate every planned trial (`rev2net.registry.check_spec`) without building anything,
+and a dry run imports neither torch nor Ray. What a model family makes of them is its own code's
+business (rev2net/model.py documents every `model.` key of Rev2Net).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from rev2net.data.config import DataConfig
+
+DEFAULT_FAMILY = "rev2net"  # the model family a config builds unless model.name says otherwise (rev2net.registry)
+DDP_FORMS = ("none", "low", "high", "both")
+DECODER_ARCHS = ("paper", "plain", "deep")  # rev2net.decoders builds each (DECODER_ARCHS there)
+DECODER_OUTPUT_STRIDE = 2  # the decoders predict on a grid of 1/2 the crop: where flow targets are wanted
+SCHEDULES = ("cosine", "step")
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("auto", "bf16", "off")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _finite_nonnegative(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key}={value!r} must be a finite number >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """The `model.` config group: which family (`name`, a name of rev2net.registry) and its settings."""
+
+    name: str = DEFAULT_FAMILY  # model family (rev2net.registry.FAMILIES): rev2net | i3d
+    width: float = 1.0  # channel multiplier of I3D and the decoders (1.0 = published I3D; ~0.25 for CPU trials)
+    dropout: float = 0.5  # drop probability before the logits conv (the I3D port's 0.5)
+    flow_decoder: bool = True  # build the flow decoder (predicts the TV-L1 flow of consecutive frame pairs)
+    frame_decoder: bool = True  # build the decoder that reconstructs the frames in reversed order
+    ddp: str = "both"  # DDP forms built: none | low (Frobenius, decoder layers) | high (KL, Gaussian heads) | both
+    decoder_arch: str = "paper"  # paper | plain (no background compositing) | deep (on Mixed_3c); rev2net.decoders
+    decoder_channels: int = 32  # hidden channels of each decoder at width 1.0 (scaled by width)
+    latent_dim: int = 64  # dimension of each Gaussian head's latent (ddp high/both)
+    bn_momentum: float = 0.01  # BatchNorm running-stats momentum; the port's 0.01 needs ~500 steps: 0.1 in short trials
+    pretrained: Optional[str] = None  # local I3D checkpoint in the public port's state-dict layout (needs width 1.0)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key, the bad value and what is allowed."""
+        if not (math.isfinite(self.width) and 0.0 < self.width <= 4.0):
+            raise ValueError(f"model.width={self.width!r} must be in (0, 4]")
+        if not (math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"model.dropout={self.dropout!r} must be in [0, 1)")
+        _one_of("model.ddp", self.ddp, DDP_FORMS)
+        _one_of("model.decoder_arch", self.decoder_arch, DECODER_ARCHS)
+        if self.decoder_channels < 1:
+            raise ValueError(f"model.decoder_channels={self.decoder_channels!r} must be >= 1")
+        if not (math.isfinite(self.bn_momentum) and 0.0 < self.bn_momentum <= 1.0):
+            raise ValueError(f"model.bn_momentum={self.bn_momentum!r} must be in (0, 1]")
+        if self.latent_dim < 1:
+            raise ValueError(f"model.latent_dim={self.latent_dim!r} must be >= 1")
+        if self.ddp != "none" and not (self.flow_decoder and self.frame_decoder):
+            off = "model.flow_decoder" if not self.flow_decoder else "model.frame_decoder"
+            raise ValueError(f"model.ddp={self.ddp!r} compares the two decoders but {off}=false; set model.ddp=none")
+        if self.pretrained is not None:
+            if self.width != 1.0:
+                raise ValueError(f"model.pretrained={self.pretrained!r} has the published widths but "
+                                 f"model.width={self.width}; set model.width=1.0 or model.pretrained=null")
+            if not os.path.isfile(self.pretrained):
+                raise ValueError(f"model.pretrained={self.pretrained!r} does not exist")
+
+    @property
+    def has_decoders(self) -> bool:
+        return self.flow_decoder or self.frame_decoder
+
+
+@dataclass
+class LossConfig:
+    """The `loss.` config group: the weights of eq. (3), defaults = the paper's optimum."""
+
+    alpha: float = 0.01  # weight of the high-level DDP (KL between the two Gaussian heads)
+    beta: float = 0.1  # weight of the low-level DDP (Frobenius distance of decoder layers)
+    lambda_flow: float = 0.1  # weight of the flow prediction term ||O - O^||_F
+    lambda_im: float = 0.1  # weight of the reversed-frame reconstruction term ||I - I^||_F
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for key in ("alpha", "beta", "lambda_flow", "lambda_im"):
+            _finite_nonnegative(f"loss.{key}", getattr(self, key))
+
+    def weight(self, term: str) -> float:
+        return {"ce": 1.0, "ddp_high": self.alpha, "ddp_low": self.beta, "flow": self.lambda_flow,
+                "im": self.lambda_im}[term]
+
+
+@dataclass
+class TrainerConfig:
+    """The `trainer.` config group (batch size and loader workers belong to the data config);
+    rev2net/train.py says why these defaults."""
+
+    max_epochs: int = 40  # epochs of one trial
+    optimizer: str = "sgd"  # sgd (with momentum, as I3D is trained) | adamw (for short from-scratch trials)
+    lr: float = 0.01  # SGD learning rate at the start (I3D's 0.1 at 160 clips per update, scaled to ~8-16 clips)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # L2 penalty on every parameter
+    schedule: str = "cosine"  # cosine (annealed to 0 over max_epochs) | step (x step_gamma every step_every epochs)
+    step_every: int = 10  # step schedule: epochs between decays
+    step_gamma: float = 0.1  # step schedule: decay factor
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    amp: str = "auto"  # auto (bf16 autocast on CUDA, off on CPU) | bf16 | off
+    seed: int = 0  # seeds python, numpy and torch (call seed_everything before build_model too)
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU; CPU is deterministic anyway)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"trainer.max_epochs={self.max_epochs!r} must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"trainer.lr={self.lr!r} must be a finite number > 0")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"trainer.momentum={self.momentum!r} must be in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"trainer.weight_decay={self.weight_decay!r} must be a finite number >= 0")
+        _one_of("trainer.optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("trainer.schedule", self.schedule, SCHEDULES)
+        if self.step_every < 1:
+            raise ValueError(f"trainer.step_every={self.step_every!r} must be >= 1")
+        if not (math.isfinite(self.step_gamma) and 0 < self.step_gamma <= 1):
+            raise ValueError(f"trainer.step_gamma={self.step_gamma!r} must be in (0, 1]")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"trainer.grad_clip={self.grad_clip!r} must be a finite number >= 0 (0 = off)")
+        _one_of("trainer.amp", self.amp, AMP_MODES)
+        if not _DEVICE.match(self.device):
+            raise ValueError(f"trainer.device={self.device!r} is not auto or a torch device (cpu, cuda, cuda:N)")
+
+
+@dataclass
+class TrialSpec:
+    """Everything one trial needs to know; `rev2net.registry.check_spec` checks the combination."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+

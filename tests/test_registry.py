@@ -1,0 +1,95 @@
+"""rev2net/registry.py: every family and variant is declared once and everything asks it — the
+configs it makes, the checks of a trial's config for its family, what a trial reads from the data,
+the variant a logged run trained; and every registered variant builds, trains a step and runs in eval."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rev2net import registry
+from rev2net.data.config import DataConfig
+from rev2net.registry import DataNeeds, check_compatible, check_spec, data_needs, identify, model_config
+from rev2net.spec import LossConfig, ModelConfig, TrialSpec
+
+ZERO = dict(alpha=0.0, beta=0.0, lambda_flow=0.0, lambda_im=0.0)
+
+
+@pytest.mark.parametrize(
+    "model, loss, message",
+    [
+        (dict(flow_decoder=False, ddp="none"), dict(lambda_flow=0.1, alpha=0, beta=0),
+         "loss.lambda_flow=0.1 needs the flow decoder but model.flow_decoder=false; set loss.lambda_flow=0"),
+        (dict(frame_decoder=False, ddp="none"), dict(lambda_im=0.1, lambda_flow=0, alpha=0, beta=0),
+         "loss.lambda_im=0.1 needs the frame decoder"),
+        (dict(ddp="high"), dict(beta=0.1),
+         r"loss.beta=0.1 .* model.ddp='high' .* set loss.beta=0 or model.ddp=low\|both"),
+        (dict(ddp="low"), dict(alpha=0.01, beta=0.1), "loss.alpha=0.01 .* model.ddp='low'"),
+        (dict(ddp="none"), dict(), "loss.beta=0.1"),
+    ],
+)
+def test_check_compatible_names_keys_and_fix(model: dict, loss: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_compatible(ModelConfig(**model), LossConfig(**loss))
+
+
+@pytest.mark.parametrize(
+    "variant, loss",
+    [("rev2net", {}), ("i3d", ZERO), ("no_ddp", dict(alpha=0, beta=0)),
+     ("no_flow_decoder", dict(alpha=0, beta=0, lambda_flow=0)), ("ddp_low_only", dict(alpha=0))],
+)
+def test_check_compatible_accepts_consistent_configs(variant: str, loss: dict) -> None:
+    check_compatible(model_config(variant), LossConfig(**loss))
+
+
+def test_model_config_of_an_unknown_variant_or_key() -> None:
+    with pytest.raises(ValueError, match="model variant 'resnet' is not registered"):
+        model_config("resnet")
+    with pytest.raises(ValueError, match="widht"):
+        model_config("rev2net", widht=0.5)
+
+
+@pytest.mark.parametrize("name", list(registry.VARIANTS))
+def test_every_variant_builds_trains_a_step_and_runs_in_eval(name: str) -> None:
+    v = registry.variant(name)
+    loss = LossConfig(**{k.removeprefix("loss."): val for k, val in v.overrides.items() if k.startswith("loss.")})
+    spec = TrialSpec(data=DataConfig(frames=8, crop_size=32, short_side=32, flow_downsample=2),
+                     model=model_config(name, width=0.125), loss=loss)
+    check_spec(spec)
+    torch.manual_seed(0)
+    model = registry.build(spec.model, num_classes=3).train()
+    from rev2net.losses import needs, objective
+
+    frames = torch.rand(2, 3, 8, 32, 32) * 2 - 1
+    flow = torch.randn(2, 2, 7, 16, 16)
+    terms = objective(model(frames, need=needs(loss)), torch.tensor([0, 1]), frames, flow, loss)
+    terms["total"].backward()
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+    assert model.eval()(frames).logits.shape == (2, 3)
+    assert registry.label(name) == v.label and registry.family(v.family).name == v.family
+
+
+def test_data_needs_follow_the_weights() -> None:
+    assert data_needs(ModelConfig(), LossConfig()) == DataNeeds(flow_targets=True, frame_targets=True)
+    assert data_needs(ModelConfig(), LossConfig(lambda_flow=0.0)) == DataNeeds(frame_targets=True)
+    assert data_needs(model_config("i3d"), LossConfig(**ZERO)) == DataNeeds()
+
+
+def test_check_spec_checks_for_the_family() -> None:
+    with pytest.raises(ValueError, match="model.name=i3d has no decoders"):
+        check_spec(TrialSpec(model=ModelConfig(name="i3d"), loss=LossConfig(**ZERO)))
+    with pytest.raises(ValueError, match="model.name='resnet' is not a model family; known: rev2net, i3d"):
+        check_spec(TrialSpec(model=ModelConfig(name="resnet")))
+    with pytest.raises(ValueError, match="data.flow_downsample=1 .* set data.flow_downsample=2"):
+        check_spec(TrialSpec(data=DataConfig(flow_downsample=1)))
+
+
+def test_identify_reads_the_variant_back_from_logged_params() -> None:
+    for name, v in registry.VARIANTS.items():
+        cfg = model_config(name)
+        logged = {f"model.{k}": str(getattr(cfg, k)) for k in ("name", "flow_decoder", "frame_decoder", "ddp",
+                                                               "decoder_arch")}
+        assert identify(logged) == name, name
+        assert identify({**logged, "variant": "custom"}) == "custom"
+    old = {"model.flow_decoder": "False", "model.frame_decoder": "False", "model.ddp": "none"}  # before model.name
+    assert identify(old) == registry.I3D
