@@ -11,7 +11,8 @@ import pytest
 
 from rev2net.data.config import SyntheticConfig
 from rev2net.data.layouts import all_videos, load_split
-from rev2net.data.synthetic import MARKER, ensure_synthetic, flow_epe, generate_dataset, ground_truth_flow, main
+from rev2net.data.synthetic import (MARKER, MOTIONS, check_params, ensure_synthetic, flow_epe, generate_dataset,
+                                    ground_truth_flow, main)
 from rev2net.data.video import open_video
 
 
@@ -101,12 +102,34 @@ def test_cli_reports_end_point_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("classes", 13, "data.synthetic.classes=13"), ("videos_per_class", 2, "data.synthetic.videos_per_class=2"),
-    ("size", 48, "data.synthetic.size=48"), ("size", 33, "data.synthetic.size=33"), ("frames", 1, "data.synthetic.frames=1"),
+    ("classes", 0, "data.synthetic.classes=0"), ("videos_per_class", 2, "data.synthetic.videos_per_class=2"),
+    ("size", 33, "data.synthetic.size=33"), ("frames", 1, "data.synthetic.frames=1"),
 ])
 def test_parameters_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("classes", len(MOTIONS) + 1, f"data.synthetic.classes={len(MOTIONS) + 1} is not allowed: expected an integer "
+                                  f"from 1 to {len(MOTIONS)}"),
+    ("size", 48, "data.synthetic.size=48 is not allowed: .*decord 0.6.0 cannot read"),
+])
+def test_parameters_only_this_module_can_judge_are_checked_here(field, value, message, tmp_path):
+    params = SyntheticConfig(**{field: value})  # valid on its own: config.py knows neither MOTIONS nor decord
+    with pytest.raises(ValueError, match=message):
+        check_params(params)
+    with pytest.raises(ValueError, match=message):
+        ensure_synthetic(str(tmp_path / "d"), params, progress=False)
+    assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "d.lock"), "refused before any work"
+    check_params(SyntheticConfig(classes=len(MOTIONS), size=64))
+
+
+def test_cli_refuses_what_check_params_refuses(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "s"), "--size", "72", "--no-progress"])
+    assert exit_info.value.code == 2 and "data.synthetic.size=72" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "s")
 
 
 def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):

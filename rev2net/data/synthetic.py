@@ -43,6 +43,7 @@ from tqdm import tqdm
 from rev2net.data.config import SyntheticConfig
 from rev2net.data.flow import DEFAULT_PRESET, count_pairs, dequantize, extract_flow, flow_dir_of, read_pair
 from rev2net.data.layouts import all_videos
+from rev2net.data.video import DECORD_BAD_WIDTHS
 
 MARKER = "synthetic.json"
 FORMAT_VERSION = 1
@@ -78,6 +79,17 @@ MOTIONS = (
     Motion("MoveDownFast", "linear", 90, speed=3.0),
     Motion("Stay", "linear", speed=0.0),
 )
+
+
+def check_params(params: SyntheticConfig) -> None:
+    """Refuse what SyntheticConfig cannot judge on its own: more classes than MOTIONS defines, a
+    frame width decord cannot read. Raises ValueError naming the key (`data.synthetic.<key>=...`)."""
+    if not 1 <= params.classes <= len(MOTIONS):
+        raise ValueError(f"data.synthetic.classes={params.classes!r} is not allowed: expected an integer from 1 to "
+                         f"{len(MOTIONS)} (the number of motion classes defined)")
+    if params.size in DECORD_BAD_WIDTHS:
+        raise ValueError(f"data.synthetic.size={params.size!r} is not allowed: expected an even integer >= 32 other "
+                         f"than {DECORD_BAD_WIDTHS} (decord 0.6.0 cannot read XVID frames of those widths)")
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -273,6 +285,7 @@ def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progre
         raise RuntimeError("ensure_synthetic was called while a worker process was starting; the calling script "
                            "needs `if __name__ == '__main__':` around its main code (multiprocessing 'spawn')")
     params = params or SyntheticConfig()
+    check_params(params)
     root = os.path.abspath(os.path.expanduser(root))
     wanted = dataclasses.asdict(params)
     marker = _read_marker(root)
@@ -351,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = SyntheticConfig(args.classes, args.videos_per_class, args.frames, args.size, args.seed)
+        check_params(params)
     except ValueError as error:
         parser.error(str(error))
     marker = ensure_synthetic(args.out, params, progress=not args.no_progress, workers=args.workers)
