@@ -94,6 +94,35 @@ def test_interrupted_generation_leaves_no_root(tmp_path, monkeypatch):
     assert not (tmp_path / "d.partial").exists()
 
 
+def test_concurrent_calls_build_once(tmp_path, monkeypatch):
+    """Callers racing on one root: the lock beside it lets one build while the others wait, then
+    read its marker."""
+    import threading
+    import time
+
+    from rev2net.data import synthetic
+
+    builds, build = [], synthetic._build
+
+    def slow_build(*args, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.5)  # the others reach the lock meanwhile
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_build", slow_build)
+    params = SyntheticConfig(classes=1, videos_per_class=3, frames=3, size=32, seed=0)
+    root, markers = str(tmp_path / "d"), []
+    callers = [threading.Thread(target=lambda: markers.append(ensure_synthetic(root, params, progress=False,
+                                                                               workers=1))) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=120)
+    assert len(builds) == 1, f"{len(builds)} builds: the lock did not serialise the callers"
+    assert len(markers) == 3 and all(marker == markers[0] for marker in markers), markers
+    assert os.path.exists(root + ".lock") and not os.path.exists(root + ".partial")
+
+
 def test_cli_reports_end_point_errors(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "s"), "--classes", "2", "--videos-per-class", "3", "--frames", "4",
                  "--size", "32", "--workers", "1", "--no-progress"]) == 0

@@ -25,9 +25,7 @@ On disk (ensure_synthetic):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import multiprocessing
@@ -38,6 +36,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from filelock import FileLock
 from tqdm import tqdm
 
 from rev2net.data.config import SyntheticConfig
@@ -291,7 +290,7 @@ def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progre
     marker = _read_marker(root)
     if marker is None or marker.get("params") != wanted:  # not done (or mismatched: checked under the lock)
         os.makedirs(os.path.dirname(root), exist_ok=True)
-        with _locked(root + ".lock"):
+        with FileLock(root + ".lock"):
             marker = _read_marker(root)
             if marker is None:
                 marker = _build(root, params, progress=progress, workers=workers)
@@ -310,16 +309,6 @@ def _read_marker(root: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-@contextlib.contextmanager
-def _locked(path: str):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build(root: str, params: SyntheticConfig, *, progress: bool, workers: int | None) -> dict:
