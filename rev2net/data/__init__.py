@@ -10,7 +10,7 @@
     synthetic   the generated motion dataset, ensure_synthetic, check_params, flow_epe
     check       check_dataset and its CLI
     resize      a copy of a dataset at a lower resolution (resize_dataset and its CLI)
-    jobs        one job per video over every core, failures by video (flow, resize)
+    jobs        work over every core with a progress bar (check), failures by video (flow, resize)
 
 Names are imported on first use, so `python -m rev2net.data.flow` and friends start clean.
 """
