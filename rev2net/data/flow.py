@@ -7,7 +7,7 @@ consecutive frame pair: `flow_x_00001.jpg` / `flow_y_00001.jpg` is the flow from
 frame 1. Values are clipped at +-20 and quantized `round(255 * (v + 20) / 40)`, in pixels of the
 JPEG's own grid: `--flow-size S` computes and stores flow with the frames' short side resized
 to S; `S >= short_side / flow_downsample` keeps targets at full detail (e.g. 128 for UCF101's
-320x240 videos and 56x56 targets: 3.5x fewer pixels, 2.5x faster extraction, ~half the disk).
+320x240 videos and 56x56 targets: 3.5x fewer pixels, so a faster extraction and a smaller flow root).
 `meta.json` in each folder records grid size, pair count and algorithm.
 
 Each folder is written under a temporary name and renamed when complete, so a folder that exists
@@ -43,8 +43,8 @@ META = "meta.json"
 # "opencv" is the library default, as used by denseflow and most released TV-L1 flow; with its
 # 0.8 pyramid step it misses displacements beyond a few pixels. "accurate" and "fast" halve the
 # image per pyramid level (OpenCV drops levels that would be too small); "fast" also stops the
-# solver at a looser tolerance and warps 3 times: 15x faster than "opencv" at 320x240, and more
-# accurate on fast motion.
+# solver at a looser tolerance and warps 3 times: much faster than "opencv", and more accurate on
+# fast motion.
 TVL1_PRESETS = {
     "opencv": dict(tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsilon=0.01,
                    innnerIterations=30, outerIterations=10, scaleStep=0.8, medianFiltering=5),
