@@ -80,17 +80,6 @@ MOTIONS = (
 )
 
 
-def check_params(params: SyntheticConfig) -> None:
-    """Refuse what SyntheticConfig cannot judge on its own: more classes than MOTIONS defines, a
-    frame width decord cannot read. Raises ValueError naming the key (`data.synthetic.<key>=...`)."""
-    if not 1 <= params.classes <= len(MOTIONS):
-        raise ValueError(f"data.synthetic.classes={params.classes!r} is not allowed: expected an integer from 1 to "
-                         f"{len(MOTIONS)} (the number of motion classes defined)")
-    if params.size in DECORD_BAD_WIDTHS:
-        raise ValueError(f"data.synthetic.size={params.size!r} is not allowed: expected an even integer >= 32 other "
-                         f"than {DECORD_BAD_WIDTHS} (decord 0.6.0 cannot read XVID frames of those widths)")
-
-
 # --- rendering -----------------------------------------------------------------------------------
 
 def _texture(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
@@ -269,6 +258,17 @@ def flow_epe(root: str, flow_root: str | None = None, *, max_videos: int | None 
     return {**{key: round(value, 4) for key, value in result.items()}, "pairs": pairs}
 
 
+def check_params(params: SyntheticConfig) -> None:
+    """Refuse what SyntheticConfig cannot judge on its own: more classes than MOTIONS defines, a
+    frame width decord cannot read. Raises ValueError naming the key (`data.synthetic.<key>=...`)."""
+    if not 1 <= params.classes <= len(MOTIONS):
+        raise ValueError(f"data.synthetic.classes={params.classes!r} is not allowed: expected an integer from 1 to "
+                         f"{len(MOTIONS)} (the number of motion classes defined)")
+    if params.size in DECORD_BAD_WIDTHS:
+        raise ValueError(f"data.synthetic.size={params.size!r} is not allowed: expected an even integer >= 32 other "
+                         f"than {DECORD_BAD_WIDTHS} (decord 0.6.0 cannot read XVID frames of those widths)")
+
+
 def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progress: bool = True,
                      workers: int | None = None) -> dict:
     """Make sure a complete generated dataset with TV-L1 flow exists at `root`; returns its marker.
@@ -276,7 +276,7 @@ def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progre
     Idempotent and safe to call from several processes at once (a lock file beside `root`): the
     dataset is built in `<root>.partial` and renamed to `root` after the marker is written, so
     `root` either does not exist or is complete. A `root` holding another generated dataset, or
-    anything else, is an error rather than overwritten.
+    anything else, is an error rather than overwritten; so are parameters that `check_params` refuses.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # A worker of the flow extraction pool (start method "spawn") is re-running the caller's
