@@ -29,7 +29,6 @@ tensor is a ReLU output, hence non-negative.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence, Union
@@ -348,9 +347,3 @@ def endpoint_shapes(
         shapes["Logits"] = tuple(model.forward_head(feats).shape[1:])
     model.train(was_training)
     return shapes
-
-
-def endpoint_size(frames: int, size: int, endpoint: str) -> tuple[int, int]:
-    """(time, height) of an endpoint for a clip of `frames` x `size` x `size` (same padding: ceil)."""
-    t_stride, s_stride = ENDPOINT_STRIDES[endpoint]
-    return math.ceil(frames / t_stride), math.ceil(size / s_stride)

@@ -69,3 +69,16 @@ def test_broken_layout_exits_2_and_names_the_path(tmp_path, capsys):
 def test_the_function_the_orchestration_calls(synthetic_root):
     report = check_dataset(DataConfig(name="synthetic", root=synthetic_root, frames=12))
     assert report.ok and report.too_short == [] and "OK" in report.summary()
+
+
+def test_many_videos_are_checked_in_worker_processes_with_the_same_report(synthetic_copy, monkeypatch):
+    from rev2net.data import check
+
+    split = load_split("synthetic", synthetic_copy, 1)
+    with open(split.train[0].path, "wb") as f:
+        f.write(b"\x00" * 1000)
+    cfg = DataConfig(name="synthetic", root=synthetic_copy, frames=12)
+    alone = check_dataset(cfg, workers=2)  # fewer videos than PARALLEL_FROM: checked in this process
+    monkeypatch.setattr(check, "PARALLEL_FROM", 2)
+    pooled = check_dataset(cfg, workers=2)
+    assert pooled.unreadable == [split.train[0].path] and pooled.to_dict() == alone.to_dict()

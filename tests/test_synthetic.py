@@ -11,7 +11,8 @@ import pytest
 
 from rev2net.data.config import SyntheticConfig
 from rev2net.data.layouts import all_videos, load_split
-from rev2net.data.synthetic import MARKER, ensure_synthetic, flow_epe, generate_dataset, ground_truth_flow, main
+from rev2net.data.synthetic import (MARKER, MOTIONS, check_params, ensure_synthetic, flow_epe, generate_dataset,
+                                    ground_truth_flow, main)
 from rev2net.data.video import open_video
 
 
@@ -93,6 +94,35 @@ def test_interrupted_generation_leaves_no_root(tmp_path, monkeypatch):
     assert not (tmp_path / "d.partial").exists()
 
 
+def test_concurrent_calls_build_once(tmp_path, monkeypatch):
+    """Callers racing on one root: the lock beside it lets one build while the others wait, then
+    read its marker."""
+    import threading
+    import time
+
+    from rev2net.data import synthetic
+
+    builds, build = [], synthetic._build
+
+    def slow_build(*args, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.5)  # the others reach the lock meanwhile
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_build", slow_build)
+    params = SyntheticConfig(classes=1, videos_per_class=3, frames=3, size=32, seed=0)
+    root, markers = str(tmp_path / "d"), []
+    callers = [threading.Thread(target=lambda: markers.append(ensure_synthetic(root, params, progress=False,
+                                                                               workers=1))) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=120)
+    assert len(builds) == 1, f"{len(builds)} builds: the lock did not serialise the callers"
+    assert len(markers) == 3 and all(marker == markers[0] for marker in markers), markers
+    assert os.path.exists(root + ".lock") and not os.path.exists(root + ".partial")
+
+
 def test_cli_reports_end_point_errors(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "s"), "--classes", "2", "--videos-per-class", "3", "--frames", "4",
                  "--size", "32", "--workers", "1", "--no-progress"]) == 0
@@ -101,12 +131,34 @@ def test_cli_reports_end_point_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("classes", 13, "data.synthetic.classes=13"), ("videos_per_class", 2, "data.synthetic.videos_per_class=2"),
-    ("size", 48, "data.synthetic.size=48"), ("size", 33, "data.synthetic.size=33"), ("frames", 1, "data.synthetic.frames=1"),
+    ("classes", 0, "data.synthetic.classes=0"), ("videos_per_class", 2, "data.synthetic.videos_per_class=2"),
+    ("size", 33, "data.synthetic.size=33"), ("frames", 1, "data.synthetic.frames=1"),
 ])
 def test_parameters_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("classes", len(MOTIONS) + 1, f"data.synthetic.classes={len(MOTIONS) + 1} is not allowed: expected an integer "
+                                  f"from 1 to {len(MOTIONS)}"),
+    ("size", 48, "data.synthetic.size=48 is not allowed: .*decord 0.6.0 cannot read"),
+])
+def test_parameters_only_this_module_can_judge_are_checked_here(field, value, message, tmp_path):
+    params = SyntheticConfig(**{field: value})  # valid on its own: config.py knows neither MOTIONS nor decord
+    with pytest.raises(ValueError, match=message):
+        check_params(params)
+    with pytest.raises(ValueError, match=message):
+        ensure_synthetic(str(tmp_path / "d"), params, progress=False)
+    assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "d.lock"), "refused before any work"
+    check_params(SyntheticConfig(classes=len(MOTIONS), size=64))
+
+
+def test_cli_refuses_what_check_params_refuses(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "s"), "--size", "72", "--no-progress"])
+    assert exit_info.value.code == 2 and "data.synthetic.size=72" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "s")
 
 
 def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):

@@ -7,10 +7,10 @@
     transforms  crop / resize / flip applied identically to frames and flow
     shuffle     frame-shuffle protocols (none, long_term, short_term, complete)
     datasets    ClipDataset, EvalDataset, EpochSampler, build_loaders, build_eval_loader
-    synthetic   the generated motion dataset, ensure_synthetic, flow_epe
+    synthetic   the generated motion dataset, ensure_synthetic, check_params, flow_epe
     check       check_dataset and its CLI
     resize      a copy of a dataset at a lower resolution (resize_dataset and its CLI)
-    jobs        one job per video over every core, failures by video (flow, resize)
+    jobs        work over every core with a progress bar (check), failures by video (flow, resize)
 
 Names are imported on first use, so `python -m rev2net.data.flow` and friends start clean.
 """
@@ -25,7 +25,7 @@ _EXPORTS = {
     "ClipDataset": "datasets", "EvalDataset": "datasets", "EpochSampler": "datasets", "ClipSpec": "datasets",
     "FlowMissingError": "datasets", "UnreadableVideoWarning": "datasets",
     "LayoutError": "layouts", "load_split": "layouts", "load_class_map": "layouts",
-    "ensure_synthetic": "synthetic", "flow_epe": "synthetic",
+    "ensure_synthetic": "synthetic", "check_params": "synthetic", "flow_epe": "synthetic",
     "check_dataset": "check", "CheckReport": "check",
     "extract_flow": "flow", "PROTOCOLS": "shuffle", "resize_dataset": "resize",
 }

@@ -14,18 +14,15 @@ status is 1 when any problem is found, 2 when the layout itself is broken.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 
-from tqdm import tqdm
-
 from rev2net.data.config import DATASETS, DataConfig
 from rev2net.data.flow import count_pairs, flow_dir_of, pair_files, read_pair
+from rev2net.data.jobs import map_with_progress
 from rev2net.data.layouts import LayoutError, VideoRecord, apply_class_map, load_class_map, load_split
 from rev2net.data.video import UnreadableVideo, open_video
 
@@ -100,13 +97,8 @@ def check_dataset(cfg: DataConfig, *, deep: bool = False, strict_length: bool = 
     flow_root = cfg.resolved_flow_root() if cfg.flow else None
     records = split.train + split.test
     jobs = [(record, flow_root, deep) for record in records]
-    workers = workers or os.cpu_count() or 1
-    bar = dict(total=len(jobs), desc="check", unit="video", disable=not progress)
-    if len(jobs) < PARALLEL_FROM or workers == 1:
-        results = [_check_video(job) for job in tqdm(jobs, **bar)]
-    else:
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(tqdm(pool.map(_check_video, jobs, chunksize=64), **bar))
+    results = list(map_with_progress(_check_video, jobs, desc="check", workers=workers, chunksize=64,
+                                     parallel_from=PARALLEL_FROM, progress=progress))
     for record, (length, video_error, flow_error) in zip(records, results):
         if video_error:
             report.unreadable.append(record.path)

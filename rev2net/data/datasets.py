@@ -124,7 +124,7 @@ class ClipDataset(_Videos):
         sample = {FRAMES: torch.from_numpy(crop_frames(frames, crop, spec.crop_size))}
         if self.flow_root is not None:
             flow = self._flow(record, indices, crop, (height, width))
-            sample[FLOW] = torch.from_numpy(flow).half()  # torch converts to float16 ~8x faster than numpy
+            sample[FLOW] = torch.from_numpy(flow).half()  # torch converts to float16 faster than numpy
         return sample
 
     def _flow(self, record: VideoRecord, indices: np.ndarray, crop: Crop, frame_hw: tuple[int, int]) -> np.ndarray:

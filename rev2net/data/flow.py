@@ -7,7 +7,7 @@ consecutive frame pair: `flow_x_00001.jpg` / `flow_y_00001.jpg` is the flow from
 frame 1. Values are clipped at +-20 and quantized `round(255 * (v + 20) / 40)`, in pixels of the
 JPEG's own grid: `--flow-size S` computes and stores flow with the frames' short side resized
 to S; `S >= short_side / flow_downsample` keeps targets at full detail (e.g. 128 for UCF101's
-320x240 videos and 56x56 targets: 3.5x fewer pixels, 2.5x faster extraction, ~half the disk).
+320x240 videos and 56x56 targets: 3.5x fewer pixels, so a faster extraction and a smaller flow root).
 `meta.json` in each folder records grid size, pair count and algorithm.
 
 Each folder is written under a temporary name and renamed when complete, so a folder that exists
@@ -30,7 +30,7 @@ import sys
 import cv2
 import numpy as np
 
-from rev2net.data.config import DATASETS
+from rev2net.data.config import DATASETS, FLOW_ALGORITHMS
 from rev2net.data.jobs import JobSummary, run_jobs
 from rev2net.data.layouts import all_videos
 from rev2net.data.video import UnreadableVideo, iter_frames, open_video
@@ -38,14 +38,13 @@ from rev2net.data.video import UnreadableVideo, iter_frames, open_video
 BOUND = 20.0  # flow is clipped at +-BOUND pixels before quantization
 JPEG_QUALITY = 95
 META = "meta.json"
-ALGORITHMS = ("tvl1", "farneback")
 
 # OpenCV Dual TV-L1 parameters (end-point errors and speeds on the generated set: README, Data).
 # "opencv" is the library default, as used by denseflow and most released TV-L1 flow; with its
 # 0.8 pyramid step it misses displacements beyond a few pixels. "accurate" and "fast" halve the
 # image per pyramid level (OpenCV drops levels that would be too small); "fast" also stops the
-# solver at a looser tolerance and warps 3 times: 15x faster than "opencv" at 320x240, and more
-# accurate on fast motion.
+# solver at a looser tolerance and warps 3 times: much faster than "opencv", and more accurate on
+# fast motion.
 TVL1_PRESETS = {
     "opencv": dict(tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsilon=0.01,
                    innnerIterations=30, outerIterations=10, scaleStep=0.8, medianFiltering=5),
@@ -123,8 +122,8 @@ class FlowComputer:
     """Flow between two grey uint8 frames, in pixels, float32 (H, W, 2)."""
 
     def __init__(self, algorithm: str = "tvl1", preset: str = DEFAULT_PRESET):
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"--algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if algorithm not in FLOW_ALGORITHMS:
+            raise ValueError(f"--algorithm {algorithm!r} is not one of {', '.join(FLOW_ALGORITHMS)}")
         if algorithm == "tvl1" and preset not in TVL1_PRESETS:
             raise ValueError(f"--preset {preset!r} is not one of {', '.join(TVL1_PRESETS)}")
         self.algorithm = algorithm
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", required=True, help="dataset folder")
     parser.add_argument("--flow-root", help="where flow folders go (default: ROOT/flow_ALGORITHM)")
-    parser.add_argument("--algorithm", default="tvl1", choices=ALGORITHMS)
+    parser.add_argument("--algorithm", default="tvl1", choices=FLOW_ALGORITHMS)
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(TVL1_PRESETS),
                         help="TV-L1 parameters (see TVL1_PRESETS; default %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: every core)")

@@ -1,5 +1,8 @@
-"""One job per video over every core, as the flow extraction and the dataset resize run them:
-a process per core, progress with an ETA, and a summary that lists failures by video.
+"""Work spread over every core, with a progress bar.
+
+`map_with_progress` maps a function over items in a process per core (the dataset check uses it
+directly); `run_jobs`, built on it, runs one job per video as the flow extraction and the dataset
+resize do, with a summary that lists failures by video.
 
 A job is a tuple whose first element names it (the source video's path) and that is passed as
 arguments to a module-level function (pickled to spawn-started workers). The function returns
@@ -15,7 +18,7 @@ import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 from tqdm import tqdm
@@ -44,27 +47,61 @@ def worker_init() -> None:
     cv2.setNumThreads(1)  # one worker per core: no oversubscription
 
 
+def map_with_progress(function: Callable[[Any], Any], items: Sequence, *, desc: str, unit: str = "video",
+                      workers: int | None = None, chunksize: int | None = None, parallel_from: int = 2,
+                      progress: bool = True, postfix: Callable[[], dict] | None = None) -> Iterator:
+    """Yield `function(item)` for every item, in order, advancing a progress bar.
+
+    `workers` processes (default: every core, at most one per item) started with "spawn" (safe beside
+    threads: decord, torch, tqdm) and one OpenCV thread each; `function` is pickled to them, so it is a
+    module-level function. One worker, or fewer than `parallel_from` items, run in this process, with
+    one OpenCV thread too. `chunksize`: items per task (default: a few tasks per worker, at most 8
+    items each). `postfix`, if given, is called after the caller has taken each result, to label the bar.
+    """
+    workers = min(workers or os.cpu_count() or 1, max(len(items), 1))
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress, smoothing=0.1)
+    try:
+        if workers == 1 or len(items) < parallel_from:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                yield from _advance(map(function, items), bar, postfix)
+            finally:
+                cv2.setNumThreads(threads)
+        else:
+            context = multiprocessing.get_context("spawn")
+            chunksize = chunksize or max(1, min(8, len(items) // (8 * workers)))
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init) as pool:
+                yield from _advance(pool.map(function, items, chunksize=chunksize), bar, postfix)
+    finally:
+        bar.close()
+
+
+def _advance(results: Iterable, bar: tqdm, postfix: Callable[[], dict] | None) -> Iterator:
+    for result in results:
+        yield result
+        if postfix is not None:
+            bar.set_postfix(postfix(), refresh=False)
+        bar.update()
+
+
 def run_jobs(function: Callable[..., int], jobs: list[tuple], summary: JobSummary, *, workers: int | None = None,
              progress: bool = True) -> JobSummary:
     """Run `function(*job)` for every job with `workers` processes (default: every core; 1 runs in
-    this process); fills and returns `summary`."""
+    this process), through `map_with_progress`; fills and returns `summary`."""
     start = time.perf_counter()
-    workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
-    bar = tqdm(total=len(jobs), desc=summary.what, unit="video", disable=not progress, smoothing=0.1)
     calls = [(function, job) for job in jobs]
-    if workers == 1:
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            _collect(map(_call, calls), summary, bar)
-        finally:
-            cv2.setNumThreads(threads)
-    else:
-        context = multiprocessing.get_context("spawn")  # safe beside threads (decord, torch, tqdm)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init) as pool:
-            chunks = max(1, min(8, len(calls) // (8 * workers)))
-            _collect(pool.map(_call, calls, chunksize=chunks), summary, bar)
-    bar.close()
+
+    def status() -> dict:
+        return {summary.unit.split()[-1]: summary.units, "failed": len(summary.failures)}
+
+    for name, units, error in map_with_progress(_call, calls, desc=summary.what, workers=workers, progress=progress,
+                                                postfix=status):
+        if error:
+            summary.failures[name] = error
+        else:
+            summary.done += 1
+            summary.units += units
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -75,14 +112,3 @@ def _call(call: tuple[Callable[..., int], tuple]) -> tuple[str, int, str]:
         return job[0], function(*job), ""
     except Exception as error:  # reported in the summary; one bad video does not stop the run
         return job[0], 0, f"{type(error).__name__}: {error}"
-
-
-def _collect(results, summary: JobSummary, bar: tqdm) -> None:
-    for name, units, error in results:
-        if error:
-            summary.failures[name] = error
-        else:
-            summary.done += 1
-            summary.units += units
-        bar.set_postfix({summary.unit.split()[-1]: summary.units, "failed": len(summary.failures)}, refresh=False)
-        bar.update()

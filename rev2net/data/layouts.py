@@ -33,6 +33,8 @@ import warnings
 from dataclasses import dataclass, replace
 from importlib import resources
 
+from rev2net.data.config import SPLITS
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 SUBSETS = ("train", "test")
 
@@ -87,8 +89,6 @@ def load_split(name: str, root: str, split: int = 1) -> Split:
 
 def all_videos(name: str, root: str) -> list[VideoRecord]:
     """Every video listed by any split (train and test), once: what flow extraction covers."""
-    from rev2net.data.config import SPLITS
-
     seen: dict[str, VideoRecord] = {}
     for split in range(1, SPLITS[name] + 1):
         try:

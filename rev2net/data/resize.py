@@ -48,13 +48,13 @@ import time
 import cv2
 import numpy as np
 
-from rev2net.data.config import DATASETS, DECORD_BAD_WIDTHS, FLOW_ALGORITHMS
+from rev2net.data.config import DATASETS, FLOW_ALGORITHMS
 from rev2net.data.flow import (JPEG_QUALITY, dequantize, flow_dir_of, partial_dir, quantize, read_meta, read_pair,
                                stored_grid,
                                write_meta, write_pair)
 from rev2net.data.jobs import JobSummary, run_jobs
 from rev2net.data.layouts import all_videos
-from rev2net.data.video import UnreadableVideo, iter_frames, open_video
+from rev2net.data.video import DECORD_BAD_WIDTHS, UnreadableVideo, iter_frames, open_video
 
 MARKER = "resize.json"
 FLOW_MODES = ("link", "resample", "none")

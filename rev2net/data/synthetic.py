@@ -25,9 +25,7 @@ On disk (ensure_synthetic):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import multiprocessing
@@ -38,11 +36,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from filelock import FileLock
 from tqdm import tqdm
 
 from rev2net.data.config import SyntheticConfig
 from rev2net.data.flow import DEFAULT_PRESET, count_pairs, dequantize, extract_flow, flow_dir_of, read_pair
 from rev2net.data.layouts import all_videos
+from rev2net.data.video import DECORD_BAD_WIDTHS
 
 MARKER = "synthetic.json"
 FORMAT_VERSION = 1
@@ -258,6 +258,17 @@ def flow_epe(root: str, flow_root: str | None = None, *, max_videos: int | None 
     return {**{key: round(value, 4) for key, value in result.items()}, "pairs": pairs}
 
 
+def check_params(params: SyntheticConfig) -> None:
+    """Refuse what SyntheticConfig cannot judge on its own: more classes than MOTIONS defines, a
+    frame width decord cannot read. Raises ValueError naming the key (`data.synthetic.<key>=...`)."""
+    if not 1 <= params.classes <= len(MOTIONS):
+        raise ValueError(f"data.synthetic.classes={params.classes!r} is not allowed: expected an integer from 1 to "
+                         f"{len(MOTIONS)} (the number of motion classes defined)")
+    if params.size in DECORD_BAD_WIDTHS:
+        raise ValueError(f"data.synthetic.size={params.size!r} is not allowed: expected an even integer >= 32 other "
+                         f"than {DECORD_BAD_WIDTHS} (decord 0.6.0 cannot read XVID frames of those widths)")
+
+
 def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progress: bool = True,
                      workers: int | None = None) -> dict:
     """Make sure a complete generated dataset with TV-L1 flow exists at `root`; returns its marker.
@@ -265,7 +276,7 @@ def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progre
     Idempotent and safe to call from several processes at once (a lock file beside `root`): the
     dataset is built in `<root>.partial` and renamed to `root` after the marker is written, so
     `root` either does not exist or is complete. A `root` holding another generated dataset, or
-    anything else, is an error rather than overwritten.
+    anything else, is an error rather than overwritten; so are parameters that `check_params` refuses.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # A worker of the flow extraction pool (start method "spawn") is re-running the caller's
@@ -273,12 +284,13 @@ def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progre
         raise RuntimeError("ensure_synthetic was called while a worker process was starting; the calling script "
                            "needs `if __name__ == '__main__':` around its main code (multiprocessing 'spawn')")
     params = params or SyntheticConfig()
+    check_params(params)
     root = os.path.abspath(os.path.expanduser(root))
     wanted = dataclasses.asdict(params)
     marker = _read_marker(root)
     if marker is None or marker.get("params") != wanted:  # not done (or mismatched: checked under the lock)
         os.makedirs(os.path.dirname(root), exist_ok=True)
-        with _locked(root + ".lock"):
+        with FileLock(root + ".lock"):
             marker = _read_marker(root)
             if marker is None:
                 marker = _build(root, params, progress=progress, workers=workers)
@@ -297,16 +309,6 @@ def _read_marker(root: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-@contextlib.contextmanager
-def _locked(path: str):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build(root: str, params: SyntheticConfig, *, progress: bool, workers: int | None) -> dict:
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = SyntheticConfig(args.classes, args.videos_per_class, args.frames, args.size, args.seed)
+        check_params(params)
     except ValueError as error:
         parser.error(str(error))
     marker = ensure_synthetic(args.out, params, progress=not args.no_progress, workers=args.workers)

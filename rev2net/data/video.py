@@ -19,6 +19,8 @@ import numpy as np
 
 decord.logging.set_level(decord.logging.QUIET)  # failures are reported by us, once per file
 
+DECORD_BAD_WIDTHS = (48, 72)  # decord 0.6.0 fails on XVID frames this wide (also 16 and 24)
+
 
 class UnreadableVideo(Exception):
     """The file is missing, empty, not a video, or fails to decode."""
