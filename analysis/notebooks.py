@@ -1,39 +1,40 @@
-"""Run the analysis notebooks headless, the papermill way, several in one kernel.
+"""Run the analysis notebooks headless, papermill-parameterized, several in one kernel.
 
     python -m analysis.notebooks --tracking-uri sqlite:///mlflow.db --experiment rev2net-synthetic --out reports/notebooks
 
 Each notebook (analysis/coarse.ipynb, fine.ipynb, ablation.ipynb) has a cell tagged `parameters`;
-like papermill, the values given here go into a new cell tagged `injected-parameters` right after
-it, so `papermill analysis/coarse.ipynb out.ipynb -p tracking_uri ... -p experiment ...` runs them
-just as well. Unlike papermill, `execute` starts one kernel for all the notebooks it is given
-(the imports of MLflow and matplotlib are paid once) and clears the namespace between them.
-The notebooks are stored without outputs; the executed copies go to --out.
+papermill's own `parameterize_notebook` puts the values given here into a cell tagged
+`injected-parameters` right after it, so `papermill analysis/coarse.ipynb out.ipynb -p tracking_uri
+... -p experiment ...` runs them just as well. Where papermill starts a kernel per notebook,
+`execute` starts one for all the notebooks it is given (the imports of MLflow and matplotlib are
+paid once) and clears the namespace between them. The notebooks are stored without outputs; the
+executed copies go to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import nbformat
 from nbclient import NotebookClient
+from papermill.parameterize import parameterize_notebook
+
+from orchestration.records import resolve_tracking_uri
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOKS = tuple(HERE / f"{name}.ipynb" for name in ("coarse", "fine", "ablation"))
 
 
 def inject(nb: nbformat.NotebookNode, parameters: dict[str, Any]) -> nbformat.NotebookNode:
-    """A copy of `nb` with `parameters` set in an `injected-parameters` cell after its `parameters` cell."""
-    nb = nbformat.from_dict(nb)
-    where = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if where is None:
+    """A copy of `nb` with `parameters` set in an `injected-parameters` cell after its `parameters`
+    cell (papermill's convention and code)."""
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
         raise ValueError("the notebook has no cell tagged 'parameters' (papermill's convention)")
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-    source = "# Parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
-    nb.cells.insert(where + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
-    return nb
+    return parameterize_notebook(copy.deepcopy(nb), parameters, kernel_name="python3", language="python")
 
 
 def execute(paths: Sequence[str | Path] = NOTEBOOKS, parameters: Optional[dict[str, Any]] = None, *,
@@ -70,9 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: coarse, fine, ablation)")
     args = parser.parse_args(argv)
     paths = [Path(p).resolve() for p in args.notebooks] or list(NOTEBOOKS)
-    uri = args.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):   # the kernel runs in analysis/
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    uri = resolve_tracking_uri(args.tracking_uri, base=Path.cwd())   # the kernel runs in analysis/
     execute(paths, {"tracking_uri": uri, "experiment": args.experiment}, out=args.out)
     print(f"executed {len(paths)} notebook(s) into {args.out}")
     return 0

@@ -13,7 +13,10 @@ Groups, one per concern (the YAML options live in orchestration/conf/<group>/):
 
 The schema is registered first in the defaults list, so every option and every command-line
 override is merged into typed nodes: an unknown key or a wrong type fails at composition, and
-`to_objects` then runs each dataclass's `__post_init__` checks. Both happen before any trial.
+`to_objects` then runs each dataclass's `__post_init__` checks (the values each key allows on its
+own). What needs another module's knowledge — a model/loss combination for its family, what the
+dataset generator can make — is checked per planned trial by orchestration/plan.py. All of it
+happens before any trial.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ class TrialConfig:
     keep_checkpoints: int = 2        # checkpoints kept per trial (one is written every epoch)
     runner: str = "rev2net.trial:run_trial"  # the function one trial runs ("module:function")
     runner_args: Dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the runner
-    reuse_actors: bool = True        # reuse Ray workers between trials (saves ~1 s per trial)
+    reuse_actors: bool = True        # reuse Ray workers between trials (no new process per trial)
     processes: int = 0               # data-parallel (DDP) processes per trial, on one node: 0 = one per GPU when
                                      # trial.gpus >= 2, else 1; > 1 without GPUs = CPU processes (gloo)
 

@@ -4,7 +4,8 @@
         the config's values checked (its dataclasses) -> the plan built from the stage's search
         space (orchestration/spaces.py), the fine and ablation stages reading earlier results from
         MLflow (orchestration/records.py) -> every planned trial's config checked for its model
-        family (rev2net.registry.check_spec)
+        family (rev2net.registry.check_spec) and, for the generated dataset, for what the generator
+        can make (rev2net.data.synthetic.check_params)
     prepare_data(cfg)      the embedded dataset generated on first use, the dataset checked
     trial_epochs(cfg, n)   how many trial-epochs the stage will train (the dry run prints it)
 
@@ -25,8 +26,9 @@ from orchestration import records, tracking
 from orchestration.config import SweepConfig, experiment_name, resolve_paths, to_objects
 from orchestration.errors import ConfigError
 from orchestration.spaces import Plan, ablation_plan, coarse_plan, fine_plan, load_space, space_path
-from rev2net.spec import TrialSpec
+from rev2net.data.synthetic import check_params
 from rev2net.registry import check_spec
+from rev2net.spec import TrialSpec
 
 
 def stage_best(cfg: DictConfig, stage: str, parent_run_id: Optional[str] = None) -> tuple[dict[str, float], str]:
@@ -140,6 +142,8 @@ def check_points(cfg: DictConfig, plan: Plan) -> SweepConfig:
         try:
             obj = _replace(base, config_point)
             check_spec(TrialSpec(data=obj.data, model=obj.model, loss=obj.loss, trainer=obj.trainer))
+            if obj.data.name == "synthetic":  # what the generator can make (its own check)
+                check_params(obj.data.synthetic)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"trial {records.run_name(point)}: {str(e).splitlines()[0]}") from e
     return base

@@ -1,8 +1,7 @@
 """I3D (inflated Inception-V1), the Rev2Net encoder and the network that runs at test time.
 
 Carreira & Zisserman, "Quo Vadis, Action Recognition? A New Model and the Kinetics Dataset"
-(CVPR 2017); structurally identical to the public PyTorch port (piergiaj/pytorch-i3d), facts in
-`../shared/papers/README.md`:
+(CVPR 2017); structurally identical to the public PyTorch port (piergiaj/pytorch-i3d):
 
 - endpoint names `Conv3d_1a_7x7` ... `Mixed_5c`, `Logits`; state-dict keys as in the port
   (`Conv3d_1a_7x7.conv3d.weight`, `Mixed_3b.b1b.bn.running_mean`, `logits.conv3d.weight`, ...);
@@ -149,8 +148,8 @@ class MaxPool3dSame(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         pads = _pads(x, self.kernel, self.stride)
         if x.device.type == "cpu":
-            # PyTorch's CPU max_pool3d is ~10x faster on channels-last tensors (a vectorised kernel)
-            # than on the usual layout: a third of a thin trial's step otherwise. Same values.
+            # PyTorch's CPU max_pool3d has a vectorised kernel for channels-last tensors only; the
+            # usual layout takes the slow path (benchmarks/step.py shows the difference). Same values.
             return self._pool(x.contiguous(memory_format=torch.channels_last_3d), pads).contiguous()
         return self._pool(x, pads)
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from rev2net.spec import LossConfig
 from rev2net.model import Need, Rev2NetOutput
 
-FLOW_BOUND = 20.0  # px; TV-L1 targets are clipped at +-20 (../shared/papers/README.md)
+FLOW_BOUND = 20.0  # px; TV-L1 flow images are clipped at +-20 (the flow-as-JPEG convention of two-stream work)
 TERMS = ("ce", "ddp_high", "ddp_low", "flow", "im")  # in the order they are checked for divergence
 
 

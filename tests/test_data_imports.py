@@ -1,6 +1,6 @@
-"""rev2net/data/: every module imports on its own in a fresh interpreter, the modules' imports form
-no cycle, and config.py imports nothing of the package (not even lazily), so that any module can
-import it."""
+"""rev2net/data/: every module imports on its own in a fresh interpreter, and config.py imports
+nothing of the package (not even lazily), so that any module can import it (no import cycle
+anywhere: tests/test_imports.py)."""
 
 from __future__ import annotations
 
@@ -66,24 +66,3 @@ def _imported(name: str) -> set[str]:
 def test_config_imports_nothing_of_the_package_even_lazily():
     ours = sorted(m for m in _imported(f"{PACKAGE}.config") if m == "rev2net" or m.startswith("rev2net."))
     assert not ours, f"rev2net/data/config.py imports {ours}: it must import nothing of rev2net"
-
-
-def test_module_imports_form_no_cycle():
-    """Lazy imports (inside functions) count: they are how the old config -> synthetic -> flow -> config
-    cycle hid."""
-    graph = {name: {m for m in _imported(name) if m in MODULES and m != name} for name in MODULES}
-    visiting, done = [], set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        assert name not in visiting, "import cycle: " + " -> ".join(visiting[visiting.index(name):] + [name])
-        visiting.append(name)
-        for child in sorted(graph[name]):
-            visit(child)
-        visiting.pop()
-        done.add(name)
-
-    for name in MODULES:
-        visit(name)
-    assert graph[f"{PACKAGE}.synthetic"] >= {f"{PACKAGE}.config", f"{PACKAGE}.flow"}, "the graph was read"
