@@ -190,3 +190,135 @@ def summarize_seeds(frame: pd.DataFrame, by: Sequence[str], value: str, *, confi
     out["n"] = n
     out["mean"], out["std"], out["low"], out["high"] = mean, std, low, high
     return out
+
+
+# --------------------------------------------------------------------------- per-video predictions
+
+@dataclass(frozen=True)
+class PredictionColumn:
+    """One column of the per-video predictions artifact."""
+
+    name: str
+    type: pa.DataType
+    meaning: str
+
+
+# One row per test video, one file per evaluation of a trial. The columns, in this order, no others:
+PREDICTION_COLUMNS = (
+    PredictionColumn("video_id", pa.string(),
+                     "the video's id in its dataset (its path relative to the dataset root, as the split "
+                     "lists name it); unique within a file, the key two trials' predictions are paired on"),
+    PredictionColumn("label", pa.int64(), "the true class index (>= 0)"),
+    PredictionColumn("pred", pa.int64(), "the predicted class (the top-1 of the evaluated clips' scores); = top5[0]"),
+    PredictionColumn("top5", pa.list_(pa.int64()),
+                     "the five highest-scoring classes, best first, distinct (min(5, classes) of them: "
+                     "the same length in every row)"),
+    PredictionColumn("label_score", pa.float64(),
+                     "the model's probability of the true label (softmax of the evaluated score), in [0, 1]"),
+)
+PREDICTIONS_SCHEMA = pa.schema([pa.field(c.name, c.type, nullable=False) for c in PREDICTION_COLUMNS])
+VIDEO, LABEL, PRED, TOP5, LABEL_SCORE = (c.name for c in PREDICTION_COLUMNS)
+# The evaluations a trial writes predictions for, named like the prefix of their metrics
+# (val/top1, shuffle/<protocol>/top1, cross/top1): the plain evaluation on the test split, each
+# frame-shuffle protocol, and the cross-dataset evaluation.
+EVALUATIONS = ("val", *(f"shuffle/{p}" for p in SHUFFLE_PROTOCOLS), "cross")
+
+
+def predictions_path(evaluation: str) -> str:
+    """The artifact path (relative to a trial's artifact root) of one evaluation's predictions:
+    "val" -> "predictions/val.parquet", "shuffle/long_term" -> "predictions/shuffle/long_term.parquet",
+    "cross" -> "predictions/cross.parquet". Raises ValueError for an evaluation not in EVALUATIONS."""
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation {evaluation!r} is not one of {', '.join(EVALUATIONS)}")
+    return f"predictions/{evaluation}.parquet"
+
+
+def _validated(table: pa.Table, where: str) -> pa.Table:
+    """`table` cast to PREDICTIONS_SCHEMA, or ValueError naming the column, the problem and `where`."""
+    names = [c.name for c in PREDICTION_COLUMNS]
+    missing = [n for n in names if n not in table.column_names]
+    unknown = [n for n in table.column_names if n not in names]
+    if missing or unknown:
+        raise ValueError(f"{where}: predictions need exactly the columns {', '.join(names)}"
+                         + (f"; missing {', '.join(missing)}" if missing else "")
+                         + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+    table = table.select(names)
+    for column in PREDICTION_COLUMNS:
+        nulls = table.column(column.name).null_count
+        if nulls:
+            raise ValueError(f"{where}: column {column.name!r} has {nulls} missing value(s)")
+        try:
+            table = table.set_column(names.index(column.name), pa.field(column.name, column.type, nullable=False),
+                                     table.column(column.name).cast(column.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+            raise ValueError(f"{where}: column {column.name!r} of type {table.column(column.name).type} cannot "
+                             f"be read as {column.type} ({column.meaning}): {err}") from None
+    n = table.num_rows
+    if pc.count_distinct(table.column(VIDEO)).as_py() != n:
+        raise ValueError(f"{where}: {n - pc.count_distinct(table.column(VIDEO)).as_py()} duplicated video_id(s); "
+                         "one row per test video")
+    label = table.column(LABEL).to_numpy()
+    pred = table.column(PRED).to_numpy()
+    if n and (label.min() < 0 or pred.min() < 0):
+        raise ValueError(f"{where}: class indices must be >= 0 (label min {label.min()}, pred min {pred.min()})")
+    top5 = table.column(TOP5).combine_chunks()
+    lengths = pc.list_value_length(top5).to_numpy(zero_copy_only=False)
+    if n and (lengths.min() != lengths.max() or not 1 <= lengths[0] <= 5):
+        raise ValueError(f"{where}: every row's top5 must list the same number (1 to 5) of classes; "
+                         f"lengths {lengths.min()} to {lengths.max()}")
+    if n:
+        classes = top5.flatten().to_numpy().reshape(n, int(lengths[0]))
+        if classes.min() < 0:
+            raise ValueError(f"{where}: top5 holds a negative class index")
+        bad = int((classes[:, 0] != pred).sum())
+        if bad:
+            raise ValueError(f"{where}: in {bad} row(s) pred is not top5[0] (top5 lists classes best first)")
+        ordered = np.sort(classes, axis=1)
+        repeats = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
+        if repeats:
+            raise ValueError(f"{where}: {repeats} row(s) list a class twice in top5")
+    score = table.column(LABEL_SCORE).to_numpy()
+    out_of_range = int((~np.isfinite(score) | (score < 0) | (score > 1)).sum())
+    if out_of_range:
+        raise ValueError(f"{where}: {out_of_range} label_score value(s) outside [0, 1] (a probability)")
+    return table
+
+
+def write_predictions(df: pd.DataFrame, path: Union[str, Path]) -> Path:
+    """Validate `df` against PREDICTION_COLUMNS and write it as Parquet (pyarrow) to `path`,
+    creating its folder. Raises ValueError naming the column and the problem: a missing or unknown
+    column, a missing value, a type that does not convert, a duplicated video_id, pred != top5[0],
+    top5 rows of different lengths or with a repeated class, a label_score outside [0, 1].
+    Returns the path written."""
+    path = Path(path)
+    names = [c.name for c in PREDICTION_COLUMNS]
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise ValueError(f"predictions for {path}: not convertible to Arrow ({err}); columns: {', '.join(names)}") from None
+    table = _validated(table, f"predictions for {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata(None), path)
+    return path
+
+
+def read_predictions(path: Union[str, Path]) -> pd.DataFrame:
+    """One evaluation's predictions, validated like `write_predictions`: the columns of
+    PREDICTION_COLUMNS in order, one row per test video, `top5` as a column of integer arrays."""
+    table = _validated(pq.read_table(path), f"predictions file {path}")
+    return table.to_pandas()
+
+
+def correct(df: pd.DataFrame) -> pd.Series:
+    """Per video: top-1 correct (pred == label). A boolean Series with `df`'s own index (so it can be
+    assigned as a column); key it by video with `.set_axis(df["video_id"])` when pairing trials."""
+    return pd.Series(df[PRED].to_numpy() == df[LABEL].to_numpy(), index=df.index, name="correct")
+
+
+def top5_correct(df: pd.DataFrame) -> pd.Series:
+    """Per video: the label is among `top5`. A boolean Series with `df`'s own index."""
+    if len(df) == 0:
+        return pd.Series(np.zeros(0, dtype=bool), index=df.index, name="top5_correct")
+    classes = np.stack(df[TOP5].to_numpy())                                    # (videos, k)
+    hit = (classes == df[LABEL].to_numpy()[:, None]).any(axis=1)
+    return pd.Series(hit, index=df.index, name="top5_correct")

@@ -84,3 +84,60 @@ def test_summarize_seeds_groups_equal_seed_summary():
         for field in ("mean", "std", "low", "high"):
             a, b = getattr(row, field), getattr(s, field)
             assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b), (row.variant, field)
+
+
+# --------------------------------------------------------------------------- per-video predictions
+
+def _predictions(n: int = 6, classes: int = 8, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    scores = rng.random((n, classes))
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    label = rng.integers(0, classes, n)
+    probs = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    return pd.DataFrame({"video_id": [f"v_{i:03d}.avi" for i in range(n)], "label": label, "pred": top5[:, 0],
+                         "top5": list(top5), "label_score": probs[np.arange(n), label]})
+
+
+def test_predictions_round_trip_and_correctness(tmp_path):
+    df = _predictions(40)
+    path = stats.write_predictions(df, tmp_path / stats.predictions_path("shuffle/long_term"))
+    assert path.relative_to(tmp_path).as_posix() == "predictions/shuffle/long_term.parquet"
+    back = stats.read_predictions(path)
+    assert list(back.columns) == [c.name for c in stats.PREDICTION_COLUMNS]
+    assert back["video_id"].tolist() == df["video_id"].tolist()
+    assert back["label"].tolist() == df["label"].tolist()
+    np.testing.assert_array_equal(np.stack(back["top5"].to_numpy()), np.stack(df["top5"].to_numpy()))
+    expected = [row.label == row.pred for row in df.itertuples()]
+    expected5 = [row.label in list(row.top5) for row in df.itertuples()]
+    assert stats.correct(back).tolist() == expected and stats.top5_correct(back).tolist() == expected5
+    assert 0 < sum(expected) < sum(expected5) < len(df)            # the data exercises both outcomes
+    assert (stats.correct(back) <= stats.top5_correct(back)).all()
+    with pytest.raises(ValueError, match="not one of"):
+        stats.predictions_path("test")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.drop(columns="label_score"), "missing label_score"),
+    (lambda d: d.assign(extra=1), "unknown extra"),
+    (lambda d: d.assign(video_id=["a"] * len(d)), "duplicated video_id"),
+    (lambda d: d.assign(pred=d["top5"].map(lambda t: t[1])), "pred is not top5"),
+    (lambda d: d.assign(top5=[t[:4] if i == 0 else t for i, t in enumerate(d["top5"])]), "same number"),
+    (lambda d: d.assign(top5=d["top5"].map(lambda t: np.r_[t[:4], t[0]])), "class twice"),
+    (lambda d: d.assign(label_score=d["label_score"] + 1.0), "outside \\[0, 1\\]"),
+    (lambda d: d.assign(label=d["label"].astype(float).where(d.index > 0)), "missing value"),
+    (lambda d: d.assign(label=["x"] * len(d)), "cannot be read as int64|not convertible"),
+])
+def test_write_predictions_rejects_malformed(tmp_path, damage, message):
+    with pytest.raises(ValueError, match=message):
+        stats.write_predictions(damage(_predictions()), tmp_path / "p.parquet")
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_read_predictions_validates(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = _predictions()
+    pq.write_table(pa.Table.from_pandas(df.assign(label_score=2.0), preserve_index=False), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad.parquet: 6 label_score"):
+        stats.read_predictions(tmp_path / "bad.parquet")
