@@ -322,3 +322,381 @@ def top5_correct(df: pd.DataFrame) -> pd.Series:
     classes = np.stack(df[TOP5].to_numpy())                                    # (videos, k)
     hit = (classes == df[LABEL].to_numpy()[:, None]).any(axis=1)
     return pd.Series(hit, index=df.index, name="top5_correct")
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+# The columns `compare_to_reference` reads: the row (a configuration: a variant, a weight setting),
+# the run's seed and (optionally) split, and either per-video correctness or per-run accuracy.
+ROW, SEED, SPLIT, CORRECT, ACCURACY = "row", "seed", "split", "correct", "accuracy"
+TEST_MCNEMAR = "McNemar exact, one trial each"
+TEST_VIDEOS = "paired t over videos, seeds pooled"
+TEST_SEEDS = "paired t over seeds × splits"
+TEST_NONE = "no test: fewer than 2 paired runs"
+
+
+def _correctness(x: Union[pd.Series, pd.DataFrame], name: str) -> pd.Series:
+    """Per-video correctness keyed by video id, from a boolean Series indexed by video id, or a
+    DataFrame with `video_id` and either `correct` or the predictions' `label` and `pred`."""
+    if isinstance(x, pd.DataFrame):
+        if VIDEO not in x:
+            raise ValueError(f"{name}: a DataFrame needs a {VIDEO!r} column (or pass a Series indexed by video id)")
+        if CORRECT in x:
+            s = pd.Series(x[CORRECT].to_numpy(), index=pd.Index(x[VIDEO]))
+        elif LABEL in x and PRED in x:
+            s = pd.Series(correct(x).to_numpy(), index=pd.Index(x[VIDEO]))
+        else:
+            raise ValueError(f"{name}: a DataFrame needs {CORRECT!r}, or {LABEL!r} and {PRED!r}")
+    elif isinstance(x, pd.Series):
+        s = x
+    else:
+        raise TypeError(f"{name}: pass a pandas Series indexed by video id, or a predictions DataFrame")
+    if s.index.has_duplicates:
+        raise ValueError(f"{name}: {int(s.index.duplicated().sum())} duplicated video id(s); one value per video")
+    if s.isna().any():
+        raise ValueError(f"{name}: {int(s.isna().sum())} video(s) without a correctness value")
+    values = s.to_numpy()
+    if values.dtype != bool:
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(f"{name}: correctness must be boolean (or 0/1)")
+        values = values.astype(bool)
+    return pd.Series(values, index=s.index)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test of two classifiers on the same videos; see `mcnemar_exact`."""
+
+    n: int              # videos (pairs)
+    a_only: int         # videos a gets right and b gets wrong (discordant)
+    b_only: int         # videos b gets right and a gets wrong (discordant)
+    both: int
+    neither: int
+    p_value: float      # exact, two-sided
+    accuracy_a: float
+    accuracy_b: float
+
+    @property
+    def difference(self) -> float:
+        """accuracy_a − accuracy_b (a fraction; × 100 for accuracy points)."""
+        return self.accuracy_a - self.accuracy_b
+
+
+def mcnemar_exact(a: Union[pd.Series, pd.DataFrame], b: Union[pd.Series, pd.DataFrame]) -> McNemar:
+    """McNemar's exact test: do two single trials differ in accuracy on the same test videos?
+
+    Method: McNemar (1947, "Note on the sampling error of the difference between correlated
+    proportions"), in its exact (conditional binomial) form, the test Dietterich (1998, "Approximate
+    statistical tests for comparing supervised classification learning algorithms") recommends for
+    two classifiers evaluated once on one test set. Only the discordant videos carry information:
+    under the null hypothesis (equal accuracy) each of the a_only + b_only discordant videos is
+    equally likely to favour a or b, so a_only ~ Binomial(a_only + b_only, 1/2);
+    p = scipy.stats.binomtest(a_only, a_only + b_only, 0.5), two-sided (1 when nothing is discordant).
+    Assumes the videos are independent draws from the test distribution and the two models fixed
+    (it is about these two trained models, not about their training seeds).
+
+    `a` and `b`: per-video correctness, each a boolean Series indexed by video id, or a DataFrame
+    with `video_id` and `correct` (or a predictions frame: `label` and `pred`). They are aligned by
+    video id; ValueError when the video sets differ (saying how many videos only one of them has)
+    or an id repeats.
+    """
+    ca, cb = _correctness(a, "a"), _correctness(b, "b")
+    only_a, only_b = ca.index.difference(cb.index), cb.index.difference(ca.index)
+    if len(only_a) or len(only_b):
+        example = ", ".join(map(repr, [*only_a[:2], *only_b[:2]]))
+        raise ValueError(f"the two trials were evaluated on different videos: {len(only_a)} only in a, "
+                         f"{len(only_b)} only in b (e.g. {example}); McNemar's test pairs each video's two "
+                         "predictions, so both must cover the same test videos")
+    x, y = ca.to_numpy(), cb.reindex(ca.index).to_numpy()
+    a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+    p = sps.binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    n = len(x)
+    return McNemar(n=n, a_only=a_only, b_only=b_only, both=int((x & y).sum()), neither=int((~x & ~y).sum()),
+                   p_value=float(p), accuracy_a=float(x.mean()) if n else math.nan,
+                   accuracy_b=float(y.mean()) if n else math.nan)
+
+
+def _mcnemar_p(a_only: np.ndarray, b_only: np.ndarray) -> np.ndarray:
+    """McNemar's exact two-sided p for arrays of discordant counts: for Binomial(m, 1/2), which is
+    symmetric, binomtest's two-sided p is min(1, 2 P(X <= min(a_only, b_only)))."""
+    m = a_only + b_only
+    return np.where(m > 0, np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(a_only, b_only), m, 0.5)), 1.0)
+
+
+def _t_test(effect: np.ndarray, se: np.ndarray, dof: np.ndarray,
+            confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-sided Student t: the interval effect ± t_{dof} se and the p-value of effect = 0.
+    se = 0 gives the point interval and p = 1 (effect 0) or 0; dof < 1 gives NaN."""
+    _z(confidence)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        valid = np.isfinite(effect) & np.isfinite(se) & (dof >= 1)
+        safe_dof = np.where(valid, dof, 1.0)
+        half = sps.t.ppf(0.5 + confidence / 2.0, safe_dof) * se
+        p = 2.0 * sps.t.sf(np.abs(effect / np.where(se > 0, se, 1.0)), safe_dof)
+    p = np.where(se > 0, p, np.where(effect == 0, 1.0, 0.0))
+    low, high = effect - np.where(se > 0, half, 0.0), effect + np.where(se > 0, half, 0.0)
+    return tuple(np.where(valid, v, np.nan) for v in (low, high, p))        # type: ignore[return-value]
+
+
+def _sign_agreement(diff: np.ndarray, effect: np.ndarray) -> np.ndarray:
+    """Per row: the paired runs (non-NaN entries of `diff`, rows × runs) whose sign is the effect's."""
+    with np.errstate(invalid="ignore"):
+        return (np.sign(diff) == np.sign(effect)[:, None]).sum(axis=1)
+
+
+def _seed_rows(acc: np.ndarray, ref: int, confidence: float) -> dict[str, np.ndarray]:
+    """The paired t test over runs of every row of `acc` (rows × runs, NaN where a run is missing)
+    against row `ref`, on the runs both have."""
+    paired = np.isfinite(acc) & np.isfinite(acc[ref])[None, :]
+    n = paired.sum(axis=1)
+    diff = np.where(paired, acc - acc[ref][None, :], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effect = np.where(n > 0, np.nansum(diff, axis=1) / np.maximum(n, 1), np.nan)
+        sd = np.sqrt(np.nansum((diff - effect[:, None]) ** 2, axis=1) / (n - 1))
+        se = np.where(n > 1, sd / np.sqrt(n), np.nan)
+        accuracy = np.where(n > 0, np.where(paired, acc, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+        reference = np.where(n > 0, (paired * np.nan_to_num(acc[ref])[None, :]).sum(axis=1) / np.maximum(n, 1), np.nan)
+    low, high, p = _t_test(effect, se, (n - 1).astype(float), confidence)
+    return dict(n_runs=n, n_videos=np.full(len(n), np.nan), accuracy=accuracy, reference_accuracy=reference,
+                effect=effect, effect_low=low, effect_high=high, p_value=p,
+                same_sign_runs=_sign_agreement(diff, effect),
+                test=np.where(n > 1, TEST_SEEDS, TEST_NONE).astype(object))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison of a against b; see `paired_seed_test`."""
+
+    n: int              # paired runs compared
+    effect: float       # mean of a − b over the pairs (× scale)
+    low: float          # its interval (NaN for n < 2)
+    high: float
+    p_value: float      # two-sided (NaN for n < 2)
+    test: str
+
+
+def paired_seed_test(a: pd.Series, b: pd.Series, *, confidence: float = 0.95, scale: float = 1.0) -> PairedTest:
+    """Paired t test of two configurations' accuracies over runs (seeds, or seeds × splits).
+
+    `a` and `b` hold one accuracy per run, indexed by the run (its seed, or a (seed, split)
+    MultiIndex): the runs both have with finite values are paired, the others dropped (n says how
+    many remain). Effect = mean(a − b) × `scale` (100: accuracy points), interval
+    effect ± t_{n−1} · sd/√n, p from Student's t with n − 1 degrees of freedom (Student 1908;
+    the same numbers as scipy.stats.ttest_rel).
+    Why a t test and not the rank or bootstrap tests, at the few seeds a sweep affords: with n = 3
+    pairs, Wilcoxon's signed-rank test and the exact sign-flip permutation test cannot give
+    p < 0.25 whatever the data, and a paired percentile bootstrap has 10 distinct resamples whose
+    interval excludes 0 whenever the three differences share a sign (certainty it does not have).
+    The t test can reach p < 0.05 at n = 3, but only for differences that are consistent relative to
+    their spread (|t| > 4.30). It assumes the paired differences are independent and normal; each
+    accuracy is a mean over many test videos, so close to normal given the seed, but the seed's own
+    effect is assumed normal too. With per-video predictions prefer `compare_to_reference`, which
+    pairs videos. Fewer than 2 pairs: no test (NaN).
+    """
+    index = a.index.union(b.index)
+    acc = np.vstack([pd.to_numeric(a, errors="coerce").reindex(index).to_numpy(dtype=float),
+                     pd.to_numeric(b, errors="coerce").reindex(index).to_numpy(dtype=float)])
+    r = _seed_rows(acc, 1, confidence)
+    return PairedTest(n=int(r["n_runs"][0]), effect=float(r["effect"][0]) * scale, low=float(r["effect_low"][0]) * scale,
+                      high=float(r["effect_high"][0]) * scale, p_value=float(r["p_value"][0]), test=str(r["test"][0]))
+
+
+def holm(p_values: Union[Sequence[float], np.ndarray, pd.Series]) -> Union[np.ndarray, pd.Series]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979, "A simple sequentially rejective multiple test
+    procedure"): with the m finite p-values sorted, p_(1) <= ... <= p_(m),
+
+        adjusted p_(i) = min(1, max_{j <= i} (m − j + 1) p_(j)),
+
+    the step-down form, monotone in the raw p-values. Rejecting where adjusted p < alpha controls
+    the family-wise error rate at alpha under any dependence between the tests. NaN entries stay
+    NaN and do not count in m. A Series gives a Series with the same index, anything else an array.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if np.any((p[finite] < 0) | (p[finite] > 1)):
+        raise ValueError("holm: p-values must lie in [0, 1]")
+    m = int(finite.sum())
+    if m:
+        order = np.argsort(p[finite], kind="mergesort")
+        steps = np.maximum.accumulate((m - np.arange(m)) * p[finite][order])
+        adjusted = np.empty(m)
+        adjusted[order] = np.minimum(1.0, steps)
+        out[finite] = adjusted
+    if isinstance(p_values, pd.Series):
+        return pd.Series(out, index=p_values.index, name=p_values.name)
+    return out
+
+
+def _ids(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Integer codes of the distinct combinations of `columns` (sorted), and those combinations."""
+    codes = frame.groupby(columns, sort=True, dropna=False).ngroup().to_numpy()
+    first = np.unique(codes, return_index=True)[1]
+    return codes, frame[columns].iloc[first].reset_index(drop=True)
+
+
+def _describe_run(keys: pd.DataFrame, i: int) -> str:
+    return " ".join(f"{c}={keys.iloc[i][c]!r}" for c in keys.columns)
+
+
+def _video_rows(data: pd.DataFrame, row_code: np.ndarray, rows: int, ref: int, row_ids: Sequence[Hashable],
+                confidence: float) -> dict[str, np.ndarray]:
+    """The per-video paired comparison of every row against row `ref` (see compare_to_reference)."""
+    split_cols = [SPLIT] if SPLIT in data else []
+    run_code, run_keys = _ids(data, [SEED, *split_cols])
+    video_code, video_keys = _ids(data, [*split_cols, VIDEO])
+    split_code, _ = _ids(data, split_cols) if split_cols else (np.zeros(len(data), dtype=int), None)
+    runs, videos = len(run_keys), len(video_keys)
+    flat = (row_code.astype(np.int64) * runs + run_code) * videos + video_code
+    if pd.Index(flat).has_duplicates:
+        raise ValueError(f"compare_to_reference: {int(pd.Index(flat).duplicated().sum())} duplicated "
+                         f"({ROW}, {SEED}, {', '.join(split_cols + [VIDEO])}) rows; one correctness value per video per run")
+    values = data[CORRECT].to_numpy()
+    if values.dtype != bool and not np.isin(values, (0, 1)).all():
+        raise ValueError(f"compare_to_reference: column {CORRECT!r} must be boolean (or 0/1), without missing values")
+    split_of_run = np.zeros(runs, dtype=int)
+    split_of_run[run_code] = split_code
+    split_of_video = np.zeros(videos, dtype=int)
+    split_of_video[video_code] = split_code
+    c = np.full((rows, runs, videos), np.nan, dtype=np.float32)               # (rows, runs, videos)
+    c[row_code, run_code, video_code] = values.astype(np.float32)
+    has = ~np.isnan(c)
+    present = has.any(axis=2)                                                  # (rows, runs)
+    of_split = split_of_video[None, :] == split_of_run[:, None]                # (runs, videos)
+    lacking = (present[:, :, None] & of_split[None] & ~has).sum(axis=2)        # (rows, runs)
+    if lacking.any():
+        bad = np.argwhere(lacking)
+        examples = "; ".join(f"row {row_ids[r]!r} ({_describe_run(run_keys, u)}) lacks {lacking[r, u]} of the "
+                             f"{of_split[u].sum()} videos" for r, u in bad[:3])
+        raise ValueError(f"compare_to_reference: {len(bad)} run(s) were evaluated on a different set of videos than "
+                         f"the other runs of their split: {examples}. Paired tests need every run of a split "
+                         "evaluated on the same test videos")
+    paired = present & present[ref][None, :]
+    n_runs = paired.sum(axis=1)
+    per_run = of_split.sum(axis=1)                                             # videos of each run's split
+    run_acc = np.where(present, np.nansum(c, axis=2, dtype=np.float64) / per_run[None, :], np.nan)
+    run_diff = np.where(paired, run_acc - run_acc[ref][None, :], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = np.maximum(n_runs, 1)
+        effect = np.where(n_runs > 0, np.nansum(run_diff, axis=1) / denom, np.nan)
+        accuracy = np.where(n_runs > 0, np.where(paired, run_acc, 0.0).sum(axis=1) / denom, np.nan)
+        reference = np.where(n_runs > 0, (paired * np.nan_to_num(run_acc[ref])[None, :]).sum(axis=1) / denom, np.nan)
+    delta = c - c[ref][None]                                                   # (rows, runs, videos), in {-1, 0, 1}
+    delta[~paired] = np.nan
+    counted = (~np.isnan(delta)).sum(axis=1)                                   # (rows, videos)
+    d = np.where(counted > 0, np.nansum(delta, axis=1, dtype=np.float64) / np.maximum(counted, 1), np.nan)
+    se2, dof, n_videos = np.zeros(rows), np.zeros(rows), np.zeros(rows)
+    for s in np.unique(split_of_video):
+        in_split = split_of_video == s
+        n_s = int(in_split.sum())
+        runs_s = (paired & (split_of_run == s)[None, :]).sum(axis=1)
+        used = runs_s > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var_s = d[:, in_split].var(axis=1, ddof=1) if n_s > 1 else np.full(rows, np.nan)
+            term = (runs_s / np.maximum(n_runs, 1)) ** 2 * var_s / n_s
+        se2 += np.where(used, term, 0.0)
+        dof += np.where(used, n_s - 1, 0)
+        n_videos += np.where(used, n_s, 0)
+    low, high, p = _t_test(effect, np.sqrt(se2), np.where(n_runs > 0, dof, 0.0), confidence)
+    one = n_runs == 1
+    a_only, b_only = (delta == 1).sum(axis=(1, 2)), (delta == -1).sum(axis=(1, 2))
+    p = np.where(one, _mcnemar_p(a_only, b_only), p)
+    test = np.where(one, TEST_MCNEMAR, np.where(n_runs > 1, TEST_VIDEOS, TEST_NONE)).astype(object)
+    p = np.where(n_runs > 0, p, np.nan)
+    return dict(n_runs=n_runs, n_videos=np.where(n_runs > 0, n_videos, np.nan), accuracy=accuracy,
+                reference_accuracy=reference, effect=effect, effect_low=low, effect_high=high, p_value=p,
+                same_sign_runs=_sign_agreement(run_diff, effect), test=test)
+
+
+def compare_to_reference(data: pd.DataFrame, reference: Hashable, *, alpha: float = 0.05, confidence: float = 0.95,
+                         scale: float = 100.0) -> pd.DataFrame:
+    """Every row of a table against a reference row: effect, interval, p, Holm-adjusted p, and
+    whether the row can be told apart from the reference at `alpha`.
+
+    `data`, long format, one of:
+      * per-video: columns `row`, `seed`, optionally `split`, `video_id`, `correct` (bool; build it
+        with `correct(read_predictions(...))`): one line per (row, run, test video);
+      * per-run: columns `row`, `seed`, optionally `split`, `accuracy` (a fraction): one line per
+        (row, run), when no predictions were logged.
+    A run is a (seed, split) pair; a row's run is paired with the reference's run with the same seed
+    and split (the same seed trains both, the same split's videos test both); runs only one side has
+    are left out (`n_runs` says how many pairs remain). Every run of a split must cover the same
+    videos (ValueError naming the run and how many videos it lacks).
+
+    Returns one line per row other than the reference, in order of first appearance, with:
+      row, n_runs (paired runs), n_videos (distinct test videos compared; NaN per-run),
+      accuracy and reference_accuracy (means over the paired runs, × scale), effect (accuracy −
+      reference_accuracy, × scale: accuracy points at scale=100) with effect_low, effect_high (its
+      `confidence` interval, per row, not adjusted for the many rows), p_value (two-sided, raw),
+      p_holm (Holm-adjusted over the rows of this table that have a p-value), indistinguishable
+      (p_holm >= alpha, or no test possible: "cannot be told apart from the reference"),
+      same_sign_runs (paired runs whose own accuracy difference has the effect's sign), test.
+
+    Which test, and why. The rows that matter most have few seeds (the ablation runs 3 per
+    variant), and a test over seeds cannot help there: with 3 paired differences Wilcoxon's
+    signed-rank test and the exact sign-flip test cannot give p < 0.25 whatever the data, and a
+    paired bootstrap of 3 differences has 10 distinct resamples and an interval that excludes 0
+    whenever the three differences share a sign. So with per-video predictions the test pairs
+    VIDEOS, pooling the seeds: per test video, the row's correctness minus the reference's,
+    averaged over the paired seeds; the mean of these over a split's videos (splits weighted by
+    their paired runs) is exactly the difference of the seed-averaged accuracies. Its standard
+    error comes from the spread over videos, and a paired t test over videos (Student t,
+    videos − splits degrees of freedom, which at hundreds of videos is the z test) gives the
+    interval and p. With one paired run (one trial each) this is McNemar's setting, and the p-value
+    is McNemar's exact test (as `mcnemar_exact`); the interval stays the paired t interval. These
+    p-values are continuous, so Holm's correction still works over a thousand rows (a bootstrap
+    p-value cannot go below 1/(resamples + 1)).
+    What it assumes: test videos are independent draws from the test distribution, and the
+    trained models are taken as given: the verdict is that THESE seeds' models differ on the test
+    distribution; the seed-to-seed training variance is not in its error term (3 seeds cannot
+    estimate it well). `same_sign_runs` shows whether the seeds agree: a difference that holds in
+    1 of 3 seeds is not one to build on, whatever p says.
+    Per-run data: the paired t test over seeds × splits of `paired_seed_test` (see there);
+    fewer than 2 paired runs give no test (p NaN, indistinguishable True).
+
+    Memory: the per-video path holds a (rows × runs × videos) float32 array, 5 MB for 1296 single-
+    seed trials on 1,000 videos.
+    """
+    if ROW not in data or SEED not in data:
+        raise KeyError(f"compare_to_reference: data needs the columns {ROW!r} and {SEED!r} "
+                       f"(columns: {', '.join(map(str, data.columns))})")
+    per_video = VIDEO in data or CORRECT in data
+    needed = [VIDEO, CORRECT] if per_video else [ACCURACY]
+    missing = [c for c in needed if c not in data]
+    if missing:
+        raise KeyError(f"compare_to_reference: data needs {' and '.join(map(repr, needed))} "
+                       f"(missing {', '.join(map(repr, missing))}); per-video: {VIDEO}, {CORRECT}; per-run: {ACCURACY}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha={alpha!r} is not in (0, 1)")
+    row_code, row_ids = pd.factorize(data[ROW], sort=False)
+    if (row_code < 0).any():
+        raise ValueError(f"compare_to_reference: {int((row_code < 0).sum())} line(s) without a {ROW!r}")
+    matches = np.flatnonzero(pd.Index(row_ids) == reference)
+    if not len(matches):
+        shown = ", ".join(map(repr, list(row_ids[:8]))) + (", ..." if len(row_ids) > 8 else "")
+        raise KeyError(f"compare_to_reference: reference row {reference!r} is not in data (rows: {shown})")
+    ref = int(matches[0])
+    if per_video:
+        r = _video_rows(data, row_code, len(row_ids), ref, row_ids, confidence)
+    else:
+        split_cols = [SPLIT] if SPLIT in data else []
+        run_code, _ = _ids(data, [SEED, *split_cols])
+        flat = pd.Index(row_code.astype(np.int64) * (run_code.max() + 1) + run_code)
+        if flat.has_duplicates:
+            raise ValueError(f"compare_to_reference: {int(flat.duplicated().sum())} duplicated "
+                             f"({ROW}, {', '.join([SEED, *split_cols])}) line(s); one accuracy per run")
+        acc = np.full((len(row_ids), run_code.max() + 1), np.nan)
+        acc[row_code, run_code] = pd.to_numeric(data[ACCURACY], errors="coerce").to_numpy(dtype=float)
+        r = _seed_rows(acc, ref, confidence)
+    keep = np.arange(len(row_ids)) != ref
+    out = pd.DataFrame({"row": list(row_ids[keep])})
+    out["n_runs"] = r["n_runs"][keep].astype(int)
+    out["n_videos"] = pd.array(np.where(np.isfinite(r["n_videos"][keep]), r["n_videos"][keep], np.nan), dtype="Int64")
+    for k in ("accuracy", "reference_accuracy", "effect", "effect_low", "effect_high"):
+        out[k] = r[k][keep] * scale
+    out["p_value"] = r["p_value"][keep]
+    out["p_holm"] = holm(out["p_value"].to_numpy())
+    out["indistinguishable"] = ~(out["p_holm"] < alpha)
+    out["same_sign_runs"] = r["same_sign_runs"][keep].astype(int)
+    out["test"] = r["test"][keep]
+    return out

@@ -141,3 +141,164 @@ def test_read_predictions_validates(tmp_path):
     pq.write_table(pa.Table.from_pandas(df.assign(label_score=2.0), preserve_index=False), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match=r"bad.parquet: 6 label_score"):
         stats.read_predictions(tmp_path / "bad.parquet")
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+def _pairs(both: int, a_only: int, b_only: int, neither: int, seed: int = 0) -> tuple[pd.Series, pd.Series]:
+    a = [True] * both + [True] * a_only + [False] * b_only + [False] * neither
+    b = [True] * both + [False] * a_only + [True] * b_only + [False] * neither
+    ids = [f"v{i}" for i in range(len(a))]
+    order = np.random.default_rng(seed).permutation(len(a))
+    sa = pd.Series(a, index=ids)
+    sb = pd.Series(b, index=ids).iloc[order]                   # another order: aligned by video id
+    return sa, sb
+
+
+def test_mcnemar_exact_on_known_discordant_counts():
+    a, b = _pairs(60, 12, 4, 24)
+    r = stats.mcnemar_exact(a, b)
+    assert (r.n, r.both, r.a_only, r.b_only, r.neither) == (100, 60, 12, 4, 24)
+    assert r.p_value == pytest.approx(sps.binomtest(12, 16, 0.5).pvalue)
+    assert r.accuracy_a == 0.72 and r.accuracy_b == 0.64 and r.difference == pytest.approx(0.08)
+    assert stats.mcnemar_exact(*_pairs(50, 0, 0, 50)).p_value == 1.0
+    # a predictions frame pairs the same way
+    frame = pd.DataFrame({"video_id": a.index, "label": 1, "pred": np.where(a.to_numpy(), 1, 2)})
+    assert stats.mcnemar_exact(frame, b) == r
+
+
+def test_mcnemar_exact_refuses_different_videos():
+    a, b = _pairs(10, 3, 2, 5)
+    b = b.drop(["v0", "v1"])
+    b["w9"] = True
+    with pytest.raises(ValueError, match="2 only in a, 1 only in b"):
+        stats.mcnemar_exact(a, b)
+
+
+def test_paired_seed_test_matches_ttest_rel():
+    a = pd.Series([0.712, 0.705, 0.698, 0.731, 0.690], index=[1, 2, 3, 4, 5])
+    b = pd.Series([0.690, 0.701, 0.671, 0.709, 0.688, 0.7], index=[1, 2, 3, 4, 5, 6])   # seed 6: no pair
+    r = stats.paired_seed_test(a, b, scale=100)
+    ref = sps.ttest_rel(a.to_numpy(), b.loc[[1, 2, 3, 4, 5]].to_numpy())
+    ci = ref.confidence_interval(0.95)
+    assert r.n == 5 and r.test == stats.TEST_SEEDS
+    assert r.p_value == pytest.approx(ref.pvalue)
+    assert r.effect == pytest.approx(100 * (a - b.loc[a.index]).mean())
+    assert (r.low, r.high) == (pytest.approx(100 * ci.low), pytest.approx(100 * ci.high))
+    one = stats.paired_seed_test(a.iloc[:1], b)
+    assert one.n == 1 and math.isnan(one.p_value) and one.test == stats.TEST_NONE
+
+
+def test_holm_textbook_example():
+    # Holm (1979) as on Wikipedia's "Holm–Bonferroni method": p = 0.01, 0.04, 0.03, 0.005, alpha 0.05:
+    # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 -> max(0.06, 0.04) = 0.06
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    assert list(adjusted < 0.05) == [True, False, False, True]      # H1 and H4 rejected
+    s = stats.holm(pd.Series([0.5, np.nan, 0.01], index=list("xyz")))
+    assert list(s.index) == list("xyz") and math.isnan(s["y"])
+    assert s["z"] == pytest.approx(0.02) and s["x"] == pytest.approx(0.5)     # m = 2 finite
+
+
+def test_holm_matches_its_definition():
+    p = np.random.default_rng(1).random(40) ** 3
+    order = np.argsort(p)
+    m = len(p)
+    expected = np.empty(m)
+    for rank, i in enumerate(order):
+        expected[i] = min(1.0, max((m - j) * p[order[j]] for j in range(rank + 1)))
+    adjusted = stats.holm(p)
+    np.testing.assert_allclose(adjusted, expected)
+    assert np.all(np.diff(adjusted[order]) >= 0) and np.all(adjusted >= p)
+
+
+def _planted_table(seeds: int, videos: int = 400, nulls: int = 5, seed: int = 0) -> pd.DataFrame:
+    """A reference at 70% correct, one row at 55% (planted) and `nulls` rows at 70% whose errors
+    fall on other videos (each redraws a random share of the reference's outcomes)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(seeds):
+        ref = rng.random(videos) < 0.70
+        rows = {"ref": ref}
+        redraw = rng.random(videos) < 0.5
+        rows["planted"] = np.where(redraw, rng.random(videos) < 0.40, ref)          # 0.5·0.7 + 0.5·0.4 = 0.55
+        for k in range(nulls):
+            redraw = rng.random(videos) < 0.3 + 0.1 * k
+            rows[f"null{k}"] = np.where(redraw, rng.random(videos) < 0.70, ref)
+        for name, values in rows.items():
+            frames.append(pd.DataFrame({"row": name, "seed": s, "video_id": [f"v{i}" for i in range(videos)],
+                                        "correct": values}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_compare_marks_exactly_the_planted_row(seeds):
+    data = _planted_table(seeds)
+    out = stats.compare_to_reference(data, "ref")
+    assert list(out["row"]) == ["planted", *(f"null{k}" for k in range(5))]
+    assert out.loc[~out["indistinguishable"], "row"].tolist() == ["planted"]
+    planted = out.iloc[0]
+    assert planted["effect"] < 0 and planted["effect_high"] < 0 and planted["p_holm"] < 1e-4
+    assert planted["effect_low"] < -15 < planted["effect_high"]                 # planted: -15 points
+    assert planted["same_sign_runs"] == seeds
+    assert set(out["test"]) == {stats.TEST_MCNEMAR if seeds == 1 else stats.TEST_VIDEOS}
+    assert (out["n_runs"] == seeds).all() and (out["n_videos"] == 400).all()
+    assert (out["p_holm"] >= out["p_value"]).all()
+    # the same verdict from per-run accuracies alone when seeds are consistent
+    if seeds == 3:
+        acc = data.groupby(["row", "seed"], sort=False)["correct"].mean().rename("accuracy").reset_index()
+        by_run = stats.compare_to_reference(acc, "ref")
+        assert by_run["test"].eq(stats.TEST_SEEDS).all()
+        np.testing.assert_allclose(by_run["effect"], out["effect"])
+        np.testing.assert_allclose(by_run["accuracy"], out["accuracy"])
+
+
+def test_compare_single_trial_is_mcnemar():
+    data = _planted_table(1, videos=200, nulls=2, seed=5)
+    out = stats.compare_to_reference(data, "ref").set_index("row")
+    series = {r: g.set_index("video_id")["correct"] for r, g in data.groupby("row")}
+    for row in ["planted", "null0", "null1"]:
+        m = stats.mcnemar_exact(series[row], series["ref"])
+        assert out.loc[row, "p_value"] == pytest.approx(m.p_value)
+        assert out.loc[row, "effect"] == pytest.approx(100 * m.difference)
+        assert out.loc[row, "accuracy"] == pytest.approx(100 * m.accuracy_a)
+
+
+def test_compare_pooled_seeds_is_a_paired_t_over_videos():
+    data = _planted_table(2, videos=300, nulls=1, seed=7).assign(split=1)
+    out = stats.compare_to_reference(data, "ref", scale=1.0).set_index("row")
+    wide = data.pivot_table(index="video_id", columns=["row", "seed"], values="correct", aggfunc="first").astype(float)
+    for row in ["planted", "null0"]:
+        d = (wide[row] - wide["ref"]).mean(axis=1)              # per video, over the two seeds
+        t = sps.ttest_1samp(d, 0.0)
+        ci = t.confidence_interval(0.95)
+        assert out.loc[row, "p_value"] == pytest.approx(t.pvalue)
+        assert out.loc[row, "effect"] == pytest.approx(d.mean())
+        assert (out.loc[row, "effect_low"], out.loc[row, "effect_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def test_compare_two_splits_and_missing_runs():
+    one, two = _planted_table(2, videos=100, nulls=1, seed=1), _planted_table(2, videos=150, nulls=1, seed=2)
+    data = pd.concat([one.assign(split=1), two.assign(split=2)], ignore_index=True)
+    data = data[~((data["row"] == "null0") & (data["seed"] == 1) & (data["split"] == 2))]   # a failed run
+    out = stats.compare_to_reference(data, "ref", scale=1.0).set_index("row")
+    run_acc = data.groupby(["row", "seed", "split"])["correct"].mean()
+    diff = (run_acc["null0"] - run_acc["ref"]).dropna()
+    assert out.loc["null0", "n_runs"] == 3 and out.loc["planted", "n_runs"] == 4
+    assert out.loc["null0", "effect"] == pytest.approx(diff.mean())
+    assert out.loc["null0", "n_videos"] == 250
+    assert out.loc["planted", "effect"] == pytest.approx((run_acc["planted"] - run_acc["ref"]).mean())
+
+
+def test_compare_refuses_runs_on_other_videos_and_bad_input():
+    data = _planted_table(1, videos=50, nulls=1)
+    short = data[~((data["row"] == "null0") & data["video_id"].isin(["v3", "v4"]))]
+    with pytest.raises(ValueError, match="lacks 2 of the 50 videos"):
+        stats.compare_to_reference(short, "ref")
+    with pytest.raises(KeyError, match="reference row 'base'"):
+        stats.compare_to_reference(data, "base")
+    with pytest.raises(ValueError, match="duplicated"):
+        stats.compare_to_reference(pd.concat([data, data.iloc[:1]]), "ref")
+    lone = stats.compare_to_reference(pd.DataFrame({"row": ["ref", "x"], "seed": [0, 0], "accuracy": [0.7, 0.5]}), "ref")
+    assert lone.loc[0, "test"] == stats.TEST_NONE and bool(lone.loc[0, "indistinguishable"])
+    assert lone.loc[0, "effect"] == pytest.approx(-20.0) and math.isnan(lone.loc[0, "p_value"])
