@@ -700,3 +700,287 @@ def compare_to_reference(data: pd.DataFrame, reference: Hashable, *, alpha: floa
     out["same_sign_runs"] = r["same_sign_runs"][keep].astype(int)
     out["test"] = r["test"][keep]
     return out
+
+
+# --------------------------------------------------------------------------- hyperparameter importance
+
+HIGHER_ORDER = "higher order"     # the term that holds every interaction of three or more weights
+
+
+def _finite_trials(trials: pd.DataFrame, objective: str, weights: Sequence[str]) -> pd.DataFrame:
+    """The trials with a finite objective; KeyError/ValueError naming a missing column or a weight
+    without a finite value."""
+    missing = [c for c in [*weights, objective] if c not in trials]
+    if missing:
+        raise KeyError(f"no column {', '.join(map(repr, missing))} in the trials "
+                       f"(columns: {', '.join(map(str, trials.columns))})")
+    y = pd.to_numeric(trials[objective], errors="coerce")
+    frame = trials.loc[np.isfinite(y.to_numpy(dtype=float, na_value=np.nan)), list(weights)].copy()
+    frame[objective] = y[frame.index].astype(float)
+    for w in weights:
+        values = pd.to_numeric(frame[w], errors="coerce")
+        if not np.isfinite(values.to_numpy(dtype=float, na_value=np.nan)).all():
+            raise ValueError(f"weight {w!r} has a missing or non-numeric value in a trial with a finite {objective!r}")
+        frame[w] = values.astype(float)
+    return frame.reset_index(drop=True)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Design:
+    """What a set of trials varied, and what can therefore be estimated from it (`statement`)."""
+
+    kind: str                             # "factorial" | "axes" | "point" | "other"
+    weights: tuple[str, ...]
+    levels: dict[str, tuple[float, ...]]  # the values each weight took, ascending
+    points: int                           # distinct weight settings
+    trials: int
+    replicates: tuple[int, int]           # fewest and most trials at one setting (seeds, repeats)
+    base: Optional[dict[str, float]]      # axes: the setting every axis passes through; else None
+
+    @property
+    def statement(self) -> str:
+        """What this design can and cannot tell, as one paragraph for the report."""
+        reps = (f"{self.replicates[0]} trial(s) per point" if self.replicates[0] == self.replicates[1]
+                else f"{self.replicates[0]} to {self.replicates[1]} trials per point")
+        if self.kind == "point":
+            return (f"One weight setting ({self.trials} trial(s)): nothing can be estimated about the effect of the "
+                    "weights, only this setting's accuracy.")
+        if self.kind == "axes":
+            base = ", ".join(f"{w}={_fmt(v)}" for w, v in (self.base or {}).items())
+            return (f"One-weight-at-a-time (axes) design around the base point {base}: {self.points} points, {reps}. "
+                    "Only main effects can be estimated, each along its own axis with the other weights held at the "
+                    "base; no interaction between weights can be estimated (no two weights ever change together), "
+                    "and a main effect holds at the base point only: if the weights interact it may differ elsewhere "
+                    "on the grid.")
+        varying = [w for w in self.weights if len(self.levels[w]) > 1]
+        if self.kind == "factorial":
+            shape = " × ".join(str(len(self.levels[w])) for w in varying)
+            pairs = len(varying) * (len(varying) - 1) // 2
+            noise = ("With one trial per point, seed noise cannot be told apart from the interactions: it is spread "
+                     "over every term, most of it into the highest-order one." if self.replicates[0] == 1 else
+                     "The grid means average the trials at each point, which damps the seed noise in every term.")
+            return (f"Full factorial design: {self.points} points ({shape} values of {', '.join(varying)}), {reps}. "
+                    f"Every main effect and every interaction can be estimated: grid_anova decomposes the grid means "
+                    f"exactly into main effects, the {pairs} pairwise interactions and the higher-order rest. {noise}")
+        return (f"{self.points} distinct points, {reps}: neither a full factorial grid nor one weight at a time (an "
+                "incomplete grid, e.g. with failed or stopped-early trials left out, or a sampled search such as TPE). "
+                "Importances come from fanova's random forest, a model fitted to these trials: main effects can be "
+                "estimated where each weight's values were spread over the others, interactions only as far as the "
+                "forest fills in the combinations never run, so read them as indicative. The per-value marginal "
+                "means mix in the other weights wherever the design is unbalanced.")
+
+
+def design_of(trials: pd.DataFrame, weights: Sequence[str] = WEIGHTS) -> Design:
+    """Classify the design of `trials` over `weights` (each a column of numbers):
+
+      * "factorial": every combination of the values seen is present (the coarse stage's
+        search.mode=factorial, 6⁴ = 1296 points; one varying weight counts as factorial);
+      * "axes": one weight at a time around a base point: every point differs from the base in at
+        most one weight, and there are 1 + Σ (values − 1) points (search.mode=axes, 21 points);
+      * "point": one setting; "other": anything else (incomplete grids, sampled searches).
+    `Design.statement` says what each can estimate. Pass the trials the analysis will use (e.g.
+    completed ones only): a factorial grid with one failed trial left out is "other".
+    """
+    missing = [w for w in weights if w not in trials]
+    if missing:
+        raise KeyError(f"no column {', '.join(map(repr, missing))} in the trials")
+    frame = trials[list(weights)].astype(float)
+    counts = frame.groupby(list(weights), sort=True).size()
+    points = counts.index.to_frame(index=False)
+    levels = {w: tuple(float(v) for v in np.sort(points[w].unique())) for w in weights}
+    n_points = len(points)
+    replicates = (int(counts.min()), int(counts.max())) if n_points else (0, 0)
+    kind, base = "other", None
+    if n_points <= 1:
+        kind = "point"
+    elif n_points == math.prod(len(v) for v in levels.values()):
+        kind = "factorial"
+    else:
+        candidate = {w: float(points[w].value_counts().idxmax()) for w in weights}
+        off_base = (points.to_numpy() != np.array([candidate[w] for w in weights])[None, :]).sum(axis=1)
+        if off_base.max() <= 1 and n_points == 1 + sum(len(v) - 1 for v in levels.values()):
+            kind, base = "axes", candidate
+    return Design(kind=kind, weights=tuple(weights), levels=levels, points=n_points, trials=len(frame),
+                  replicates=replicates, base=base)
+
+
+def marginals(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEIGHTS, confidence: float = 0.95,
+              n_resamples: int = 10_000, seed: int = 0, scale: float = 1.0) -> pd.DataFrame:
+    """Each weight's marginal: the mean objective per value of the weight, with its interval.
+
+    Returns the columns weight, value, n, mean, std, low, high (`summarize_seeds` per weight and
+    value, × `scale`), weights in the order given, values ascending. Trials without a finite
+    objective are left out. Which trials a value averages depends on the design (`design_of`):
+      * factorial: every trial with that value (the grid is balanced, so this is the main-effect
+        marginal: the other weights averaged uniformly over their grid);
+      * axes: only the trials of the weight's own axis (the other weights at the base point), since
+        pooling would mix the other axes into the base value's mean;
+      * other: every trial with that value (confounded with the other weights where unbalanced).
+    The interval is the percentile bootstrap of the mean over those trials: with several trials per
+    value (factorial) it says how much the mean depends on which trials were averaged, the other
+    weights' settings included, not only seed noise; with one trial per value (axes, one seed) there
+    is no interval.
+    """
+    frame = _finite_trials(trials, objective, weights)
+    design = design_of(frame, weights)
+    parts = []
+    for w in weights:
+        sub = frame
+        if design.kind == "axes" and design.base is not None:
+            others = [o for o in weights if o != w]
+            at_base = np.all([frame[o].to_numpy() == design.base[o] for o in others], axis=0) if others else True
+            sub = frame[at_base]
+        parts.append(pd.DataFrame({"weight": w, "value": sub[w].to_numpy(), "_y": sub[objective].to_numpy()}))
+    long = pd.concat(parts, ignore_index=True)
+    out = summarize_seeds(long, ["weight", "value"], "_y", confidence=confidence, n_resamples=n_resamples,
+                          seed=seed, scale=scale)
+    out["_order"] = out["weight"].map({w: i for i, w in enumerate(weights)})
+    return out.sort_values(["_order", "value"], kind="mergesort").drop(columns="_order").reset_index(drop=True)
+
+
+def _importance_frame(weights: Sequence[str], single: np.ndarray, pair: dict[tuple[str, str], float],
+                      rest: float, single_std: Optional[np.ndarray] = None,
+                      pair_std: Optional[dict[tuple[str, str], float]] = None, rest_std: float = math.nan) -> pd.DataFrame:
+    rows = [{"term": w, "weights": (w,), "order": 1, "importance": float(single[i]),
+             "std": float(single_std[i]) if single_std is not None else math.nan} for i, w in enumerate(weights)]
+    rows += [{"term": f"{a} × {b}", "weights": (a, b), "order": 2, "importance": float(v),
+              "std": float(pair_std[(a, b)]) if pair_std is not None else math.nan} for (a, b), v in pair.items()]
+    rows.append({"term": HIGHER_ORDER, "weights": tuple(weights), "order": 3, "importance": float(rest),
+                 "std": rest_std})
+    return pd.DataFrame(rows, columns=["term", "weights", "order", "importance", "std"])
+
+
+def grid_anova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEIGHTS) -> pd.DataFrame:
+    """Exact functional ANOVA of a full factorial grid: the share of the variance of the grid means
+    due to each weight, each pair of weights, and the rest.
+
+    Method: the functional ANOVA (Hoeffding/Sobol) decomposition that fANOVA (Hutter, Hoos &
+    Leyton-Brown, ICML 2014, "An efficient approach for assessing hyperparameter importance",
+    Sec. 2-3) computes from a random forest, computed here directly on the table of grid means
+    instead of a fitted model: with m(x) the mean objective of the trials at grid point x (seeds
+    averaged) and the uniform measure over the grid values (each searched value weighs the same),
+        f_∅ = mean of m;  f_i(x_i) = mean of m over the others − f_∅;
+        f_ij(x_i, x_j) = mean of m over the others − f_i − f_j − f_∅;
+        importance of a term = variance of the term over the grid / variance of m.
+    The terms are orthogonal, so the main effects, the pairwise terms and HIGHER_ORDER (every
+    interaction of three or more weights: 1 − the others) sum to 1. No model, no randomness: for a
+    full grid this is the exact value that the random-forest fANOVA approximates.
+    Needs a full factorial design (`design_of(...).kind == "factorial"`, ValueError otherwise, with
+    the design's statement); weights that do not vary get 0. A constant objective gives NaN.
+    Returns the columns term ("loss.alpha", "loss.alpha × loss.beta", HIGHER_ORDER), weights
+    (a tuple), order (1, 2, 3 = three or more), importance (a fraction of the variance), std (NaN).
+    """
+    frame = _finite_trials(trials, objective, weights)
+    design = design_of(frame, weights)
+    if design.kind != "factorial":
+        raise ValueError(f"grid_anova needs a full factorial grid; these trials form a {design.kind!r} design. "
+                         f"{design.statement}")
+    shape = tuple(len(design.levels[w]) for w in weights)
+    codes = tuple(np.searchsorted(np.array(design.levels[w]), frame[w].to_numpy()) for w in weights)
+    cell = np.ravel_multi_index(codes, shape)
+    sums = np.bincount(cell, weights=frame[objective].to_numpy(), minlength=math.prod(shape))
+    means = (sums / np.bincount(cell, minlength=math.prod(shape))).reshape(shape)
+    grand = means.mean()
+    total = ((means - grand) ** 2).mean()
+    axes = range(len(weights))
+
+    def marginal(keep: tuple[int, ...]) -> np.ndarray:
+        return means.mean(axis=tuple(a for a in axes if a not in keep), keepdims=True)
+
+    mains = [marginal((i,)) - grand for i in axes]
+    single = np.array([(m ** 2).mean() for m in mains])
+    pair = {}
+    for i, j in itertools.combinations(axes, 2):
+        term = marginal((i, j)) - mains[i] - mains[j] - grand
+        pair[(weights[i], weights[j])] = float((term ** 2).mean())
+    rest = total - single.sum() - sum(pair.values())
+    if not total > 0:
+        nan_pairs = {k: math.nan for k in pair}
+        return _importance_frame(weights, np.full(len(weights), np.nan), nan_pairs, math.nan)
+    return _importance_frame(weights, single / total, {k: v / total for k, v in pair.items()}, max(rest, 0.0) / total)
+
+
+def fanova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEIGHTS, n_trees: int = 64,
+           max_depth: int = 64, seed: int = 0) -> pd.DataFrame:
+    """Random-forest functional ANOVA (fANOVA) of the weights: main effects through Optuna's
+    `FanovaImportanceEvaluator`, pairwise terms from the same fitted forest.
+
+    Method: Hutter, Hoos & Leyton-Brown (ICML 2014): fit a random forest to (weights → objective)
+    over the trials, and decompose each tree's prediction, under the uniform measure over the
+    search space, into main effects and interactions; a term's importance is the fraction of the
+    tree's variance it explains, averaged over the trees (std: its spread over the trees).
+    Optuna (5.x) gives only the main effects. The pairwise term of weights i and j is computed here
+    from Optuna's own fitted trees, as in Hutter et al. (Sec. 3): per tree,
+        V_ij = Var(marginal prediction over (x_i, x_j)) − V_i − V_j,
+    with the marginal variances from the same tree code Optuna uses for V_i (its private
+    `_FanovaTree.get_marginal_variance`; the main effects recomputed this way are checked against
+    Optuna's public result, and a mismatch raises RuntimeError instead of returning numbers from
+    changed internals). HIGHER_ORDER is 1 − the main and pairwise terms, per tree.
+
+    Encoding, and why: each weight enters as the index of its value among the values the trials
+    took (0, 1, ..., L−1), as a FloatDistribution over [−0.5, L − 0.5]. A forest's splits depend
+    only on the order of a feature's values, so the encoding only sets the measure that fANOVA
+    integrates over, and this one gives every searched value the same weight, which is the measure
+    of the grid itself (a factorial grid samples each value equally). A log-float distribution cannot
+    hold the value 0 that every weight takes, and any stand-in (0 → 1e-5) would set 0's share of the
+    measure by its arbitrary distance from 1e-4, besides the unequal decades of the grid
+    (1e-3 → 0.1 is two). A categorical distribution is one-hot encoded by Optuna, whose marginals
+    then integrate over 2^6 one-hot patterns per weight of which 6 are real values (2^12 per pair,
+    too many to compute), and loses the order the forest can use to fill in unrun combinations.
+    Uses trials with a finite objective; needs at least 2 and a non-constant objective (NaN
+    otherwise). On an axes design the forest must extrapolate to combinations never run: the
+    pairwise and higher-order terms are NaN there (not estimable; see `Design.statement`), the main
+    effects are model-based. For a full factorial grid prefer `grid_anova` (exact, instant).
+    Returns the columns of `grid_anova`, with std over the trees.
+    """
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    frame = _finite_trials(trials, objective, weights)
+    design = design_of(frame, weights)
+    names = list(weights)
+    y = frame[objective].to_numpy()
+    pairs = list(itertools.combinations(names, 2))
+    if len(frame) < 2 or np.ptp(y) == 0:
+        return _importance_frame(names, np.full(len(names), np.nan), {p: math.nan for p in pairs}, math.nan)
+    codes = {w: np.searchsorted(np.array(design.levels[w]), frame[w].to_numpy()).astype(float) for w in names}
+    distributions = {w: FloatDistribution(-0.5, len(design.levels[w]) - 0.5) for w in names}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize")
+        study.add_trials([optuna.trial.create_trial(params={w: codes[w][i] for w in names}, distributions=distributions,
+                                                    value=float(y[i])) for i in range(len(y))])
+        evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, max_depth=max_depth, seed=seed)
+        public = evaluator.evaluate(study, params=names)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    try:
+        fitted = evaluator._evaluator                       # optuna.importance._fanova._fanova._Fanova
+        trees = [t for t in fitted._trees if t.variance > 0.0]
+        columns = dict(zip(sorted(names), fitted._column_to_encoded_columns))   # Optuna sorts params by name
+        marginal_variance = [t.get_marginal_variance for t in trees]
+    except AttributeError as err:
+        raise RuntimeError(f"optuna {optuna.__version__}: the fANOVA internals that the pairwise terms read have "
+                           f"changed ({err}); main effects only: optuna.importance.FanovaImportanceEvaluator") from None
+    tree_var = np.array([t.variance for t in trees])                                   # (trees,)
+    single = {w: np.array([np.clip(mv(columns[w]), 0.0, None) for mv in marginal_variance]) for w in names}
+    fractions = {w: single[w] / tree_var for w in names}
+    ours, theirs = np.array([fractions[w].mean() for w in names]), np.array([public[w] for w in names])
+    if not np.allclose(ours, theirs, rtol=1e-6, atol=1e-9):
+        raise RuntimeError(f"optuna {optuna.__version__}: main effects recomputed from its trees ({ours}) differ from "
+                           f"its evaluator's ({theirs}); its fANOVA internals have changed")
+    single_std = np.array([fractions[w].std() for w in names])
+    if design.kind == "axes":
+        return _importance_frame(names, ours, {p: math.nan for p in pairs}, math.nan, single_std=single_std)
+    pair_fraction = {}
+    for a, b in pairs:
+        joint = np.array([mv(np.concatenate([columns[a], columns[b]])) for mv in marginal_variance])
+        pair_fraction[(a, b)] = np.clip(joint - single[a] - single[b], 0.0, None) / tree_var
+    rest = np.clip(1.0 - sum(fractions.values()) - sum(pair_fraction.values()), 0.0, None)
+    return _importance_frame(names, ours, {p: v.mean() for p, v in pair_fraction.items()}, float(rest.mean()),
+                             single_std=single_std, pair_std={p: v.std() for p, v in pair_fraction.items()}, rest_std=float(rest.std()))

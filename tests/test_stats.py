@@ -302,3 +302,119 @@ def test_compare_refuses_runs_on_other_videos_and_bad_input():
     lone = stats.compare_to_reference(pd.DataFrame({"row": ["ref", "x"], "seed": [0, 0], "accuracy": [0.7, 0.5]}), "ref")
     assert lone.loc[0, "test"] == stats.TEST_NONE and bool(lone.loc[0, "indistinguishable"])
     assert lone.loc[0, "effect"] == pytest.approx(-20.0) and math.isnan(lone.loc[0, "p_value"])
+
+
+# --------------------------------------------------------------------------- hyperparameter importance
+
+W = ("loss.alpha", "loss.beta", "loss.lambda_flow", "loss.lambda_im")
+LEVELS = (0.0, 0.0001, 0.001, 0.1)
+
+
+def _grid(noise: float = 0.0, seeds: int = 1, seed: int = 0) -> pd.DataFrame:
+    """A 4⁴ factorial grid: alpha drives the objective, beta and lambda_flow interact (no main
+    effect of their own), lambda_im has a small main effect."""
+    import itertools
+
+    idx = np.array(list(itertools.product(range(len(LEVELS)), repeat=4)), dtype=float)
+    idx = np.repeat(idx, seeds, axis=0)
+    c = idx - 1.5                                                            # centred level indices
+    y = 0.5 + 0.04 * idx[:, 0] + 0.03 * c[:, 1] * c[:, 2] + 0.005 * idx[:, 3]
+    y = y + np.random.default_rng(seed).normal(0.0, noise, len(y))
+    frame = pd.DataFrame(np.array(LEVELS)[idx.astype(int)], columns=list(W))
+    return frame.assign(**{"val/top1": y, "trainer.seed": np.tile(np.arange(seeds), len(y) // seeds)})
+
+
+def _axes_trials() -> pd.DataFrame:
+    import yaml
+
+    from analysis.runs import REPO
+    from orchestration.spaces import grid_points
+
+    space = yaml.safe_load((REPO / "search_spaces" / "coarse.yaml").read_text())
+    points = grid_points(space["values"], space["base"], "axes")
+    frame = pd.DataFrame(points)[list(W)].astype(float)
+    return frame.assign(**{"val/top1": 0.5 + 0.01 * np.arange(len(frame))})
+
+
+def test_design_of_each_kind():
+    factorial = stats.design_of(_grid())
+    assert (factorial.kind, factorial.points, factorial.replicates) == ("factorial", 256, (1, 1))
+    assert factorial.levels["loss.alpha"] == LEVELS and factorial.base is None
+    assert "every interaction can be estimated" in factorial.statement.lower()
+    assert "seed noise cannot be told apart" in factorial.statement
+    assert "damps the seed noise" in stats.design_of(_grid(seeds=2)).statement
+
+    axes = stats.design_of(_axes_trials())
+    assert (axes.kind, axes.points) == ("axes", 21)
+    assert axes.base == {w: 0.1 for w in W}
+    assert "Only main effects can be estimated" in axes.statement and "no interaction" in axes.statement
+    assert "loss.alpha=0.1" in axes.statement
+
+    assert stats.design_of(_grid().iloc[1:]).kind == "other"                   # one trial missing
+    assert "neither a full factorial" in stats.design_of(_grid().iloc[1:]).statement
+    assert stats.design_of(_grid().iloc[:1]).kind == "point"
+
+
+def test_grid_anova_is_exact_on_a_known_function():
+    out = stats.grid_anova(_grid(), "val/top1").set_index("term")
+    var_levels = np.var(np.arange(4))                                         # 1.25
+    parts = {"loss.alpha": 0.04 ** 2 * var_levels, "loss.beta × loss.lambda_flow": 0.03 ** 2 * var_levels ** 2,
+             "loss.lambda_im": 0.005 ** 2 * var_levels}
+    total = sum(parts.values())
+    for term, importance in out["importance"].items():
+        assert importance == pytest.approx(parts.get(term, 0.0) / total, abs=1e-12), term
+    assert out["importance"].sum() == pytest.approx(1.0)
+    assert list(out.loc[out["order"] == 2].index) == [f"{a} × {b}" for a, b in
+                                                      [(W[0], W[1]), (W[0], W[2]), (W[0], W[3]), (W[1], W[2]),
+                                                       (W[1], W[3]), (W[2], W[3])]]
+    with pytest.raises(ValueError, match="full factorial.*'axes' design"):
+        stats.grid_anova(_axes_trials(), "val/top1")
+    const = stats.grid_anova(_grid().assign(**{"val/top1": 0.5}), "val/top1")
+    assert const["importance"].isna().all()
+
+
+def test_grid_anova_averages_seeds_and_ranks_with_noise():
+    noisy = _grid(noise=0.01, seeds=2, seed=1)
+    out = stats.grid_anova(noisy, "val/top1")
+    assert out.loc[out["order"] == 1].sort_values("importance")["term"].iloc[-1] == "loss.alpha"
+    assert out.loc[out["order"] == 2].sort_values("importance")["term"].iloc[-1] == "loss.beta × loss.lambda_flow"
+    # the grid means of the two seeds are what is decomposed
+    means = noisy.groupby(list(W), as_index=False)["val/top1"].mean()
+    pd.testing.assert_frame_equal(stats.grid_anova(means, "val/top1"), out)
+
+
+def test_fanova_finds_the_driving_weight_and_the_interacting_pair():
+    trials = _grid(noise=0.005, seed=2)
+    out = stats.fanova(trials, "val/top1", n_trees=8, seed=0)
+    singles = out[out["order"] == 1].set_index("term")["importance"]
+    pairs = out[out["order"] == 2].set_index("term")["importance"]
+    assert singles.idxmax() == "loss.alpha" and pairs.idxmax() == "loss.beta × loss.lambda_flow"
+    exact = stats.grid_anova(trials, "val/top1").set_index("term")["importance"]
+    assert singles["loss.alpha"] == pytest.approx(exact["loss.alpha"], abs=0.1)
+    assert pairs["loss.beta × loss.lambda_flow"] == pytest.approx(exact["loss.beta × loss.lambda_flow"], abs=0.1)
+    assert out["importance"].sum() == pytest.approx(1.0, abs=1e-6) and (out["std"] >= 0).all()
+
+
+def test_fanova_on_axes_gives_main_effects_only():
+    out = stats.fanova(_axes_trials(), "val/top1", n_trees=8, seed=3)
+    pd.testing.assert_frame_equal(out, stats.fanova(_axes_trials(), "val/top1", n_trees=8, seed=3))   # seeded
+    assert out.loc[out["order"] == 1, "importance"].notna().all()
+    assert out.loc[out["order"] >= 2, "importance"].isna().all()
+    assert stats.fanova(_grid().iloc[:1], "val/top1")["importance"].isna().all()
+
+
+def test_marginals_per_design():
+    grid = _grid(noise=0.01)
+    out = stats.marginals(grid, "val/top1", n_resamples=500, scale=100)
+    alpha = out[out["weight"] == "loss.alpha"]
+    assert list(alpha["value"]) == list(LEVELS) and (alpha["n"] == 64).all()
+    np.testing.assert_allclose(alpha["mean"], 100 * grid.groupby("loss.alpha")["val/top1"].mean().to_numpy())
+    assert (alpha["low"] < alpha["mean"]).all() and (alpha["mean"] < alpha["high"]).all()
+    assert list(out["weight"].unique()) == list(W)
+
+    axes = _axes_trials()
+    out = stats.marginals(axes, "val/top1")
+    alpha = out[out["weight"] == "loss.alpha"]
+    assert len(alpha) == 6 and (alpha["n"] == 1).all() and alpha["low"].isna().all()
+    base_trial = axes[(axes[list(W)] == 0.1).all(axis=1)]["val/top1"].item()
+    assert alpha.loc[alpha["value"] == 0.1, "mean"].item() == pytest.approx(base_trial)   # not the 16 trials at 0.1
