@@ -984,3 +984,64 @@ def fanova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEI
     rest = np.clip(1.0 - sum(fractions.values()) - sum(pair_fraction.values()), 0.0, None)
     return _importance_frame(names, ours, {p: v.mean() for p, v in pair_fraction.items()}, float(rest.mean()),
                              single_std=single_std, pair_std={p: v.std() for p, v in pair_fraction.items()}, rest_std=float(rest.std()))
+
+
+# --------------------------------------------------------------------------- cost
+
+# The metrics a trial logs once, at its end, so a sweep's cost can be read back from MLflow:
+COST_DEVICE_S = "cost/device_s"          # wall-clock seconds the trial held its resources (training and
+                                         # evaluation, every retry of the trial included)
+COST_CLIPS = "cost/clips"                # clips the trial processed (training and evaluation)
+COST_GPU_FRACTION = "cost/gpu_fraction"  # GPUs the trial held: 0.25 when four trials share one GPU, 1,
+                                         # 2 for a two-GPU data-parallel trial, 0 on CPU (trial.gpus)
+COST_METRICS = (COST_DEVICE_S, COST_CLIPS, COST_GPU_FRACTION)
+
+
+def _cost_values(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """device_s, clips, gpu_fraction as float arrays (NaN where absent) and the mask of trials that
+    logged all three as finite numbers."""
+    def column(name: str) -> np.ndarray:
+        if name not in runs:
+            return np.full(len(runs), np.nan)
+        return pd.to_numeric(runs[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+    device_s, clips, fraction = column(COST_DEVICE_S), column(COST_CLIPS), column(COST_GPU_FRACTION)
+    costed = np.isfinite(device_s) & np.isfinite(clips) & np.isfinite(fraction)
+    return device_s, clips, fraction, costed
+
+
+def gpu_hours(runs: pd.DataFrame) -> float:
+    """GPU-hours a set of trials held: Σ cost/device_s × cost/gpu_fraction / 3600 over the trials
+    that logged the COST_METRICS (the others are not counted: the total is then a lower bound;
+    `sweep_cost` says how many)."""
+    device_s, _, fraction, costed = _cost_values(runs)
+    return float((device_s[costed] * fraction[costed]).sum() / 3600.0)
+
+
+def sweep_cost(runs: pd.DataFrame, by: Sequence[str] = ("stage",)) -> pd.DataFrame:
+    """What a sweep cost, per group of `by` (a stage, or ("stage", <a family or variant column>)).
+
+    `runs` is a `load_runs` frame (one row per trial, every status: a failed or stopped-early trial
+    held its device too). Returns one row per group (in order of first appearance) with:
+    `*by`, trials, costed (trials that logged all three COST_METRICS; the sums count only them, so
+    where costed < trials they are lower bounds), device_s (Σ cost/device_s), device_hours,
+    gpu_hours (Σ cost/device_s × cost/gpu_fraction / 3600: a trial on a quarter of a GPU for an hour
+    is 0.25 GPU-hours), clips (Σ cost/clips), clips_per_device_s (clips / device_s).
+    """
+    by = list(by)
+    missing = [c for c in by if c not in runs]
+    if missing:
+        raise KeyError(f"sweep_cost: no column {', '.join(map(repr, missing))} to group by")
+    device_s, clips, fraction, costed = _cost_values(runs)
+    frame = runs[by].copy()
+    frame["trials"] = 1
+    frame["costed"] = costed.astype(int)
+    frame["device_s"] = np.where(costed, device_s, 0.0)
+    frame["gpu_hours"] = np.where(costed, device_s * fraction, 0.0) / 3600.0
+    frame["clips"] = np.where(costed, clips, 0.0)
+    out = frame.groupby(by, sort=False, dropna=False)[["trials", "costed", "device_s", "gpu_hours", "clips"]].sum()
+    out = out.reset_index()
+    out.insert(out.columns.get_loc("device_s") + 1, "device_hours", out["device_s"] / 3600.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["clips_per_device_s"] = np.where(out["device_s"] > 0, out["clips"] / out["device_s"], np.nan)
+    return out

@@ -418,3 +418,30 @@ def test_marginals_per_design():
     assert len(alpha) == 6 and (alpha["n"] == 1).all() and alpha["low"].isna().all()
     base_trial = axes[(axes[list(W)] == 0.1).all(axis=1)]["val/top1"].item()
     assert alpha.loc[alpha["value"] == 0.1, "mean"].item() == pytest.approx(base_trial)   # not the 16 trials at 0.1
+
+
+# --------------------------------------------------------------------------- cost
+
+def test_sweep_cost_sums_per_stage_and_counts_the_uncosted():
+    runs = pd.DataFrame({
+        "stage": ["coarse"] * 4 + ["ablation"] * 3,
+        "variant": [None] * 4 + ["rev2net", "rev2net", "i3d"],
+        "status": ["completed", "completed", "stopped_early", "failed", "completed", "completed", "completed"],
+        "cost/device_s": [3600.0, 1800.0, 900.0, 60.0, 7200.0, 7200.0, np.nan],
+        "cost/clips": [1e5, 5e4, 2.5e4, 1e3, 4e5, 4e5, 3e5],
+        "cost/gpu_fraction": [0.25, 0.25, 0.25, 0.25, 1.0, 2.0, 1.0],
+    })
+    out = stats.sweep_cost(runs).set_index("stage")
+    assert list(out.index) == ["coarse", "ablation"]
+    assert out.loc["coarse", "trials"] == 4 and out.loc["coarse", "costed"] == 4
+    assert out.loc["coarse", "device_s"] == 6360.0
+    assert out.loc["coarse", "gpu_hours"] == pytest.approx(6360.0 * 0.25 / 3600)
+    assert out.loc["coarse", "clips"] == 176_000
+    assert out.loc["ablation", "costed"] == 2 and out.loc["ablation", "gpu_hours"] == pytest.approx(2 + 4)
+    assert out.loc["ablation", "device_hours"] == pytest.approx(4.0)
+    assert out.loc["ablation", "clips_per_device_s"] == pytest.approx(8e5 / 14400)
+    assert stats.gpu_hours(runs) == pytest.approx(out["gpu_hours"].sum())
+    per_variant = stats.sweep_cost(runs[runs["stage"] == "ablation"], by=["stage", "variant"])
+    assert per_variant[["variant", "costed"]].values.tolist() == [["rev2net", 2], ["i3d", 0]]
+    bare = stats.sweep_cost(runs.drop(columns=list(stats.COST_METRICS)))
+    assert (bare["costed"] == 0).all() and (bare["device_s"] == 0).all() and bare["clips_per_device_s"].isna().all()
