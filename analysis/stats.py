@@ -27,7 +27,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Optional, Sequence, Union
+from typing import Any, Hashable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -295,7 +295,8 @@ def write_predictions(df: pd.DataFrame, path: Union[str, Path]) -> Path:
     try:
         table = pa.Table.from_pandas(df, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise ValueError(f"predictions for {path}: not convertible to Arrow ({err}); columns: {', '.join(names)}") from None
+        raise ValueError(f"predictions for {path}: not convertible to Arrow ({err}); "
+                         f"columns: {', '.join(names)}") from None
     table = _validated(table, f"predictions for {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.replace_schema_metadata(None), path)
@@ -497,8 +498,9 @@ def paired_seed_test(a: pd.Series, b: pd.Series, *, confidence: float = 0.95, sc
     acc = np.vstack([pd.to_numeric(a, errors="coerce").reindex(index).to_numpy(dtype=float),
                      pd.to_numeric(b, errors="coerce").reindex(index).to_numpy(dtype=float)])
     r = _seed_rows(acc, 1, confidence)
-    return PairedTest(n=int(r["n_runs"][0]), effect=float(r["effect"][0]) * scale, low=float(r["effect_low"][0]) * scale,
-                      high=float(r["effect_high"][0]) * scale, p_value=float(r["p_value"][0]), test=str(r["test"][0]))
+    return PairedTest(n=int(r["n_runs"][0]), effect=float(r["effect"][0]) * scale,
+                      low=float(r["effect_low"][0]) * scale, high=float(r["effect_high"][0]) * scale,
+                      p_value=float(r["p_value"][0]), test=str(r["test"][0]))
 
 
 def holm(p_values: Union[Sequence[float], np.ndarray, pd.Series]) -> Union[np.ndarray, pd.Series]:
@@ -550,7 +552,8 @@ def _video_rows(data: pd.DataFrame, row_code: np.ndarray, rows: int, ref: int, r
     flat = (row_code.astype(np.int64) * runs + run_code) * videos + video_code
     if pd.Index(flat).has_duplicates:
         raise ValueError(f"compare_to_reference: {int(pd.Index(flat).duplicated().sum())} duplicated "
-                         f"({ROW}, {SEED}, {', '.join(split_cols + [VIDEO])}) rows; one correctness value per video per run")
+                         f"({ROW}, {SEED}, {', '.join(split_cols + [VIDEO])}) rows; "
+                         "one correctness value per video per run")
     values = data[CORRECT].to_numpy()
     if values.dtype != bool and not np.isin(values, (0, 1)).all():
         raise ValueError(f"compare_to_reference: column {CORRECT!r} must be boolean (or 0/1), without missing values")
@@ -844,7 +847,8 @@ def marginals(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = 
 
 def _importance_frame(weights: Sequence[str], single: np.ndarray, pair: dict[tuple[str, str], float],
                       rest: float, single_std: Optional[np.ndarray] = None,
-                      pair_std: Optional[dict[tuple[str, str], float]] = None, rest_std: float = math.nan) -> pd.DataFrame:
+                      pair_std: Optional[dict[tuple[str, str], float]] = None,
+                      rest_std: float = math.nan) -> pd.DataFrame:
     rows = [{"term": w, "weights": (w,), "order": 1, "importance": float(single[i]),
              "std": float(single_std[i]) if single_std is not None else math.nan} for i, w in enumerate(weights)]
     rows += [{"term": f"{a} × {b}", "weights": (a, b), "order": 2, "importance": float(v),
@@ -852,6 +856,26 @@ def _importance_frame(weights: Sequence[str], single: np.ndarray, pair: dict[tup
     rows.append({"term": HIGHER_ORDER, "weights": tuple(weights), "order": 3, "importance": float(rest),
                  "std": rest_std})
     return pd.DataFrame(rows, columns=["term", "weights", "order", "importance", "std"])
+
+
+def _decompose(table: np.ndarray) -> tuple[float, np.ndarray, dict[tuple[int, int], float]]:
+    """The functional ANOVA of a function tabulated on a product grid with equal cell weights
+    (Hoeffding/Sobol decomposition): its total variance, the variance of each main effect
+    f_i = E[m | x_i] − f_∅ (one per axis) and of each pairwise term
+    f_ij = E[m | x_i, x_j] − f_i − f_j − f_∅, keyed by the axis pair."""
+    grand = table.mean()
+    total = float(((table - grand) ** 2).mean())
+    axes = range(table.ndim)
+
+    def marginal(keep: tuple[int, ...]) -> np.ndarray:
+        return table.mean(axis=tuple(a for a in axes if a not in keep), keepdims=True)
+
+    mains = [marginal((i,)) - grand for i in axes]
+    single = np.array([float((m ** 2).mean()) for m in mains])
+    pair = {}
+    for i, j in itertools.combinations(axes, 2):
+        pair[(i, j)] = float(((marginal((i, j)) - mains[i] - mains[j] - grand) ** 2).mean())
+    return total, single, pair
 
 
 def grid_anova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEIGHTS) -> pd.DataFrame:
@@ -884,42 +908,34 @@ def grid_anova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] =
     cell = np.ravel_multi_index(codes, shape)
     sums = np.bincount(cell, weights=frame[objective].to_numpy(), minlength=math.prod(shape))
     means = (sums / np.bincount(cell, minlength=math.prod(shape))).reshape(shape)
-    grand = means.mean()
-    total = ((means - grand) ** 2).mean()
-    axes = range(len(weights))
-
-    def marginal(keep: tuple[int, ...]) -> np.ndarray:
-        return means.mean(axis=tuple(a for a in axes if a not in keep), keepdims=True)
-
-    mains = [marginal((i,)) - grand for i in axes]
-    single = np.array([(m ** 2).mean() for m in mains])
-    pair = {}
-    for i, j in itertools.combinations(axes, 2):
-        term = marginal((i, j)) - mains[i] - mains[j] - grand
-        pair[(weights[i], weights[j])] = float((term ** 2).mean())
-    rest = total - single.sum() - sum(pair.values())
+    total, single, pair = _decompose(means)
+    named = {(weights[i], weights[j]): v for (i, j), v in pair.items()}
     if not total > 0:
-        nan_pairs = {k: math.nan for k in pair}
-        return _importance_frame(weights, np.full(len(weights), np.nan), nan_pairs, math.nan)
-    return _importance_frame(weights, single / total, {k: v / total for k, v in pair.items()}, max(rest, 0.0) / total)
+        return _importance_frame(weights, np.full(len(weights), np.nan), {k: math.nan for k in named}, math.nan)
+    rest = max(total - single.sum() - sum(named.values()), 0.0)
+    return _importance_frame(weights, single / total, {k: v / total for k, v in named.items()}, rest / total)
 
 
 def fanova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEIGHTS, n_trees: int = 64,
            max_depth: int = 64, seed: int = 0) -> pd.DataFrame:
-    """Random-forest functional ANOVA (fANOVA) of the weights: main effects through Optuna's
-    `FanovaImportanceEvaluator`, pairwise terms from the same fitted forest.
+    """Random-forest functional ANOVA (fANOVA) of the weights: the main effects from Optuna's
+    `FanovaImportanceEvaluator`, the pairwise terms from the same forest.
 
     Method: Hutter, Hoos & Leyton-Brown (ICML 2014): fit a random forest to (weights → objective)
-    over the trials, and decompose each tree's prediction, under the uniform measure over the
+    over the trials and decompose each tree's prediction, under the uniform measure over the
     search space, into main effects and interactions; a term's importance is the fraction of the
     tree's variance it explains, averaged over the trees (std: its spread over the trees).
-    Optuna (5.x) gives only the main effects. The pairwise term of weights i and j is computed here
-    from Optuna's own fitted trees, as in Hutter et al. (Sec. 3): per tree,
-        V_ij = Var(marginal prediction over (x_i, x_j)) − V_i − V_j,
-    with the marginal variances from the same tree code Optuna uses for V_i (its private
-    `_FanovaTree.get_marginal_variance`; the main effects recomputed this way are checked against
-    Optuna's public result, and a mismatch raises RuntimeError instead of returning numbers from
-    changed internals). HIGHER_ORDER is 1 − the main and pairwise terms, per tree.
+    Optuna (5.x) gives only the main effects (`evaluate` returns one number per parameter, and its
+    pairwise machinery is private). So: the trials become an Optuna study and Optuna's evaluator
+    gives the main effects; the pairwise terms come from the same forest refitted here with the
+    settings and seed Optuna uses (scikit-learn's RandomForestRegressor: `n_trees`, `max_depth`,
+    min_samples_split=2, min_samples_leaf=1, on the same encoded columns in Optuna's order), each
+    tree decomposed exactly: every split of a tree trained on value indices falls on a multiple of
+    0.5, so a tree is constant on the half-unit cells of the search box and its predictions at the
+    cell centres, equally weighted, are the whole function; the decomposition of that table
+    (as in `grid_anova`) gives V_i, V_ij and the rest per tree. That this forest is Optuna's is
+    checked: its main effects must equal Optuna's (RuntimeError otherwise, e.g. if Optuna changes how
+    it fits). HIGHER_ORDER is 1 − the main and pairwise terms, per tree.
 
     Encoding, and why: each weight enters as the index of its value among the values the trials
     took (0, 1, ..., L−1), as a FloatDistribution over [−0.5, L − 0.5]. A forest's splits depend
@@ -929,16 +945,17 @@ def fanova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEI
     hold the value 0 that every weight takes, and any stand-in (0 → 1e-5) would set 0's share of the
     measure by its arbitrary distance from 1e-4, besides the unequal decades of the grid
     (1e-3 → 0.1 is two). A categorical distribution is one-hot encoded by Optuna, whose marginals
-    then integrate over 2^6 one-hot patterns per weight of which 6 are real values (2^12 per pair,
-    too many to compute), and loses the order the forest can use to fill in unrun combinations.
-    Uses trials with a finite objective; needs at least 2 and a non-constant objective (NaN
-    otherwise). On an axes design the forest must extrapolate to combinations never run: the
-    pairwise and higher-order terms are NaN there (not estimable; see `Design.statement`), the main
-    effects are model-based. For a full factorial grid prefer `grid_anova` (exact, instant).
-    Returns the columns of `grid_anova`, with std over the trees.
+    then integrate over 2^6 one-hot patterns per weight of which 6 are real values, and it loses the
+    order the forest can use to fill in combinations never run.
+    Uses the trials with a finite objective; fewer than 2 or a constant objective give NaN. On an
+    axes design the forest must extrapolate to combinations never run: the pairwise and higher-order
+    terms are NaN there (not estimable; see `Design.statement`), the main effects are model-based.
+    For a full factorial grid prefer `grid_anova`: exact, and instant where Optuna's evaluator walks
+    its trees in Python. Returns the columns of `grid_anova`, with std over the trees.
     """
     import optuna
     from optuna.distributions import FloatDistribution
+    from sklearn.ensemble import RandomForestRegressor
 
     frame = _finite_trials(trials, objective, weights)
     design = design_of(frame, weights)
@@ -956,34 +973,37 @@ def fanova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEI
         study.add_trials([optuna.trial.create_trial(params={w: codes[w][i] for w in names}, distributions=distributions,
                                                     value=float(y[i])) for i in range(len(y))])
         evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, max_depth=max_depth, seed=seed)
-        public = evaluator.evaluate(study, params=names)
+        main = evaluator.evaluate(study, params=names)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    try:
-        fitted = evaluator._evaluator                       # optuna.importance._fanova._fanova._Fanova
-        trees = [t for t in fitted._trees if t.variance > 0.0]
-        columns = dict(zip(sorted(names), fitted._column_to_encoded_columns))   # Optuna sorts params by name
-        marginal_variance = [t.get_marginal_variance for t in trees]
-    except AttributeError as err:
-        raise RuntimeError(f"optuna {optuna.__version__}: the fANOVA internals that the pairwise terms read have "
-                           f"changed ({err}); main effects only: optuna.importance.FanovaImportanceEvaluator") from None
-    tree_var = np.array([t.variance for t in trees])                                   # (trees,)
-    single = {w: np.array([np.clip(mv(columns[w]), 0.0, None) for mv in marginal_variance]) for w in names}
-    fractions = {w: single[w] / tree_var for w in names}
-    ours, theirs = np.array([fractions[w].mean() for w in names]), np.array([public[w] for w in names])
-    if not np.allclose(ours, theirs, rtol=1e-6, atol=1e-9):
-        raise RuntimeError(f"optuna {optuna.__version__}: main effects recomputed from its trees ({ours}) differ from "
-                           f"its evaluator's ({theirs}); its fANOVA internals have changed")
-    single_std = np.array([fractions[w].std() for w in names])
+    theirs = np.array([main[w] for w in names])
+
+    order = sorted(names)                         # Optuna orders the parameters by name
+    forest = RandomForestRegressor(n_estimators=n_trees, max_depth=max_depth, min_samples_split=2, min_samples_leaf=1,
+                                   random_state=seed).fit(np.column_stack([codes[w] for w in order]), y)
+    shape = tuple(2 * len(design.levels[w]) for w in order)
+    centres = [np.arange(n) * 0.5 - 0.25 for n in shape]   # of the half-unit cells of [−0.5, L − 0.5]
+    mesh = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1).reshape(-1, len(order))
+    single, pair = [], []
+    for tree in forest.estimators_:
+        total, s, p = _decompose(tree.predict(mesh).reshape(shape))
+        if total > 0:                             # as Optuna: trees without variance are left out
+            single.append(s / total)
+            pair.append({(order[i], order[j]): v / total for (i, j), v in p.items()})
+    position = [order.index(w) for w in names]
+    ours = np.array(single)[:, position]                                      # (trees, weights)
+    if not np.allclose(ours.mean(axis=0), theirs, rtol=1e-6, atol=1e-9):
+        raise RuntimeError(f"optuna {optuna.__version__}: main effects of the refitted forest "
+                           f"({ours.mean(axis=0)}) differ from its fANOVA evaluator's ({theirs}); the pairwise "
+                           "terms would not belong to Optuna's forest (has Optuna changed how it fits?)")
+    single_std = ours.std(axis=0)
     if design.kind == "axes":
-        return _importance_frame(names, ours, {p: math.nan for p in pairs}, math.nan, single_std=single_std)
-    pair_fraction = {}
-    for a, b in pairs:
-        joint = np.array([mv(np.concatenate([columns[a], columns[b]])) for mv in marginal_variance])
-        pair_fraction[(a, b)] = np.clip(joint - single[a] - single[b], 0.0, None) / tree_var
-    rest = np.clip(1.0 - sum(fractions.values()) - sum(pair_fraction.values()), 0.0, None)
-    return _importance_frame(names, ours, {p: v.mean() for p, v in pair_fraction.items()}, float(rest.mean()),
-                             single_std=single_std, pair_std={p: v.std() for p, v in pair_fraction.items()}, rest_std=float(rest.std()))
+        return _importance_frame(names, theirs, {p: math.nan for p in pairs}, math.nan, single_std=single_std)
+    by_pair = {(a, b): np.array([t[(a, b)] if (a, b) in t else t[(b, a)] for t in pair]) for a, b in pairs}
+    rest = np.clip(1.0 - ours.sum(axis=1) - sum(by_pair.values()), 0.0, None)
+    return _importance_frame(names, theirs, {p: v.mean() for p, v in by_pair.items()}, float(rest.mean()),
+                             single_std=single_std, pair_std={p: v.std() for p, v in by_pair.items()},
+                             rest_std=float(rest.std()))
 
 
 # --------------------------------------------------------------------------- cost
