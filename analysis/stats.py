@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
-from analysis.runs import SHUFFLE_PROTOCOLS, WEIGHTS
+from orchestration.records import SHUFFLE_PROTOCOLS, WEIGHTS
 
 ArrayLike = Union[float, int, np.ndarray, pd.Series, Sequence[float]]
 

@@ -29,7 +29,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import stats  # noqa: E402
-from analysis.runs import WEIGHTS  # noqa: E402
+from orchestration.records import WEIGHTS  # noqa: E402
 
 GRID = (0.0, 0.0001, 0.001, 0.1, 1.0, 10.0)
 

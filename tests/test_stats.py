@@ -329,7 +329,7 @@ def _grid(noise: float = 0.0, seeds: int = 1, seed: int = 0) -> pd.DataFrame:
 def _axes_trials() -> pd.DataFrame:
     import yaml
 
-    from analysis.runs import REPO
+    from orchestration.records import REPO
     from orchestration.spaces import grid_points
 
     space = yaml.safe_load((REPO / "search_spaces" / "coarse.yaml").read_text())
