@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rev2net.spec import LossConfig
-from rev2net.model import Need, Rev2NetOutput
+from rev2net.model import Need
+from rev2net.output import ModelOutput
 
 FLOW_BOUND = 20.0  # px; TV-L1 flow images are clipped at +-20 (the flow-as-JPEG convention of two-stream work)
 TERMS = ("ce", "ddp_high", "ddp_low", "flow", "im")  # in the order they are checked for divergence
@@ -97,11 +98,15 @@ def frame_target(frames: Tensor, size: tuple[int, int, int]) -> Tensor:
 
 
 def objective(
-    out: Rev2NetOutput, label: Tensor, frames: Tensor, flow: Optional[Tensor], cfg: LossConfig
+    out: ModelOutput, label: Tensor, frames: Tensor, flow: Optional[Tensor], cfg: LossConfig
 ) -> dict[str, Tensor]:
     """Eq. (3), every term separately: keys `ce`, then `ddp_high`, `ddp_low`, `flow`, `im` for the
-    terms whose weight is > 0, and `total` (the weighted sum). Computed in float32."""
-    terms: dict[str, Tensor] = {"ce": F.cross_entropy(out.logits.float(), label)}
+    terms whose weight is > 0, then the model's own auxiliary terms (`out.aux`, already weighted),
+    and `total` (the sum). Computed in float32. A multi-stream model's `ce` is the sum of its
+    streams' cross-entropies (each stream learns from the labels on its own, as two-stream networks
+    are trained); its fused logits are what evaluation scores."""
+    terms: dict[str, Tensor] = {"ce": sum(F.cross_entropy(logits.float(), label)
+                                          for logits in (out.stream_logits or [out.logits]))}
     if cfg.alpha > 0:
         if out.gaussians is None:
             raise ValueError(f"loss.alpha={cfg.alpha} > 0 but the model returned no Gaussians "
@@ -128,5 +133,10 @@ def objective(
     for name in TERMS[1:]:
         if name in terms:
             total = total + cfg.weight(name) * terms[name]
+    for name, value in out.aux.items():
+        if name in TERMS:
+            raise ValueError(f"the model's auxiliary term {name!r} clashes with a term of eq. (3)")
+        terms[name] = value.float()
+        total = total + terms[name]
     terms["total"] = total
     return terms

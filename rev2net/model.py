@@ -23,7 +23,7 @@ in `rev2net.registry`. Defaults: width 1.0, dropout 0.5, both decoders, DDP "bot
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from rev2net.spec import ModelConfig
 from rev2net.decoders import DECODER_ARCHS, OUTPUT_STRIDE, FlowDecoder, FrameDecoder, GaussianHead
+from rev2net.output import ModelOutput
 from rev2net.i3d import InceptionI3d, load_i3d_state, scale_channels
 
 
@@ -52,17 +53,6 @@ class Need:
     frames: bool = False  # reversed-frame reconstruction (lambda_im > 0)
     ddp_low: bool = False  # pairs of decoder trunk features (beta > 0)
     ddp_high: bool = False  # the two Gaussians (alpha > 0)
-
-
-@dataclass
-class Rev2NetOutput:
-    """What Rev2Net's forward returns; fields that were not needed are None / empty."""
-
-    logits: Tensor  # (B, classes)
-    flow: Optional[Tensor] = None  # (B, 2, T-1, h, w), in FLOW_BOUND pixels of the h x w grid
-    frames: Optional[Tensor] = None  # (B, 3, T, h, w) in [-1, 1], reversed in time
-    ddp_pairs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (flow-, frame-decoder feature) per layer
-    gaussians: Optional[tuple[Tensor, Tensor, Tensor, Tensor]] = None  # mu1, logvar1, mu2, logvar2, each (B, L)
 
 
 class Rev2Net(nn.Module):
@@ -117,7 +107,7 @@ class Rev2Net(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.encoder.reset_classifier(num_classes)
 
-    def forward(self, frames: Tensor, need: Optional[Need] = None) -> Rev2NetOutput:
+    def forward(self, frames: Tensor, need: Optional[Need] = None) -> ModelOutput:
         """frames (B, 3, T, H, W) in [-1, 1]. `need` defaults to everything built in train mode and to
         nothing (logits only: plain I3D) in eval mode."""
         if frames.dim() != 5 or frames.shape[1] != 3:
@@ -135,8 +125,8 @@ class Rev2Net(nn.Module):
 
         taps = [self.arch.tap] if run_flow or run_frame else []
         feats, tapped = self.encoder.forward_intermediates(frames, taps)  # Mixed_5c, {tap: features}
-        out = Rev2NetOutput(logits=self.encoder.forward_head(feats))
-        pooled = feats.mean(dim=(2, 3, 4)) if run_flow_head or run_frame_head else None  # (B, 1024*width)
+        pooled = feats.mean(dim=(2, 3, 4))  # (B, 1024*width): what the Gaussian heads and a domain head read
+        out = ModelOutput(logits=self.encoder.forward_head(feats), features=pooled)
         z_flow = z_frame = None
         if run_flow_head:
             mu1, logvar1 = self.flow_gaussian(pooled)

@@ -64,8 +64,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rev2net.batch import FLOW, FRAMES, LABEL, SKIPPED, to_device
 from rev2net.spec import LossConfig, TrainerConfig
-from rev2net.losses import TERMS, needs, objective
-from rev2net.model import Rev2NetOutput
+from rev2net.losses import needs, objective
+from rev2net.output import ModelOutput
 
 class DivergedError(RuntimeError):
     """A loss term became NaN or infinite; `term` names it ("total" if only the sum overflowed)."""
@@ -195,8 +195,8 @@ def _skipped(batch: Mapping[str, Any]) -> int:
     return int(skipped.sum()) if isinstance(skipped, Tensor) else 0
 
 
-def _logits(out: Union[Rev2NetOutput, Tensor]) -> Tensor:
-    return out.logits if isinstance(out, Rev2NetOutput) else out
+def _logits(out: Union[ModelOutput, Tensor]) -> Tensor:
+    return out.logits if isinstance(out, ModelOutput) else out
 
 
 def _sum_over_ranks(values: Tensor) -> Tensor:
@@ -284,10 +284,9 @@ def _train_epoch(
             seen = _sum_over_ranks(values)
             if not bool(torch.isfinite(seen).all()):
                 bad = [(n, v) for n, v in zip(names, seen.tolist()) if not math.isfinite(v)]
-                first = min(bad, key=lambda nv: (*TERMS, "total").index(nv[0]))
-                raise DivergedError(first[0], first[1], epoch, step)
+                raise DivergedError(bad[0][0], bad[0][1], epoch, step)
         elif not bool(torch.isfinite(values).all()):  # the step's one host sync
-            bad = [n for n in (*TERMS, "total") if n in terms and not math.isfinite(terms[n].item())]
+            bad = [n for n in terms if not math.isfinite(terms[n].item())]
             raise DivergedError(bad[0], terms[bad[0]].item(), epoch, step)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,17 @@ def coarse_store(tmp_path_factory, synthetic_root):
     if started:
         ray.shutdown()
     return tmp, result
+
+
+def test_dry_run_imports_neither_ray_nor_torch(tmp_path):
+    """The whole plan, validated trial by trial, without the heavy machinery (run in a fresh interpreter)."""
+    code = ("import sys; from orchestration.grid import main; "
+            f"assert main(['--stage', 'ablation', '--dry-run', 'mlflow.tracking_uri=sqlite:///{tmp_path}/m.db']) == 0; "
+            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
 
 @pytest.mark.parametrize("stage,mode,trials", [

@@ -18,7 +18,8 @@ from rev2net.losses import (
     needs,
     objective,
 )
-from rev2net.model import Need, Rev2NetOutput, build_model, flow_size
+from rev2net.model import Need, build_model, flow_size
+from rev2net.output import ModelOutput
 from rev2net.registry import model_config
 from rev2net.spec import LossConfig
 
@@ -74,7 +75,7 @@ def test_objective_terms_on_known_tensors() -> None:
     pairs = [(torch.zeros(b, 4, 2, 2), torch.full((b, 4, 2, 2), 3.0)),  # per-sample norm 3 * 4 = 12
              (torch.zeros(b, 1, 1, 1), torch.full((b, 1, 1, 1), -2.0))]  # per-sample norm 2
     mu, logvar = torch.zeros(b, 3), torch.zeros(b, 3)
-    out = Rev2NetOutput(
+    out = ModelOutput(
         logits=torch.zeros(b, 5), flow=torch.zeros(b, 2, t - 1, h, w), frames=torch.zeros(b, 3, t, h, w),
         ddp_pairs=pairs, gaussians=(mu, logvar, mu + 2.0, logvar),  # KL = 0.5 * 3 * 2^2 = 6
     )
