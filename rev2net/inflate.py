@@ -1,11 +1,10 @@
 """ImageNet initialisation of I3D by inflating a 2D Inception-v1, and one entry point for I3D weights.
 
-Carreira & Zisserman, "Quo Vadis, Action Recognition?" (CVPR 2017), Sec. 2.2 "Inflating 2D ConvNets
-into 3D" / "Bootstrapping 3D filters from 2D filters": every N x N 2D kernel becomes an N x N x N
-(here: t x N x N, t the 3D kernel's time extent) kernel by repeating it t times along time and
-dividing by t, so that on a "boring video" (one image repeated) each inflated layer gives the 2D
-layer's output wherever the temporal padding does not reach. BatchNorm parameters and statistics
-are copied as they are.
+Carreira & Zisserman, "Quo Vadis, Action Recognition?" (CVPR 2017), "Inflating 2D ConvNets into 3D"
+and "Bootstrapping 3D filters from 2D Filters": every N x N 2D kernel becomes a t x N x N kernel (t the
+3D kernel's time extent) by repeating it t times along time and dividing by t, so that on a "boring
+video" (one image repeated) each inflated layer gives the 2D layer's output wherever the temporal
+padding does not reach. BatchNorm parameters and statistics are copied as they are.
 
 The source is torchvision's `googlenet` checkpoint (rev2net.googlenet's layout). Its blocks map one
 to one onto the public I3D port's (rev2net.i3d), with the same branch widths:
@@ -35,7 +34,6 @@ import os
 import re
 from typing import Any, Mapping, Optional, Union
 
-import torch
 from torch import Tensor
 
 from rev2net.googlenet import INCEPTION_BLOCKS, cross_modality_kernel, read_googlenet_state
@@ -68,7 +66,7 @@ def googlenet_key(i3d_key: str) -> Optional[str]:
 
 
 def inflate_kernel(weight: Tensor, time: int) -> Tensor:
-    """(O, I, kh, kw) -> (O, I, time, kh, kw): repeated over time and divided by `time` (Carreira & Zisserman 2017, Sec. 2.2)."""
+    """(O, I, kh, kw) -> (O, I, time, kh, kw): repeated over time and divided by `time` (Carreira & Zisserman 2017)."""
     return weight.unsqueeze(2).repeat(1, 1, time, 1, 1) / time
 
 

@@ -65,7 +65,7 @@ def _interior(frames: int, kernel: int, stride: int) -> list[int]:
     ("inception3a", "Mixed_3b", 48, 12, 5, 3, 1),
 ])
 def test_boring_video_gives_the_2d_output(unit2d, unit3d, channels, size, frames, kernel_t, stride) -> None:
-    """Carreira & Zisserman 2017, Sec. 2.2: on a static clip an inflated layer answers like the 2D one."""
+    """Carreira & Zisserman 2017 ("boring video"): on a static clip an inflated layer answers like the 2D one."""
     net2d = _googlenet(0.25)
     i3d = InceptionI3d(10, width=0.25).eval()
     inflate_googlenet_into_i3d(i3d, net2d.state_dict())
