@@ -38,6 +38,7 @@ from torch import Tensor
 
 from rev2net.googlenet import INCEPTION_BLOCKS, cross_modality_kernel, read_googlenet_state
 from rev2net.i3d import LoadReport, InceptionI3d, load_i3d_state
+from rev2net.registry import I3D
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ def inflate_googlenet_into_i3d(
 
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):(?!\\)(.*)$")  # "imagenet:/p", not "C:\p"
-PRETRAINED_SCHEMES = ("imagenet", "i3d")
+IMAGENET = "imagenet"
+PRETRAINED_SCHEMES = (IMAGENET, I3D)  # I3D: the I3D family's own checkpoint layout (the public port's)
 
 
 def load_pretrained(model: InceptionI3d, spec: str) -> LoadReport:
@@ -135,12 +137,12 @@ def load_pretrained(model: InceptionI3d, spec: str) -> LoadReport:
     Raises ValueError naming the spec for an unknown scheme or a file that does not exist.
     """
     match = _SCHEME.match(spec)
-    scheme, path = (match.group(1), match.group(2)) if match and not os.path.exists(spec) else ("i3d", spec)
+    scheme, path = (match.group(1), match.group(2)) if match and not os.path.exists(spec) else (I3D, spec)
     if scheme not in PRETRAINED_SCHEMES:
         raise ValueError(f"pretrained={spec!r}: unknown scheme {scheme!r}; use imagenet:/path/googlenet.pth "
                          "(inflate 2D ImageNet weights), i3d:/path/rgb_imagenet.pt or a bare path (an I3D checkpoint)")
     if not os.path.isfile(path):
         raise ValueError(f"pretrained={spec!r}: no file at {path!r}")
-    if scheme == "imagenet":
+    if scheme == IMAGENET:
         return inflate_googlenet_into_i3d(model, path)
     return load_i3d_state(model, path)
