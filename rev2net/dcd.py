@@ -8,11 +8,16 @@ Zhao, Xiong, Lin, "Recognize Actions by Disentangling Components of Dynamics" (C
 from __future__ import annotations
 
 import math
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
+
+from rev2net.googlenet import BLOCKS, BasicConv2d, GoogLeNet, load_googlenet_state, read_googlenet_state
+from rev2net.i3d import LoadReport, scale_channels
 
 NORMALIZE_EPS = 1e-3  # cosine similarity: feature vectors shorter than this count as this long
 
@@ -145,3 +150,252 @@ def warp(features: Tensor, displacement: Tensor) -> Tensor:
     gy = (ys + displacement[:, 1]) * (2.0 / (h - 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1).to(features.dtype)  # (N, H, W, 2)
     return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+# -------------------------------------------------------------------------------- 3D pooling
+
+
+def temporal_max_pool(x: Tensor, steps: int) -> tuple[Tensor, int]:
+    """Max over non-overlapping pairs of time steps (kernel 2, stride 2, ceil mode: an odd last step
+    is kept as it is). x (B * steps, C, H, W) -> (B * ceil(steps / 2), C, H, W), ceil(steps / 2)."""
+    n, c, h, w = x.shape
+    x = x.view(n // steps, steps, c, h, w)
+    if steps % 2:
+        x = torch.cat([x, x[:, -1:]], dim=1)  # the last step pairs with itself
+    out = (steps + 1) // 2
+    return x.view(n // steps, out, 2, c, h, w).amax(dim=2).flatten(0, 1), out
+
+
+# ------------------------------------------------------------------------------------- model
+
+BRANCHES = ("static", "motion", "change", "diff")  # see the module docstring
+DEFAULT_BRANCHES = ("static", "motion", "change")  # the full model (Sec. 3, Table 6)
+# GoogLeNet blocks after which pairs of time steps are max-pooled: the blocks before maxpool2, maxpool3
+# and maxpool4, Inception-v1's counterparts of BN-Inception's pool2, inception3c and inception4e, where
+# Zhao et al. 2018 pool time ("gradual 3DPool", Sec. 4.2, Table 1)
+TEMPORAL_POOL_AFTER = ("conv3", "inception3b", "inception4e")
+# the first GoogLeNet block each branch runs: motion sees displacement maps (an image-like input),
+# the others see conv1-level feature maps (from the shared stem)
+_FIRST_BLOCK = {"static": "maxpool1", "motion": "conv1", "change": "maxpool1", "diff": "maxpool1"}
+
+
+class DCD(nn.Module):
+    """Static appearance, apparent motion and appearance change branches on one shared conv1,
+    each a GoogLeNet trunk with 3D pooling and its own classifier; the branches' logits averaged.
+    `forward` maps (B, 3, T, H, W) in [-1, 1] to (B, classes). Arguments: see `build_dcd`."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        frames: int = 8,
+        branches: Sequence[str] = DEFAULT_BRANCHES,
+        width: float = 1.0,
+        dropout: float = 0.5,
+        max_displacement: int = 4,
+        temperature: float = 0.05,
+        displacement_stride: int = 1,
+    ) -> None:
+        super().__init__()
+        branches = tuple(branches)
+        _validate(frames, branches, dropout, max_displacement, temperature, displacement_stride)
+        self.frames = frames
+        self.max_displacement = max_displacement
+        self.temperature = temperature
+        self.displacement_stride = displacement_stride
+        self.dynamics = any(name != "static" for name in branches)  # needs frame pairs (cost volume or differences)
+        # conv1 of every branch, shared: at the displacement maps' stride when a branch needs them
+        # (the static branch then reads every second position, which is exactly conv1 at stride 2)
+        self.stem_stride = displacement_stride if self.dynamics else 2
+        self.stem = BasicConv2d(3, scale_channels(64, width), 7, self.stem_stride, 3)
+        self.branches = nn.ModuleDict()
+        for name in branches:
+            trunk = GoogLeNet(num_classes, width=width, in_channels=2 if name == "motion" else 3, dropout=dropout)
+            if _FIRST_BLOCK[name] != "conv1":
+                del trunk.conv1  # the shared stem is its conv1; an own one would be an unused parameter (DDP refuses those)
+            self.branches[name] = trunk
+        self.num_features = sum(trunk.num_features for trunk in self.branches.values())  # 1024 x width per branch
+
+    @property
+    def num_classes(self) -> int:
+        return next(iter(self.branches.values())).num_classes
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace every branch's classifier (fresh heads for another dataset)."""
+        for trunk in self.branches.values():
+            trunk.reset_classifier(num_classes)
+
+    # --------------------------------------------------------------------------------- forward
+    def forward_features(self, frames: Tensor) -> Tensor:
+        """(B, 3, T, H, W) -> (B, num_features): the branches' pooled features, concatenated in the
+        order of `branches`."""
+        b, t = self._check(frames)
+        low = self._stem(frames)  # (B*T, C, h, w), h = ceil(H / stem_stride)
+        inputs: dict[str, tuple[Tensor, int]] = {}  # branch -> (input maps, time steps)
+        if "static" in self.branches:
+            inputs["static"] = (low if self.stem_stride == 2 else low[:, :, ::2, ::2], t)  # (B*T, C, H/2, W/2)
+        if self.dynamics:
+            f1, f2 = self._pairs(low, t)  # (B*(T-1), C, h, w) each: frame t and frame t+1
+            if "motion" in self.branches or "change" in self.branches:
+                v = soft_argmax(cost_volume(f1, f2, self.max_displacement), self.temperature)  # (B*(T-1), 2, h, w)
+            if "motion" in self.branches:
+                inputs["motion"] = (v / self.max_displacement, t - 1)  # in [-1, 1]
+            if "change" in self.branches:
+                inputs["change"] = (warp(f2, v) - f1, t - 1)  # warped differences on frame t's grid
+            if "diff" in self.branches:
+                inputs["diff"] = (f2 - f1, t - 1)
+        feats = [self._trunk(name, *inputs[name]) for name in self.branches]  # (B, 1024*width) each
+        return torch.cat(feats, dim=1)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """(B, num_features) -> logits (B, num_classes): each branch's dropout and linear classifier
+        on its own features, averaged over the branches (Sec. 3.1)."""
+        chunks = features.split([trunk.num_features for trunk in self.branches.values()], dim=1)
+        logits = [trunk.forward_head(chunk) for trunk, chunk in zip(self.branches.values(), chunks)]
+        return torch.stack(logits).mean(dim=0)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(frames))
+
+    def displacement(self, frames: Tensor) -> Tensor:
+        """The displacement maps of a clip, (B, 2, T-1, h, w) with h = ceil(H / displacement_stride):
+        (x, y) from frame t to t+1, in pixels of that grid (the project's flow layout, without the
+        FLOW_BOUND scaling). For inspection (Fig. 5 of the paper); not part of `forward`."""
+        b, t = self._check(frames)
+        if self.stem_stride != self.displacement_stride:
+            raise ValueError(f"this DCD has no displacement maps (branches={tuple(self.branches)})")
+        f1, f2 = self._pairs(self._stem(frames), t)
+        v = soft_argmax(cost_volume(f1, f2, self.max_displacement), self.temperature)  # (B*(T-1), 2, h, w)
+        return v.view(b, t - 1, *v.shape[1:]).transpose(1, 2)
+
+    # -------------------------------------------------------------------------------- internals
+    def _check(self, frames: Tensor) -> tuple[int, int]:
+        if frames.dim() != 5 or frames.shape[1] != 3:
+            raise ValueError(f"DCD expects frames (B, 3, T, H, W), got {tuple(frames.shape)}")
+        if frames.shape[2] != self.frames:
+            raise ValueError(f"the clip has T={frames.shape[2]} frames but this DCD was built for "
+                             f"frames={self.frames}; build it with build_dcd(frames={frames.shape[2]}, ...)")
+        return frames.shape[0], frames.shape[2]
+
+    def _stem(self, frames: Tensor) -> Tensor:
+        """(B, 3, T, H, W) -> conv1 of every frame (B*T, C, h, w)."""
+        return self.stem(frames.transpose(1, 2).flatten(0, 1))
+
+    @staticmethod
+    def _pairs(low: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+        """(B*T, C, h, w) -> frames 0..T-2 and 1..T-1, each (B*(T-1), C, h, w)."""
+        low = low.view(-1, steps, *low.shape[1:])
+        return low[:, :-1].flatten(0, 1), low[:, 1:].flatten(0, 1)
+
+    def _trunk(self, name: str, x: Tensor, steps: int) -> Tensor:
+        """Run branch `name`'s GoogLeNet from its first block on (B*steps, C, h, w), max-pooling pairs
+        of time steps after TEMPORAL_POOL_AFTER; -> (B, 1024*width), averaged over what is left."""
+        trunk = self.branches[name]
+        for block in BLOCKS[BLOCKS.index(_FIRST_BLOCK[name]):]:
+            x = trunk._modules[block](x)
+            if block in TEMPORAL_POOL_AFTER:
+                x, steps = temporal_max_pool(x, steps)
+        return x.view(-1, steps, *x.shape[1:]).mean(dim=(1, 3, 4))
+
+
+def _validate(
+    frames: int, branches: tuple[str, ...], dropout: float, max_displacement: int, temperature: float,
+    displacement_stride: int,
+) -> None:
+    """Raise ValueError naming the argument, the bad value and what is allowed."""
+    unknown = [name for name in branches if name not in BRANCHES]
+    if not branches or unknown or len(set(branches)) != len(branches):
+        raise ValueError(f"branches={branches!r} must be distinct names among {', '.join(BRANCHES)}")
+    if frames < 1:
+        raise ValueError(f"frames={frames} must be >= 1")
+    if frames < 2 and any(name != "static" for name in branches):
+        raise ValueError(f"frames={frames}: the branches {branches} compare consecutive frames; use frames >= 2")
+    if not (math.isfinite(dropout) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+    if not (isinstance(max_displacement, int) and max_displacement >= 1):
+        raise ValueError(f"max_displacement={max_displacement!r} must be an integer >= 1 (feature-map pixels)")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} must be > 0")
+    if displacement_stride not in (1, 2):
+        raise ValueError(f"displacement_stride={displacement_stride!r} must be 1 (maps at the frames' "
+                         "resolution, the paper's best) or 2 (conv1's own stride)")
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def load_dcd_imagenet(model: DCD, source: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, LoadReport]:
+    """ImageNet GoogLeNet weights (torchvision's layout) into every part of `model`, as the paper
+    initialises every branch from ImageNet (Sec. 4.1, TSN's cross-modality pre-training): conv1 into
+    the shared stem, the rest into each branch (the motion branch's 2-channel conv1 through
+    `cross_modality_kernel`; a classifier of another class count stays freshly initialised).
+    Returns a LoadReport per part: {"stem": ..., branch name: ...}."""
+    state = read_googlenet_state(source)
+    stem_keys = {k[len("conv1."):]: v for k, v in state.items() if k.startswith("conv1.")}
+    reports = {"stem": load_googlenet_stem(model.stem, stem_keys)}
+    without_conv1 = {k: v for k, v in state.items() if not k.startswith("conv1.")}
+    for name, trunk in model.branches.items():
+        reports[name] = load_googlenet_state(trunk, state if _FIRST_BLOCK[name] == "conv1" else without_conv1)
+    return reports
+
+
+def load_googlenet_stem(stem: nn.Module, state: Mapping[str, Tensor]) -> LoadReport:
+    """A GoogLeNet conv1 unit's weights (keys without the `conv1.` prefix) into `stem`, exactly."""
+    own = stem.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    wrong = [f"conv1.{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if missing or wrong:
+        raise ValueError(f"the checkpoint's conv1 does not fit the DCD stem: missing {missing}, wrong shape {wrong} "
+                         "(torchvision's GoogLeNet has the published widths: build the DCD with width=1.0)")
+    stem.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return LoadReport(loaded=sorted(f"conv1.{k}" for k in state if k in own))
+
+
+# ------------------------------------------------------------------------------------- factory
+
+
+def build_dcd(
+    num_classes: int,
+    *,
+    frames: int = 8,
+    branches: Sequence[str] = DEFAULT_BRANCHES,
+    width: float = 1.0,
+    dropout: float = 0.5,
+    max_displacement: int = 4,
+    temperature: float = 0.05,
+    displacement_stride: int = 1,
+    pretrained: Optional[Union[str, os.PathLike]] = None,
+) -> DCD:
+    """DCD (Zhao et al. 2018) for clips of `frames` frames.
+
+    Args:
+        num_classes: size of each branch's classifier.
+        frames: clip length T the model takes (8, the paper's choice, Sec. 4.2, Table 2).
+        branches: which components to build, among "static", "motion", "change" (warped feature
+            differences) and "diff" (unwarped ones); the default is the full model. See DCD_VARIANTS.
+        width: channel multiplier of the GoogLeNet trunks and the stem (1.0 = published).
+        dropout: drop probability before each branch's classifier (the rate is not given).
+        max_displacement: d, the cost volume's window is (2d+1) x (2d+1) positions of the stem's grid.
+        temperature: tau of the soft-argmax over cosine similarities.
+        displacement_stride: 1 (displacement maps at the frames' resolution; Table 3's best) or 2.
+        pretrained: a torchvision GoogLeNet ImageNet checkpoint loaded into every part
+            (`load_dcd_imagenet`; needs width 1.0); the reports are kept in `model.pretrained_report`.
+    """
+    model = DCD(num_classes, frames=frames, branches=branches, width=width, dropout=dropout,
+                max_displacement=max_displacement, temperature=temperature,
+                displacement_stride=displacement_stride)
+    if pretrained is not None:
+        model.pretrained_report = load_dcd_imagenet(model, pretrained)
+    return model
+
+
+# Named variants: the full model and the branch combinations of Tables 5-6 that need no optical flow.
+DCD_VARIANTS: dict[str, tuple[str, ...]] = {
+    "dcd": DEFAULT_BRANCHES,
+    "dcd_static": ("static",),
+    "dcd_motion": ("motion",),
+    "dcd_change": ("change",),
+    "dcd_static_motion": ("static", "motion"),
+    "dcd_static_motion_diff": ("static", "motion", "diff"),
+}

@@ -8,7 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from rev2net.dcd import cost_volume, soft_argmax, warp, window_offsets
+from rev2net.dcd import (
+    BRANCHES,
+    DCD_VARIANTS,
+    build_dcd,
+    cost_volume,
+    load_dcd_imagenet,
+    soft_argmax,
+    temporal_max_pool,
+    warp,
+    window_offsets,
+)
+from rev2net.googlenet import GoogLeNet, cross_modality_kernel
+from rev2net.i3d import scale_channels
 
 SHIFTS = [(2, -1), (-3, 0), (0, 0), (1, 3), (-2, -2)]  # (dx, dy), inside a window of d = 3
 
@@ -124,3 +136,154 @@ def test_flop_counter_counts_the_cost_volume_on_the_meta_device() -> None:
 def test_ops_refuse_bad_arguments(bad) -> None:
     with pytest.raises(ValueError):
         bad()
+
+
+# --------------------------------------------------------------------------------------- model
+
+TINY = dict(width=0.125, max_displacement=2)  # 8 stem channels; clips of 8 x 32 x 32
+
+
+def _clip(batch: int = 2, frames: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_temporal_max_pool_pairs_steps_and_keeps_an_odd_last_one() -> None:
+    x = torch.arange(2 * 5, dtype=torch.float32).view(10, 1, 1, 1)  # 2 clips x 5 steps
+    pooled, steps = temporal_max_pool(x, 5)
+    assert steps == 3 and pooled.flatten().tolist() == [1, 3, 4, 6, 8, 9]
+
+
+@pytest.mark.parametrize("variant", sorted(DCD_VARIANTS))
+def test_every_variant_gives_features_and_logits_in_train_and_eval(variant: str) -> None:
+    torch.manual_seed(0)
+    model = build_dcd(5, branches=DCD_VARIANTS[variant], **TINY)
+    per_branch = model.branches[DCD_VARIANTS[variant][0]].num_features
+    assert model.num_features == len(DCD_VARIANTS[variant]) * per_branch
+    x = _clip()
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.num_features), f"{variant}: features {tuple(feats.shape)}"
+    assert model.forward_head(feats).shape == (2, 5) and model(x).shape == (2, 5)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+        torch.testing.assert_close(model(x), logits, msg=f"{variant}: eval mode must be deterministic")
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3) and model.num_classes == 3
+
+
+def test_head_parameters_are_one_linear_classifier_per_branch() -> None:
+    width, classes = 0.25, 7
+    model = build_dcd(classes, width=width)
+    # inception5b = 384 + 384 + 128 + 128 channels at width 1 (Szegedy et al. 2015, Table 1), each scaled
+    features = sum(scale_channels(c, width) for c in (384, 384, 128, 128))
+    head = sum(p.numel() for name, p in model.named_parameters() if name.endswith((".fc.weight", ".fc.bias")))
+    assert head == 3 * (features * classes + classes), f"head has {head} parameters"
+    assert model.num_features == 3 * features
+
+
+def test_the_head_averages_the_branch_classifiers() -> None:
+    model = build_dcd(4, **TINY).eval()
+    feats = torch.randn(3, model.num_features)
+    chunks = feats.split(model.num_features // 3, dim=1)
+    expected = sum(trunk.fc(chunk) for trunk, chunk in zip(model.branches.values(), chunks)) / 3
+    torch.testing.assert_close(model.forward_head(feats), expected)
+
+
+@pytest.mark.parametrize("dx, dy", [(2, -1), (0, 1)])
+def test_displacement_of_a_translating_clip_is_its_motion(dx: int, dy: int) -> None:
+    """Frame t is an image moved by t * (dx, dy) px: conv1 is translation-equivariant, so away from
+    the borders the maps from frame t to t+1 read (dx, dy) (displacement stride 1: the frames' pixels)."""
+    image = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    clip = torch.stack([torch.roll(image, (t * dy, t * dx), dims=(2, 3)) for t in range(4)], dim=2)
+    model = build_dcd(3, frames=4, width=0.5, max_displacement=3, temperature=0.005).eval()
+    with torch.no_grad():
+        v = model.displacement(clip)  # (1, 2, 3, 40, 40)
+    assert v.shape == (1, 2, 3, 40, 40)
+    margin = 3 + 3 * max(abs(dx), abs(dy)) + 4  # conv1's reach, the rolled seam, the window
+    inner = v[..., margin:-margin, margin:-margin]
+    err = (inner - torch.tensor([dx, dy], dtype=v.dtype).view(1, 2, 1, 1, 1)).abs().max().item()
+    assert err < 0.05, f"displacement off ({dx}, {dy}) by {err}"
+
+
+def test_static_branch_is_googlenet_with_3d_pooling() -> None:
+    """On a clip of one repeated frame the 3D pooling changes nothing: the static branch's features
+    are GoogLeNet's on that frame, with the stem as conv1 (also when the stem runs at stride 1 for the
+    displacement maps and the static branch reads every second position)."""
+    torch.manual_seed(0)
+    model = build_dcd(5, **TINY).eval()
+    net = GoogLeNet(5, width=TINY["width"]).eval()
+    net.load_state_dict({**model.branches["static"].state_dict(),
+                         **{f"conv1.{k}": v for k, v in model.stem.state_dict().items()}})
+    frame = torch.rand(2, 3, 33, 35) * 2 - 1  # odd sizes: the stride-2 grid must be the same
+    with torch.no_grad():
+        static = model.forward_features(frame.unsqueeze(2).expand(-1, -1, 8, -1, -1))[:, :net.num_features]
+        torch.testing.assert_close(static, net.forward_features(frame), atol=1e-5, rtol=1e-5)
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    model = build_dcd(3, dropout=0.0, **TINY)
+    x, y = _clip(), torch.tensor([0, 2])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(4):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters()), "every parameter takes part"
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], f"losses {losses}"
+
+
+@pytest.mark.parametrize("variant", sorted(DCD_VARIANTS))
+def test_flop_counter_runs_every_variant_on_the_meta_device(variant: str) -> None:
+    with torch.device("meta"):
+        model = build_dcd(101, branches=DCD_VARIANTS[variant]).eval()
+        x = torch.zeros(1, 3, 8, 224, 224)
+    with FlopCounterMode(display=False) as counter:
+        assert model(x).shape == (1, 101)
+    assert counter.get_total_flops() > 0
+
+
+def test_pretrained_googlenet_initialises_every_part() -> None:
+    """ImageNet weights (here a random GoogLeNet in torchvision's layout) reach the stem, every
+    branch, and the motion branch's 2-channel conv1 through TSN's cross-modality kernel."""
+    torch.manual_seed(0)
+    source = GoogLeNet(1000, width=TINY["width"]).state_dict()
+    model = build_dcd(5, **TINY)
+    reports = load_dcd_imagenet(model, source)
+    assert set(reports) == {"stem", "static", "motion", "change"}
+    torch.testing.assert_close(model.stem.conv.weight, source["conv1.conv.weight"])
+    torch.testing.assert_close(model.branches["motion"].conv1.conv.weight,
+                               cross_modality_kernel(source["conv1.conv.weight"], 2))
+    for name in ("static", "motion", "change"):
+        torch.testing.assert_close(model.branches[name].inception4c.branch2[1].conv.weight,
+                                   source["inception4c.branch2.1.conv.weight"])
+        assert reports[name].replaced == ["fc.bias", "fc.weight"] and not reports[name].missing
+        assert not reports[name].unexpected, f"{name}: {reports[name].unexpected}"
+    assert "conv1.conv.weight" in reports["motion"].loaded and "conv1.conv.weight" in reports["stem"].loaded
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(branches=("static", "flow")), "branches"),
+    (dict(branches=()), "branches"),
+    (dict(branches=("motion", "motion")), "branches"),
+    (dict(frames=1), "frames=1"),
+    (dict(max_displacement=0), "max_displacement"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(displacement_stride=4), "displacement_stride"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_builder_refuses_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_dcd(5, **{**TINY, **kwargs})
+
+
+def test_forward_refuses_a_clip_of_another_length() -> None:
+    model = build_dcd(5, **TINY)
+    with pytest.raises(ValueError, match=r"T=4 frames .* frames=8"):
+        model(_clip(frames=4))
+    assert build_dcd(5, frames=1, branches=("static",), **TINY)(_clip(frames=1)).shape == (2, 5)
+    assert set(BRANCHES) >= {b for branches in DCD_VARIANTS.values() for b in branches}
