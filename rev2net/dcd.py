@@ -1,8 +1,69 @@
-"""DCD: recognising actions by disentangling components of dynamics, from RGB frames alone.
+"""DCD: actions recognised from RGB frames alone by disentangling components of dynamics.
 
-Zhao, Xiong, Lin, "Recognize Actions by Disentangling Components of Dynamics" (CVPR 2018), Sec. 3.
+Zhao, Xiong, Lin, "Recognize Actions by Disentangling Components of Dynamics" (CVPR 2018), Sec. 3:
+a shared low-level layer, then three branches (static appearance, apparent motion, appearance
+change), each with its own classifier, their predictions averaged. No optical flow, as input or
+as supervision. Shapes for one (3, 8, 224, 224) clip at width 1 with the defaults:
 
-(Model docstring: written with the model below.)
+    frames (B, 3, T, H, W) in [-1, 1]
+      -> stem: conv1 of every frame, shared (64 ch)                              [8 x 64 x 224 x 224]
+         |- static: every 2nd position (= conv1 at stride 2)                     [8 x 64 x 112 x 112]
+         |     GoogLeNet from maxpool1, time max-pooled in pairs after conv3,
+         |     inception3b, inception4e (8 -> 4 -> 2 -> 1), averaged        -> 1024
+         |- frame pairs (t, t+1): cost volume, cosine, (2d+1)^2 offsets           [7 x 81 x 224 x 224]
+         |     -> soft-argmax: displacement maps V_t (x, y)                      [7 x 2 x 224 x 224]
+         |- motion: V_t / d -> GoogLeNet with 2 input channels, same pooling
+         |     (7 -> 4 -> 2 -> 1)                                            -> 1024
+         '- change: warp(F_{t+1}, V_t) - F_t -> GoogLeNet from maxpool1         [7 x 64 x 224 x 224]
+               (its inception5b is 14 x 14), same pooling                    -> 1024
+      features: the three concatenated (B, 3072); logits: each branch's dropout + linear
+      classifier, averaged over the branches (B, classes)
+
+What follows the paper:
+- the low-level features are conv1's (64 channels, Sec. 3.1 and 4.2), shared by all branches;
+- static appearance (Sec. 3.2): 2D convolutions with 3D max pooling inserted gradually, at
+  Inception-v1's counterparts of the paper's positions (BN-Inception's pool2, inception3c and
+  inception4e are GoogLeNet's maxpool2, maxpool3 and maxpool4; time is pooled right before them,
+  max commutes with the spatial max pool), so T=8 frames become one step (Table 1, "gradual");
+- the cost volume (Sec. 3.3) is the cosine similarity of f_t(i, j) and f_{t+1}(i + dy, j + dx)
+  over a (2d+1) x (2d+1) window, and the displacement map is its soft-argmax, eqs. (1)-(2);
+- displacement maps at the frames' resolution: conv1 at stride 1 for the pairs (Table 3's best,
+  "224 x 224", and the setting of the runtime Table 9); `displacement_stride=2` gives Table 3's
+  112 x 112 (conv1's own stride, 4x cheaper);
+- appearance change (Sec. 3.4): the difference of low-level features after bilinear warping by
+  the displacement maps, zero where the source lies outside the map;
+- every branch is an ImageNet-initialisable 2D network (Sec. 4.1, TSN's cross-modality
+  pre-training; `load_dcd_imagenet`); predictions are combined by average (Sec. 3.1).
+
+Where it had to choose (the paper leaves these to its supplementary material or unsaid):
+- backbone: BN-Inception in the paper, Inception-v1 (GoogLeNet, rev2net.googlenet) here;
+- d = `max_displacement` = 4 stem pixels (a 9 x 9 window) and tau = `temperature` = 0.05
+  (cosine similarities of ReLU features lie in [0, 1]; a similarity 0.1 lower gets e^-2 of the
+  weight); the displacement maps enter the motion branch divided by d, i.e. in [-1, 1] like the
+  project's flow inputs; channel order (x, y) as the project's flow (the paper writes (v^y, v^x));
+- temporal pooling: max over non-overlapping pairs ("the highest responses across neighbouring
+  frames", Sec. 3.2), an odd last step kept; what is left after the three pools (T > 8) is averaged
+  with the space;
+- the motion and change branches process each frame pair like the static branch processes each
+  frame, with the same 3D pooling over the T-1 pairs (the paper does not say how these sub-networks
+  aggregate time; Table 9 gives their cost per frame). The change branch's warped differences are
+  conv1-level maps, so its trunk starts at maxpool1; at displacement stride 1 it runs at twice the
+  static branch's resolution, as the per-frame times of Table 9 suggest (4.23 vs 1.19 ms);
+- warp direction: V_t lives on frame t's grid (C_t(i, j, .) compares f_t(i, j) with frame t+1), so
+  the warp samples F_{t+1} at p + V_t(p) (backward warping, `grid_sample`) and the difference
+  warp(F_{t+1}, V_t) - F_t is on frame t's grid. The paper writes F_{t+1} - W(F_t, V_t), the same
+  difference on frame t+1's grid, which bilinear sampling could only produce with the inverse field;
+- fusion: each branch's dropout and linear classifier on its pooled features, the logits averaged
+  and trained jointly end to end (the paper trains with per-branch learning rates; parameter groups
+  can be built from `model.branches[name]`); dropout 0.5 (the rate is not given);
+- "diff" (not in the paper's model): the plain conv1 difference F_{t+1} - F_t without warping,
+  the feature-level counterpart of Table 6's RGB-Diff column (Table 4's "no warping, feature" row).
+Not part of the model: TSN (Table 5; a clip here is one TSN snippet), partial BN, gradient
+clipping.
+
+Branches (`branches=`): "static", "motion", "change", "diff", any distinct subset; the cost volume
+is computed when "motion" or "change" is built, and conv1 runs at stride 1 only when a branch
+compares frames. `DCD_VARIANTS` names the full model and the single-branch and fusion ablations.
 """
 
 from __future__ import annotations
@@ -41,9 +102,9 @@ def _correlate(f1: Tensor, f2: Tensor, d: int) -> Tensor:
 
 
 # The correlation is a custom op so that torch.utils.flop_counter counts its multiply-adds
-# (C per offset and position; an elementwise loop is invisible to it, and einsum, which it would
-# count, runs 5-10x slower) and so that its backward recomputes the products instead of keeping K
-# copies of the feature map alive.
+# (C per offset and position; it does not see elementwise loops, and einsum, which it would count,
+# becomes a batch of 1 x C x 1 matrix products, much slower) and so that its backward recomputes
+# the products instead of keeping K copies of the feature map alive.
 @torch.library.custom_op("rev2net::local_correlation", mutates_args=())
 def _local_correlation(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
     return _correlate(f1, f2.to(f1.dtype), max_displacement)
@@ -120,8 +181,8 @@ def soft_argmax(cost: Tensor, temperature: float) -> Tensor:
     softmax, computed here as one weighted sum (as 2D convolution with the offsets, as the paper
     says). As temperature -> 0 it becomes the winner-take-all offset.
     """
-    k = math.isqrt(cost.shape[1])
-    if cost.dim() != 4 or k * k != cost.shape[1] or k % 2 == 0:
+    k = math.isqrt(cost.shape[1]) if cost.dim() == 4 else 0
+    if k * k != cost.shape[1] or k % 2 == 0:
         raise ValueError(f"soft_argmax needs a cost volume (N, (2d+1)^2, H, W), got {tuple(cost.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0")
