@@ -81,10 +81,10 @@ def main() -> int:
           "multiply-adds per clip (eval forward)")
     for name, row in rows.items():
         t, s = row["input"][1], row["input"][2]
-        print(f"{name:<45} {t:>2}x{s}x{s}  params {row['params']:>12,}  multiply-adds {row['macs'] / 1e9:8.2f} G")
+        print(f"{name:<48} {t:>2}x{s}x{s}  params {row['params']:>12,}  multiply-adds {row['macs'] / 1e9:8.2f} G")
         if name.startswith("dcd ("):
             for part, macs in row["macs_by_module"].items():
-                print(f"    {part:<41} {macs / 1e9:8.2f} G")
+                print(f"    {part:<44} {macs / 1e9:8.2f} G")
     return 0
 
 

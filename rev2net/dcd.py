@@ -273,7 +273,8 @@ class DCD(nn.Module):
         for name in branches:
             trunk = GoogLeNet(num_classes, width=width, in_channels=2 if name == "motion" else 3, dropout=dropout)
             if _FIRST_BLOCK[name] != "conv1":
-                del trunk.conv1  # the shared stem is its conv1; an own one would be an unused parameter (DDP refuses those)
+                # the shared stem is its conv1; an own one would be an unused parameter (DDP refuses those)
+                del trunk.conv1
             self.branches[name] = trunk
         self.num_features = sum(trunk.num_features for trunk in self.branches.values())  # 1024 x width per branch
 
