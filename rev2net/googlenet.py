@@ -20,7 +20,8 @@ range: its `transform_input=True` maps ImageNet-normalised inputs back to (x - 0
 are already in [-1, 1] (and flow is in [-1, 1] as pixels / FLOW_BOUND), so nothing is transformed here.
 
 What this module offers (a stable interface; other model files build on it):
-- `GoogLeNet(num_classes, *, width=1.0, in_channels=3, dropout=0.4)`; `width` scales every channel
+- `GoogLeNet(num_classes, *, width=1.0, in_channels=3, dropout=0.4)` (or `build_googlenet`, same
+  arguments); `width` scales every channel
   count like rev2net.i3d.scale_channels (1.0 = the published network, 6,624,904 parameters with
   1000 classes), `in_channels` is e.g. 10 for a TSN stack of 5 flow pairs;
 - `forward_intermediates(x, names) -> (inception5b map, {name: map})` for the names in `BLOCKS`
