@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 DATASETS = ("ucf101", "hmdb51", "kinetics400", "generic", "synthetic")
+SYNTHETIC_DOMAINS = ("default", "shifted")  # looks of the generated dataset (rev2net.data.synthetic)
 SHORT_VIDEO_POLICIES = ("loop", "pad")
 FLOW_ALGORITHMS = ("tvl1", "farneback")
 DECORD_BAD_WIDTHS = (48, 72)  # decord 0.6.0 fails on XVID frames this wide (also 16 and 24)
@@ -32,6 +33,7 @@ class SyntheticConfig:
     frames: int = 24  # frames per video: a 16-frame clip with 8 frames of temporal jitter
     size: int = 80  # frame height = width, pixels (even, >= 32, not 48 or 72: see DECORD_BAD_WIDTHS)
     seed: int = 0  # everything (textures, trajectories, splits) is a function of the seed
+    domain: str = "default"  # default | shifted: the same motion classes with another look (a cross-dataset target)
 
     def __post_init__(self) -> None:
         from rev2net.data.synthetic import MOTIONS
@@ -44,6 +46,7 @@ class SyntheticConfig:
         _check(self.size >= 32 and self.size % 2 == 0 and self.size not in DECORD_BAD_WIDTHS, "data.synthetic.size",
                self.size, f"an even integer >= 32 other than {DECORD_BAD_WIDTHS} (decord 0.6.0 cannot read "
                "XVID frames of those widths)")
+        _check(self.domain in SYNTHETIC_DOMAINS, "data.synthetic.domain", self.domain, " | ".join(SYNTHETIC_DOMAINS))
 
 
 @dataclass
