@@ -1,22 +1,23 @@
 """Domain-adversarial training (DANN): a gradient-reversal layer and a domain classifier head.
 
-Ganin & Lempitsky, "Unsupervised Domain Adaptation by Backpropagation" (ICML 2015). The papers
-Rev2Net is compared in (Wang, Yao et al. 2018, Tables 2 and 4; Yao, Wang et al. ICME 2020, the
-cross-dataset table) add DANN to every model of their UCF101 <-> HMDB51 experiment; neither says how.
-This module follows Ganin & Lempitsky:
+Ganin & Lempitsky, "Unsupervised Domain Adaptation by Backpropagation" (ICML 2015). Both Rev2Net
+papers add DANN to every model of their UCF101 <-> HMDB51 experiments (Wang, Yao et al. 2018,
+Tables 2 and 4; Yao, Wang et al., ICME 2020, Tables 1 and 5) without saying how; this module
+follows Ganin & Lempitsky:
 
     pooled features f (B, F) --GRL(lambda_p)--> domain classifier --> logit (B,) --> BCE vs domain
                                                                                      (0 source, 1 target)
 
-- Gradient reversal (Sec. 3.2): identity forward; backward multiplies the gradient by -lambda_p, so
-  the classifier learns to tell the domains apart while the encoder below it learns to make them
-  indistinguishable, in one backward pass and one optimiser.
-- Schedule (Sec. 4.2): lambda_p = 2 / (1 + exp(-gamma * p)) - 1 with gamma = 10 and p the training
-  progress from 0 to 1 (`coefficient`): 0 at the start, when the domain classifier is still
-  random and its gradient noise, rising to ~1 by mid-training.
-- Domain classifier (Sec. 4.2, the deep Office experiments): x -> 1024 -> 1024 -> domain, ReLU, with
-  dropout 0.5 after each hidden layer as in the public reference implementations. One logit with
-  binary cross-entropy rather than two with softmax: the same model for two domains.
+- Gradient reversal layer (the paper's method): identity forward; backward multiplies the gradient
+  by -lambda_p, so the classifier learns to tell the domains apart while the encoder below it
+  learns to make them indistinguishable, in one backward pass and one optimiser.
+- Schedule (the experiments' training procedure): lambda_p = 2 / (1 + exp(-gamma * p)) - 1 with
+  gamma = 10 and p the training progress from 0 to 1 (`coefficient`): 0 at the start, while the
+  domain classifier is still random and its gradient noise, rising to ~1 by mid-training.
+- Domain classifier (the experiments' architecture for the deep Office models): x -> 1024 -> 1024
+  -> domain, ReLU, with dropout 0.5 after each hidden layer as in the public reference
+  implementations. One logit with binary cross-entropy rather than two with softmax: the same
+  model for two domains.
 
 Where we had to choose (neither Rev2Net paper nor DANN fixes these for video):
 - Input: the encoder's clip-level feature vector, i.e. what the action classifier reads (Mixed_5c
@@ -43,7 +44,7 @@ from torch import Tensor, nn
 
 from rev2net.i3d import scale_channels
 
-GAMMA = 10.0  # steepness of the lambda_p schedule (Ganin & Lempitsky 2015, Sec. 4.2)
+GAMMA = 10.0  # steepness of the lambda_p schedule (Ganin & Lempitsky 2015)
 HIDDEN = 1024  # width of each of the domain classifier's two hidden layers at width 1.0 (ibid.)
 DROPOUT = 0.5  # after each hidden layer
 

@@ -65,7 +65,7 @@ SHIFTED_OBJECT_RADIUS = (0.09, 0.13)  # range, as a fraction of the frame's shor
 SHIFTED_CHECKER = (2.0, 4.0)  # range of the objects' checker cell
 SHIFTED_TILE = 7.0  # background mosaic tile
 SHIFTED_JITTER = 0.75  # camera shake: a global offset of each frame, uniform in [-J, J] on each axis
-SHIFTED_NOISE = 6.0  # sensor noise: standard deviation in grey levels (0..255), independent per pixel and frame
+SHIFTED_NOISE = 3.0  # sensor noise: standard deviation in grey levels (0..255), independent per pixel and frame
 DOMAIN_STREAMS = {"shifted": 2_000_029}  # appended to a domain's random-stream keys (the default's have none)
 
 
