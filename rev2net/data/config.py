@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 DATASETS = ("ucf101", "hmdb51", "kinetics400", "generic", "synthetic")  # data.name, data.eval_name
+SYNTHETIC_DOMAINS = ("default", "shifted")  # data.synthetic.domain: looks of the generated dataset
 SHORT_VIDEO_POLICIES = ("loop", "pad")  # data.short_video_policy
 FLOW_ALGORITHMS = ("tvl1", "farneback")  # data.flow_algorithm
 SPLITS = {"ucf101": 3, "hmdb51": 3, "kinetics400": 1, "generic": 3, "synthetic": 3}  # data.split: 1..SPLITS[name]
@@ -36,6 +37,7 @@ class SyntheticConfig:
     frames: int = 24  # frames per video: a 16-frame clip with 8 frames of temporal jitter
     size: int = 80  # frame height = width, pixels (even, >= 32, not in rev2net.data.video.DECORD_BAD_WIDTHS)
     seed: int = 0  # everything (textures, trajectories, splits) is a function of the seed
+    domain: str = "default"  # default | shifted: the same motion classes with another look (a cross-dataset target)
 
     def __post_init__(self) -> None:
         _check(self.classes >= 1, "data.synthetic.classes", self.classes,
@@ -44,6 +46,7 @@ class SyntheticConfig:
                "an integer >= 3 (each of the 3 splits needs a train and a test group)")
         _check(self.frames >= 2, "data.synthetic.frames", self.frames, "an integer >= 2")
         _check(self.size >= 32 and self.size % 2 == 0, "data.synthetic.size", self.size, "an even integer >= 32")
+        _check(self.domain in SYNTHETIC_DOMAINS, "data.synthetic.domain", self.domain, " | ".join(SYNTHETIC_DOMAINS))
 
 
 @dataclass

@@ -9,6 +9,14 @@ shared by all classes' videos of the same group). Videos are real XVID .avi file
 layout, written with OpenCV and read by decord; the exact forward flow of every frame pair is
 saved beside them. Everything is a function of the seed.
 
+Two looks (`domain`, SyntheticConfig.domain), for cross-dataset experiments: "default" as above,
+and "shifted": the same classes, class names, split structure and motion statistics with another
+appearance (checkered triangles, rings, crosses and ellipses instead of smoothly textured discs and
+squares; a dark, saturated mosaic of sharp-edged tiles instead of smooth, half-grey noise; sensor
+noise; camera shake, a random global translation of every frame, which the exact flow includes),
+drawn from random streams of its own. A model that reads the objects' look transfers badly from
+one to the other, one that reads their motion transfers well.
+
 On disk (ensure_synthetic):
     <root>/classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt   UCF101 format
     <root>/<Class>/v_<Class>_gGG_cCC.avi        2 clips per group; split N tests groups g % 3 == N - 1
@@ -20,6 +28,7 @@ On disk (ensure_synthetic):
     <root>.lock (beside root)                    serialises concurrent ensure_synthetic calls
 
     python -m rev2net.data.synthetic --out DIR [--classes K --videos-per-class N --frames F --size S --seed X]
+                                     [--domain default|shifted]
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import numpy as np
 from filelock import FileLock
 from tqdm import tqdm
 
-from rev2net.data.config import SyntheticConfig
+from rev2net.data.config import SYNTHETIC_DOMAINS, SyntheticConfig
 from rev2net.data.flow import DEFAULT_PRESET, count_pairs, dequantize, extract_flow, flow_dir_of, read_pair
 from rev2net.data.layouts import all_videos
 from rev2net.data.video import DECORD_BAD_WIDTHS
@@ -51,6 +60,13 @@ OBJECTS = 3  # moving objects per video, all following the class motion
 OBJECT_RADIUS = (0.10, 0.14)  # range, as a fraction of the frame's short side
 BACKGROUND_CONTRAST = 0.4  # of the background texture, relative to the objects'
 PAN_SPEED = 0.5  # background pan, at most this many pixels per frame at 80-pixel frames
+# The shifted domain's look (lengths in pixels at 80-pixel frames, scaled with the frame size)
+SHIFTED_OBJECT_RADIUS = (0.09, 0.13)  # range, as a fraction of the frame's short side
+SHIFTED_CHECKER = (2.0, 4.0)  # range of the objects' checker cell
+SHIFTED_TILE = 7.0  # background mosaic tile
+SHIFTED_JITTER = 0.75  # camera shake: a global offset of each frame, uniform in [-J, J] on each axis
+SHIFTED_NOISE = 3.0  # sensor noise: standard deviation in grey levels (0..255), independent per pixel and frame
+DOMAIN_STREAMS = {"shifted": 2_000_029}  # appended to a domain's random-stream keys (the default's have none)
 
 
 @dataclass(frozen=True)
@@ -121,48 +137,110 @@ def _object_patch(rng: np.random.Generator, radius: float) -> tuple[np.ndarray, 
     return patch, alpha.astype(np.float32)
 
 
+def _hue(h: float, s: float, v: float) -> np.ndarray:
+    """RGB float32 (3,) in 0..255 of a colour given as HSV in 0..1."""
+    hsv = np.uint8([[[round(h * 179), round(s * 255), round(v * 255)]]])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _shifted_background(rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
+    """A dark mosaic of sharp-edged square tiles in one saturated hue, float32 (H, W, 3) in 0..255."""
+    tile = SHIFTED_TILE * scale
+    coarse = rng.uniform(0, 1, (int(height / tile) + 2, int(width / tile) + 2)).astype(np.float32)
+    mosaic = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_NEAREST)  # (H, W) in 0..1
+    tint = _hue(rng.uniform(0, 1), rng.uniform(0.7, 1.0), 1.0)
+    return (0.08 + 0.32 * mosaic)[..., None] * tint  # 8-40 % of a bright, saturated colour
+
+
+def _shifted_object_patch(rng: np.random.Generator, radius: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A checkered triangle, ring, cross or ellipse in a light pastel and near-white: colour (S, S, 3)
+    and alpha (S, S), centred at ((S-1)/2, (S-1)/2)."""
+    side = int(math.ceil(2 * radius)) + 3
+    c = (side - 1) / 2
+    yy, xx = np.mgrid[:side, :side]
+    dx, dy = xx - c, yy - c
+    cell = rng.uniform(*SHIFTED_CHECKER) * scale
+    phase = rng.uniform(0, 2 * cell, 2)
+    checker = (np.floor((xx + phase[0]) / cell) + np.floor((yy + phase[1]) / cell)) % 2 == 1
+    light, white = _hue(rng.uniform(0, 1), rng.uniform(0.3, 0.6), 1.0), rng.uniform(225, 255, 3).astype(np.float32)
+    patch = np.where(checker[..., None], light, white).astype(np.float32)
+    shape = int(rng.integers(4))
+    if shape == 0:  # triangle, apex up or down
+        dy = dy if rng.random() < 0.5 else -dy
+        alpha = (dy <= 0.6 * radius) & (np.abs(dx) <= 0.6 * (dy + radius))
+    elif shape == 1:  # ring
+        alpha = (dx**2 + dy**2 <= radius**2) & (dx**2 + dy**2 >= (0.55 * radius) ** 2)
+    elif shape == 2:  # cross
+        bar = 0.3 * radius
+        alpha = ((np.abs(dx) <= bar) & (np.abs(dy) <= radius)) | ((np.abs(dy) <= bar) & (np.abs(dx) <= radius))
+    else:  # ellipse, lying or standing
+        a, b = (radius, 0.55 * radius) if rng.random() < 0.5 else (0.55 * radius, radius)
+        alpha = (dx / a) ** 2 + (dy / b) ** 2 <= 1
+    return patch, alpha.astype(np.float32)
+
+
+def _check_domain(domain: str) -> None:
+    if domain not in SYNTHETIC_DOMAINS:
+        raise ValueError(f"data.synthetic.domain={domain!r} is not allowed: expected {' | '.join(SYNTHETIC_DOMAINS)}")
+
+
 def render_video(motion: Motion, *, frames: int, height: int, width: int, rng: np.random.Generator,
-                 background_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 background_rng: np.random.Generator,
+                 domain: str = "default") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames uint8 (F, H, W, 3) RGB, their exact forward flow float32 (F-1, 2, H, W) and the
-    moving objects' pixels bool (F-1, H, W) (the rest is background)."""
+    moving objects' pixels bool (F-1, H, W) (the rest is background), in the look of `domain`."""
+    _check_domain(domain)
+    shifted = domain == "shifted"
     scale = min(height, width) / 80.0
     pan_speed, pan_angle = rng.uniform(0, PAN_SPEED) * scale, rng.uniform(0, 2 * math.pi)
     pan = np.array([math.cos(pan_angle), math.sin(pan_angle)]) * pan_speed
-    margin = int(math.ceil(pan_speed * frames)) + 2
-    texture = _texture(background_rng, height + 2 * margin, width + 2 * margin, 5.0 * scale)
-    background = 128 + BACKGROUND_CONTRAST * (0.5 * texture + 0.5 * texture.mean(2, keepdims=True) - 128)  # half grey
+    jitter_max = SHIFTED_JITTER * scale if shifted else 0.0
+    margin = int(math.ceil(pan_speed * frames + jitter_max)) + 2
+    if shifted:
+        background = _shifted_background(background_rng, height + 2 * margin, width + 2 * margin, scale)
+    else:
+        texture = _texture(background_rng, height + 2 * margin, width + 2 * margin, 5.0 * scale)
+        # half grey
+        background = 128 + BACKGROUND_CONTRAST * (0.5 * texture + 0.5 * texture.mean(2, keepdims=True) - 128)
     mirror = bool(rng.random() < 0.5)
     objects = []
     for _ in range(OBJECTS):
-        radius = min(height, width) * rng.uniform(*OBJECT_RADIUS)
-        patch, alpha = _object_patch(rng, radius)
+        radius = min(height, width) * rng.uniform(*(SHIFTED_OBJECT_RADIUS if shifted else OBJECT_RADIUS))
+        patch, alpha = _shifted_object_patch(rng, radius, scale) if shifted else _object_patch(rng, radius)
         offsets = _trajectory(motion, frames, scale, mirror, rng)
         start = np.empty(2)
         for axis, size in ((0, width), (1, height)):  # keep the whole path inside the frame when it fits
             low, high = radius - offsets[:, axis].min(), size - radius - offsets[:, axis].max()
             start[axis] = rng.uniform(low, high) if low <= high else (low + high) / 2
         objects.append((patch, alpha, start + offsets))
+    # camera shake: frame f shows the scene translated by jitter[f] (drawn last: the default draws none)
+    jitter = rng.uniform(-jitter_max, jitter_max, (frames, 2)) if shifted else np.zeros((frames, 2))
     video = np.empty((frames, height, width, 3), np.uint8)
     flow = np.empty((max(frames - 1, 0), 2, height, width), np.float32)
     on_objects = np.zeros((max(frames - 1, 0), height, width), bool)
     inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     for f in range(frames):
-        shift = margin - pan * f  # frame pixel p shows background texel p + shift: content moves by +pan
+        shift = margin - pan * f - jitter[f]  # frame pixel p shows background texel p + shift: content moves by +pan
+        # (and by jitter[f + 1] - jitter[f] more: the camera's own motion)
         move = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
         frame = cv2.warpAffine(background, move, (width, height), flags=inverse, borderMode=cv2.BORDER_REFLECT)
+        shake = jitter[f + 1] - jitter[f] if f < frames - 1 else 0.0
         if f < frames - 1:
-            flow[f, 0], flow[f, 1] = pan
+            flow[f, 0], flow[f, 1] = pan + shake
         for patch, alpha, centres in objects:
             c = (patch.shape[0] - 1) / 2
-            move = np.float32([[1, 0, c - centres[f, 0]], [0, 1, c - centres[f, 1]]])
+            centre = centres[f] + jitter[f]
+            move = np.float32([[1, 0, c - centre[0]], [0, 1, c - centre[1]]])
             a = cv2.warpAffine(alpha, move, (width, height), flags=inverse, borderValue=0)
             colour = cv2.warpAffine(patch, move, (width, height), flags=inverse, borderMode=cv2.BORDER_REPLICATE)
             frame = frame * (1 - a[..., None]) + colour * a[..., None]
             if f < frames - 1:
                 inside = a > 0.5
-                step = centres[f + 1] - centres[f]
+                step = centres[f + 1] - centres[f] + shake
                 flow[f, 0][inside], flow[f, 1][inside] = step
                 on_objects[f] |= inside
+        if shifted:
+            frame = frame + rng.normal(0, SHIFTED_NOISE, frame.shape)
         video[f] = np.clip(np.round(frame), 0, 255).astype(np.uint8)
     return video, flow, on_objects
 
@@ -188,8 +266,12 @@ def video_plan(classes: int, videos_per_class: int) -> list[tuple[int, int, int,
 
 
 def generate_dataset(out: str, *, classes: int, videos_per_class: int, frames: int, height: int, width: int,
-                     seed: int, progress: bool = False) -> int:
-    """Write videos, ground-truth flow and UCF101 split files under `out`; returns the video count."""
+                     seed: int, domain: str = "default", progress: bool = False) -> int:
+    """Write videos, ground-truth flow and UCF101 split files under `out`; returns the video count.
+    Every domain has the same classes, file names and splits; each draws from random streams of
+    its own (the default's are those it always had)."""
+    _check_domain(domain)
+    stream = [DOMAIN_STREAMS[domain]] if domain in DOMAIN_STREAMS else []
     motions = MOTIONS[:classes]
     plan = video_plan(classes, videos_per_class)
     os.makedirs(out, exist_ok=True)
@@ -199,10 +281,10 @@ def generate_dataset(out: str, *, classes: int, videos_per_class: int, frames: i
     for c, v, group, clip in tqdm(plan, desc="generate", unit="video", disable=not progress):
         name = motions[c].name
         rel = f"{name}/v_{name}_g{group + 1:02d}_c{clip + 1:02d}.avi"
-        rng = np.random.default_rng([seed, c, v])
-        background_rng = np.random.default_rng([seed, 1_000_003, group])
+        rng = np.random.default_rng([seed, c, v, *stream])
+        background_rng = np.random.default_rng([seed, 1_000_003, group, *stream])
         video, flow, on_objects = render_video(motions[c], frames=frames, height=height, width=width, rng=rng,
-                                               background_rng=background_rng)
+                                               background_rng=background_rng, domain=domain)
         os.makedirs(os.path.join(out, name), exist_ok=True)
         write_video(os.path.join(out, rel), video)
         gt = os.path.join(out, "flow_gt", os.path.splitext(rel)[0] + ".npz")
@@ -308,7 +390,9 @@ def _read_marker(root: str) -> dict | None:
                              "point data.root at a new folder for data.name=synthetic")
         return None
     with open(path) as f:
-        return json.load(f)
+        marker = json.load(f)
+    marker.get("params", {}).setdefault("domain", "default")  # written before there were domains
+    return marker
 
 
 def _build(root: str, params: SyntheticConfig, *, progress: bool, workers: int | None) -> dict:
@@ -317,7 +401,7 @@ def _build(root: str, params: SyntheticConfig, *, progress: bool, workers: int |
     start = time.perf_counter()
     count = generate_dataset(partial, classes=params.classes, videos_per_class=params.videos_per_class,
                              frames=params.frames, height=params.size, width=params.size, seed=params.seed,
-                             progress=progress)
+                             domain=params.domain, progress=progress)
     generated = time.perf_counter()
     flow_root = os.path.join(partial, "flow_tvl1")
     summary = extract_flow([(r.path, flow_dir_of(flow_root, r.key)) for r in all_videos("synthetic", partial)],
@@ -348,11 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=defaults.frames)
     parser.add_argument("--size", type=int, default=defaults.size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--domain", default=defaults.domain,
+                        help="default | shifted: the same motion classes with another look (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="flow extraction processes (default: every core)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        params = SyntheticConfig(args.classes, args.videos_per_class, args.frames, args.size, args.seed)
+        params = SyntheticConfig(args.classes, args.videos_per_class, args.frames, args.size, args.seed,
+                                 domain=args.domain)
         check_params(params)
     except ValueError as error:
         parser.error(str(error))
