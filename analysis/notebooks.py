@@ -34,7 +34,11 @@ def inject(nb: nbformat.NotebookNode, parameters: dict[str, Any]) -> nbformat.No
     cell (papermill's convention and code)."""
     if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
         raise ValueError("the notebook has no cell tagged 'parameters' (papermill's convention)")
-    return parameterize_notebook(copy.deepcopy(nb), parameters, kernel_name="python3", language="python")
+    nb = copy.deepcopy(nb)
+    nb.metadata.setdefault("papermill", {})   # as papermill's own loader (iorw.load_notebook_node) leaves them
+    for cell in nb.cells:
+        cell.metadata.setdefault("tags", [])
+    return parameterize_notebook(nb, parameters, kernel_name="python3", language="python")
 
 
 def execute(paths: Sequence[str | Path] = NOTEBOOKS, parameters: Optional[dict[str, Any]] = None, *,

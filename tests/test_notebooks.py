@@ -59,7 +59,8 @@ def test_inject_follows_papermill():
                                          nbformat.v4.new_code_cell("print(a)")])
     once = notebooks.inject(nb, {"a": 2, "s": "x"})
     twice = notebooks.inject(once, {"a": 3})
-    assert [c.source for c in twice.cells] == ["a = 1", "# Parameters\na = 3", "print(a)"]
-    assert once.cells[1].source == "# Parameters\na = 2\ns = 'x'"
+    assert [c.source for c in twice.cells] == ["a = 1", "# Parameters\na = 3\n", "print(a)"]
+    assert once.cells[1].source == "# Parameters\na = 2\ns = \"x\"\n"
+    assert "tags" not in nb.cells[1].metadata, "the caller's notebook is left as it was"
     with pytest.raises(ValueError, match="parameters"):
         notebooks.inject(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")]), {})
