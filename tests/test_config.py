@@ -20,7 +20,7 @@ def test_every_group_option_composes_and_validates(group, option):
 
 
 def test_groups_are_one_per_concern():
-    assert GROUPS == ["cluster", "data", "loss", "mlflow", "model", "scheduler", "search", "trainer"]
+    assert GROUPS == ["adapt", "cluster", "data", "loss", "mlflow", "model", "scheduler", "search", "trainer"]
 
 
 def test_embedded_default_is_thin_and_real_datasets_get_the_paper_model():

@@ -49,23 +49,38 @@ def test_model_config_of_an_unknown_variant_or_key() -> None:
         model_config("rev2net", widht=0.5)
 
 
+def _inputs(needs: DataNeeds, frames: int) -> dict[str, torch.Tensor]:
+    """A batch of 2 as a family reads it, already on the model's scale ([-1, 1])."""
+    anchors = needs.segments or frames
+    return {"frames": torch.rand(2, 3, anchors, 32, 32) * 2 - 1,
+            "flow_input": torch.rand(2, 2, anchors * max(needs.flow_pairs, 1), 32, 32) * 2 - 1}
+
+
 @pytest.mark.parametrize("name", list(registry.VARIANTS))
 def test_every_variant_builds_trains_a_step_and_runs_in_eval(name: str) -> None:
+    """Registering a variant is enough to have it tested: it builds from its config, reads what its
+    needs declare, trains one step through the objective (every trainable parameter gets a gradient)
+    and runs in eval mode, with the registry's label."""
+    from rev2net.losses import needs, objective
+
     v = registry.variant(name)
     loss = LossConfig(**{k.removeprefix("loss."): val for k, val in v.overrides.items() if k.startswith("loss.")})
-    spec = TrialSpec(data=DataConfig(frames=8, crop_size=32, short_side=32, flow_downsample=2),
+    frames = int(v.overrides.get("data.frames", 8))
+    spec = TrialSpec(data=DataConfig(frames=frames, crop_size=32, short_side=32, flow_downsample=2),
                      model=model_config(name, width=0.125), loss=loss)
     check_spec(spec)
     torch.manual_seed(0)
-    model = registry.build(spec.model, num_classes=3).train()
-    from rev2net.losses import needs, objective
-
-    frames = torch.rand(2, 3, 8, 32, 32) * 2 - 1
-    flow = torch.randn(2, 2, 7, 16, 16)
-    terms = objective(model(frames, need=needs(loss)), torch.tensor([0, 1]), frames, flow, loss)
+    model = registry.build(spec.model, 3, spec.data).train()
+    declared = data_needs(spec.model, spec.loss)
+    batch = _inputs(declared, frames)
+    xs = [batch[k] for k in registry.input_keys(declared)]
+    out = model(*xs, need=needs(loss))
+    assert out.logits.shape == (2, 3) and out.features.shape == (2, model.num_features), name
+    terms = objective(out, torch.tensor([0, 1]), batch["frames"], torch.randn(2, 2, frames - 1, 16, 16), loss)
     terms["total"].backward()
-    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
-    assert model.eval()(frames).logits.shape == (2, 3)
+    frozen = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not [n for n in frozen if not n.startswith(("flow_", "frame_"))], f"{name}: no gradient for {frozen[:3]}"
+    assert model.eval()(*xs).logits.shape == (2, 3)
     assert registry.label(name) == v.label and registry.family(v.family).name == v.family
 
 
@@ -88,7 +103,7 @@ def test_identify_reads_the_variant_back_from_logged_params() -> None:
     for name, v in registry.VARIANTS.items():
         cfg = model_config(name)
         logged = {f"model.{k}": str(getattr(cfg, k)) for k in ("name", "flow_decoder", "frame_decoder", "ddp",
-                                                               "decoder_arch")}
+                                                               "decoder_arch", "modality", "branches")}
         assert identify(logged) == name, name
         assert identify({**logged, "variant": "custom"}) == "custom"
     old = {"model.flow_decoder": "False", "model.frame_decoder": "False", "model.ddp": "none"}  # before model.name
