@@ -83,8 +83,10 @@ def _ablation(cfg: DictConfig, space: dict[str, Any]) -> Plan:
     elif weights_from != "config":
         raise ConfigError(f"{space['_path']}: weights={weights_from!r} is not one of auto, config")
     s = cfg.search
+    defaults = {f"{group}.{k}": v for group in ("model", "loss")
+                for k, v in OmegaConf.to_container(cfg[group], resolve=True).items()}
     return ablation_plan(space, weights, seeds=s.seeds, variants=list(s.variants) or None,
-                         first_seed=int(cfg.trainer.seed), source=source, model_ddp=str(cfg.model.ddp))
+                         first_seed=int(cfg.trainer.seed), source=source, defaults=defaults)
 
 
 def build_plan(cfg: DictConfig) -> Plan:

@@ -17,7 +17,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -172,16 +172,20 @@ def fine_plan(space: dict[str, Any], coarse_space: dict[str, Any], coarse_best: 
     return Plan("fine", mode, grid_points(values, base, mode), values, base, notes=notes)
 
 
-def _trains_as(point: dict[str, Any], model_ddp: str) -> tuple:
-    """What a variant's point trains, up to what cannot change training: the low-level DDP form
-    has no parameters, so with beta = 0 asking for it changes nothing (the high-level form does:
-    its Gaussian heads condition the decoders even with alpha = 0)."""
-    ddp = str(point.get("model.ddp", model_ddp))
-    parts = {"low", "high"} if ddp == "both" else set() if ddp == "none" else {ddp}
-    if float(point.get("loss.beta", 0.0)) == 0.0:
-        parts.discard("low")
-    rest = {k: v for k, v in point.items() if k not in (VARIANT_PARAM, "model.ddp")}
-    return tuple(sorted(parts)), tuple(sorted((k, repr(v)) for k, v in rest.items()))
+# Settings that only a term of eq. (3) reads: with that term's weight at 0 they cannot change training.
+_READ_ONLY_BY = {"model.ddp_layers": "loss.beta", "model.frame_target": "loss.lambda_im"}
+
+
+def _trains_as(point: dict[str, Any], defaults: Mapping[str, Any]) -> tuple:
+    """What a variant's point trains, up to what cannot change training: its settings over the
+    config's (`defaults`), less those only a zero-weighted term reads (the low-level DDP's layer
+    pairs when beta = 0, the frame target's order when lambda_im = 0). Variants that differ only in
+    loss weights (no_ddp, ddp_*_only) are the same network, so equal weights make them equal."""
+    settings = {**defaults, **{k: v for k, v in point.items() if k != VARIANT_PARAM}}
+    for key, weight in _READ_ONLY_BY.items():
+        if float(settings.get(weight, 1.0)) == 0.0:
+            settings.pop(key, None)
+    return tuple(sorted((k, repr(v)) for k, v in settings.items()))
 
 
 def _variants(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -199,8 +203,10 @@ def _variants(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
                   variants: list[str] | None = None, seed_key: str = "trainer.seed", first_seed: int = 0,
-                  source: str = "", model_ddp: str = "both") -> Plan:
-    """Named variants x seeds; each point = the chosen weights, then the variant's overrides, then the seed."""
+                  source: str = "", defaults: Mapping[str, Any] | None = None) -> Plan:
+    """Named variants x seeds; each point = the chosen weights, then the variant's overrides, then the
+    seed. `defaults` (dotted key -> the config's value) fill in what a point does not set when the
+    plan notes the variants that would train alike."""
     where = space["_path"]
     all_variants = _variants(space)
     chosen = list(variants) if variants else list(all_variants)
@@ -225,12 +231,12 @@ def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: in
     same: dict[tuple, list[str]] = {}
     for p in points:
         if p[seed_key] == first_seed:
-            same.setdefault(_trains_as(p, model_ddp), []).append(p[VARIANT_PARAM])
+            same.setdefault(_trains_as(p, defaults or {}), []).append(p[VARIANT_PARAM])
     for names in same.values():
         if len(names) > 1:
-            notes.append(f"identical variants: {' and '.join(names)} train exactly alike with these weights (a DDP "
-                         f"form whose weight is 0 changes nothing); set `weights: config` in {where} and the loss.* "
-                         "weights to tell them apart")
+            notes.append(f"identical variants: {' and '.join(names)} train exactly alike with these weights (they "
+                         "differ only in weights these already set, or in settings that only a zero-weighted term "
+                         f"reads); set `weights: config` in {where} and the loss.* weights to tell them apart")
     protocols = list(space.get("shuffle_protocols") or ["none"])
     return Plan("ablation", "variants", points, values, dict(weights), shuffle_protocols=protocols, notes=notes)
 

@@ -94,7 +94,7 @@ def sweep_store(tmp_path_factory, synthetic_root) -> SweepStore:
         (failed, with a reason), ASHA stops some (stopped_early), the rest complete;
       * then a trial left `running` under the coarse parent, with the best val/top1 of all (0.99), as
         a driver that died would leave it: nothing may choose or average it;
-      * fine (21 trials) from the coarse best; ablation (9 variants x 2 seeds, shuffle metrics);
+      * fine (21 trials) from the coarse best; ablation (10 variants x 2 seeds, shuffle metrics);
       * a second experiment with cross-dataset trials (`_log_cross_dataset`)."""
     import ray
     from mlflow import MlflowClient

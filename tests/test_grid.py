@@ -56,7 +56,7 @@ def test_dry_run_imports_neither_ray_nor_torch(tmp_path):
 
 
 @pytest.mark.parametrize("stage,mode,trials", [
-    ("coarse", "axes", 21), ("coarse", "factorial", 1296), ("ablation", "axes", 27),
+    ("coarse", "axes", 21), ("coarse", "factorial", 1296), ("ablation", "axes", 30),
 ])
 def test_dry_run_counts_without_earlier_results(capsys, tmp_path, stage, mode, trials):
     code, out, err = _run(capsys, "--stage", stage, "--dry-run", f"search.mode={mode}",
@@ -110,7 +110,7 @@ def test_dry_run_of_fine_and_ablation_read_the_coarse_result(capsys, coarse_stor
     assert code == 0 and "21 trials" in out.splitlines()[0] and f"fine grid from coarse sweep {coarse.parent_run_id}" in out
     code, out, _ = _run(capsys, "--stage", "ablation", "--dry-run", "--json", uri, "search.seeds=2")
     ablation = json.loads(out)
-    assert len(ablation) == 9 * 2
+    assert len(ablation) == 10 * 2
     full = next(t for t in ablation if t["params"]["variant"] == "rev2net")
     assert {k: full["params"][k] for k in WEIGHTS} == best, "ablation weights default to the latest best"
 

@@ -22,7 +22,7 @@ def frame(sweep_store) -> pd.DataFrame:
 
 def test_one_row_per_trial(frame, logged_trials, sweep_store):
     logged = {r.info.run_id for r in logged_trials[sweep_store.experiment]}
-    assert len(frame) == len(logged) == 21 + 1 + 21 + 18, "coarse + the running one + fine + ablation"
+    assert len(frame) == len(logged) == 21 + 1 + 21 + 20, "coarse + the running one + fine + ablation"
     assert frame["run_id"].is_unique and set(frame["run_id"]) == logged
 
 

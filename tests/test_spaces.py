@@ -128,6 +128,14 @@ def test_ablation_plan_names_variants_that_the_weights_make_identical():
     notes = [n for n in ablation_plan(space, {**paper, "loss.beta": 0.0}, seeds=1).notes if n.startswith("identical")]
     assert len(notes) == 2, notes
     assert any("no_ddp and ddp_low_only" in n for n in notes) and any("rev2net and ddp_high_only" in n for n in notes)
+    # lambda_im = 0: the frame target's order is read by no term, so forward_frames is the full model
+    notes = [n for n in ablation_plan(space, {**paper, "loss.lambda_im": 0.0}, seeds=1).notes
+             if n.startswith("identical")]
+    assert notes == [n for n in notes if "rev2net and forward_frames" in n] and len(notes) == 1, notes
+    # the config's own value counts where a point does not set the key
+    defaults = {"model.frame_target": "forward"}
+    notes = [n for n in ablation_plan(space, paper, seeds=1, defaults=defaults).notes if n.startswith("identical")]
+    assert len(notes) == 1 and "rev2net and forward_frames" in notes[0], notes
 
 
 def test_grid_points_dedupes_and_keeps_order():
