@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from orchestration import fine
 from orchestration.errors import ConfigError
 from orchestration.records import VARIANT_PARAM
 from orchestration.records import WEIGHTS as WEIGHT_KEYS
@@ -152,8 +153,9 @@ def fine_plan(space: dict[str, Any], coarse_space: dict[str, Any], coarse_best: 
               mode: str, algorithm: str = "grid", num_samples: int = 0, source: str = "") -> Plan:
     """The fine grid: per key, `rule(best, coarse_values, factors)`; axes are centred on the coarse best."""
     where = space["_path"]
-    rule = load_rule(space.get("rule", "orchestration.fine:upper_neighbour"))
-    factors = [float(f) for f in space.get("factors", [0, 0.25, 0.5, 0.75, 1])]
+    rule_spec = space.get("rule", fine.DEFAULT_RULE)
+    rule = load_rule(rule_spec)
+    factors = [float(f) for f in space.get("factors", fine.DEFAULT_FACTORS)]
     keys = list(space.get("keys") or WEIGHT_KEYS)
     coarse_values = coarse_space.get("values") or {}
     values: dict[str, list[Any]] = {}
@@ -166,7 +168,10 @@ def fine_plan(space: dict[str, Any], coarse_space: dict[str, Any], coarse_best: 
         values[key] = rule(float(coarse_best[key]), [float(v) for v in coarse_values[key]], factors)
     _check_values(values, where)
     base = {k: float(coarse_best[k]) for k in keys}
-    notes = [f"fine grid from {source or 'the coarse best'}: " + ", ".join(f"{k}={base[k]:g}" for k in keys)]
+    doc = (rule.__doc__ or "").strip().splitlines()
+    notes = [f"fine grid from {source or 'the coarse best'}: " + ", ".join(f"{k}={base[k]:g}" for k in keys),
+             f"fine values by rule {rule_spec}, factors {', '.join(f'{f:g}' for f in factors)}"
+             + (f": {doc[0].rstrip('.')}" if doc else "")]
     if algorithm == "optuna":
         return Plan("fine", "factorial", [], values, base, algorithm, num_samples, notes=notes)
     return Plan("fine", mode, grid_points(values, base, mode), values, base, notes=notes)
