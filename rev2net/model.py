@@ -77,7 +77,7 @@ class Rev2Net(nn.Module):
         self.frame_decoder = FrameDecoder(self.arch, tap_channels, channels, latent) if cfg.frame_decoder else None
         self.flow_gaussian = GaussianHead(features, latent) if cfg.flow_decoder else None
         self.frame_gaussian = GaussianHead(features, latent) if cfg.frame_decoder else None
-        self.ddp_pairs = [ddp_pair(p) for p in cfg.ddp_layers]  # (flow layer, frame layer)
+        self.ddp_layer_pairs = [ddp_pair(p) for p in cfg.ddp_layers]  # (flow layer, frame layer)
         for module in self.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = cfg.bn_momentum
@@ -134,8 +134,8 @@ class Rev2Net(nn.Module):
         if need.ddp_high:
             out.gaussians = (mu1, logvar1, mu2, logvar2)
         t, h, w = flow_size(*frames.shape[2:])
-        flow_layers = [a for a, _ in self.ddp_pairs] if need.ddp_low else []
-        frame_layers = [b for _, b in self.ddp_pairs] if need.ddp_low else []
+        flow_layers = [a for a, _ in self.ddp_layer_pairs] if need.ddp_low else []
+        frame_layers = [b for _, b in self.ddp_layer_pairs] if need.ddp_low else []
         flow_feats: dict[str, Tensor] = {}
         frame_feats: dict[str, Tensor] = {}
         if run_flow:
@@ -146,7 +146,7 @@ class Rev2Net(nn.Module):
                                                          (t + 1, h, w), layers=frame_layers, head=need.frames)
             out.frame_target = self.cfg.frame_target
         if need.ddp_low:
-            for a, b in self.ddp_pairs:
+            for a, b in self.ddp_layer_pairs:
                 fa, fb = flow_feats[a], frame_feats[b]
                 if fa.shape != fb.shape:
                     raise ValueError(f"model.ddp_layers pair {a}-{b} compares layers of shapes {tuple(fa.shape)} "
@@ -164,7 +164,7 @@ class Rev2Net(nn.Module):
         for name in ("flow", "frames", "ddp_low", "ddp_high"):
             if getattr(need, name) and not getattr(built, name):
                 raise ValueError(f"need.{name} asked of a model that does not build it ({self._describe()}); "
-                                 "see rev2net.losses.check_compatible")
+                                 "see rev2net.registry.check_compatible")
 
     def _describe(self) -> str:
         c = self.cfg

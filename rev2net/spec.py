@@ -19,7 +19,7 @@ from typing import Any, Optional
 from rev2net.data.config import DataConfig
 
 DEFAULT_FAMILY = "rev2net"  # the model family a config builds unless model.name says otherwise (rev2net.registry)
-I3D_FAMILY = "i3d"  # the I3D baseline's family (rev2net.registry.I3D), also the model.pretrained scheme of its checkpoints
+I3D_FAMILY = "i3d"  # the I3D baseline's family (rev2net.registry.I3D), also model.pretrained's scheme of I3D weights
 DECODER_ARCHS = ("paper", "plain", "deep")  # rev2net.decoders builds each (DECODER_ARCHS there)
 DECODER_OUTPUT_STRIDE = 2  # the decoders predict on a grid of 1/2 the crop: where flow targets are wanted
 FRAME_TARGETS = ("reversed", "forward")  # what output frame i of the frame decoder is compared with: T-1-i | i
@@ -128,11 +128,6 @@ class ModelConfig:
     @property
     def has_decoders(self) -> bool:
         return self.flow_decoder or self.frame_decoder
-
-    @property
-    def has_both_decoders(self) -> bool:
-        """Both decoders built: what either DDP form compares."""
-        return self.flow_decoder and self.frame_decoder
 
 
 @dataclass

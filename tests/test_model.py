@@ -100,8 +100,10 @@ HEADS = ["flow_decoder.head", "frame_decoder.out", "frame_decoder.background"]
 @pytest.mark.parametrize(
     "need, layers, runs, skips",
     [
-        (Need(flow=True), DDP_LAYER_PAIRS, ["flow_decoder.head", "flow_gaussian"], ["frame_decoder", "frame_gaussian"]),
-        (Need(frames=True), DDP_LAYER_PAIRS, ["frame_decoder.out", "frame_gaussian"], ["flow_decoder", "flow_gaussian"]),
+        (Need(flow=True), DDP_LAYER_PAIRS, ["flow_decoder.head", "flow_gaussian"],
+         ["frame_decoder", "frame_gaussian"]),
+        (Need(frames=True), DDP_LAYER_PAIRS, ["frame_decoder.out", "frame_gaussian"],
+         ["flow_decoder", "flow_gaussian"]),
         (Need(ddp_low=True), DDP_LAYER_PAIRS, [*TRUNKS, "frame_decoder.refine", "flow_gaussian", "frame_gaussian"],
          HEADS),
         (Need(ddp_low=True), ["trunk-trunk"], [*TRUNKS, "flow_gaussian", "frame_gaussian"],
