@@ -96,8 +96,8 @@ def frame_target(frames: Tensor, size: tuple[int, int, int], order: str = "rever
     order, reversed in time: target frame i is input frame T-1-i (`forward`: input frame i)."""
     if order not in FRAME_TARGETS:
         raise ValueError(f"frame target order {order!r} is not one of {', '.join(FRAME_TARGETS)} (model.frame_target)")
-    frames = frames.float()
-    return area_resize(frames.flip(2) if order == "reversed" else frames, size)
+    target = area_resize(frames.float(), size)  # resized first: area averaging commutes with the flip
+    return target.flip(2) if order == "reversed" else target
 
 
 # ------------------------------------------------------------------------------------ objective
