@@ -18,14 +18,15 @@ ZERO = dict(alpha=0.0, beta=0.0, lambda_flow=0.0, lambda_im=0.0)
 @pytest.mark.parametrize(
     "model, loss, message",
     [
-        (dict(flow_decoder=False, ddp="none"), dict(lambda_flow=0.1, alpha=0, beta=0),
+        (dict(flow_decoder=False), dict(lambda_flow=0.1, alpha=0, beta=0),
          "loss.lambda_flow=0.1 needs the flow decoder but model.flow_decoder=false; set loss.lambda_flow=0"),
-        (dict(frame_decoder=False, ddp="none"), dict(lambda_im=0.1, lambda_flow=0, alpha=0, beta=0),
+        (dict(frame_decoder=False), dict(lambda_im=0.1, lambda_flow=0, alpha=0, beta=0),
          "loss.lambda_im=0.1 needs the frame decoder"),
-        (dict(ddp="high"), dict(beta=0.1),
-         r"loss.beta=0.1 .* model.ddp='high' .* set loss.beta=0 or model.ddp=low\|both"),
-        (dict(ddp="low"), dict(alpha=0.01, beta=0.1), "loss.alpha=0.01 .* model.ddp='low'"),
-        (dict(ddp="none"), dict(), "loss.beta=0.1"),
+        (dict(frame_decoder=False), dict(lambda_im=0, alpha=0, beta=0.1),
+         r"loss.beta=0.1 weights a DDP term comparing the two decoders' layers but model.frame_decoder=false; "
+         r"set loss.beta=0 or build both decoders"),
+        (dict(flow_decoder=False), dict(lambda_flow=0, alpha=0.01, beta=0), r"loss.alpha=0.01 .* Gaussians .* "
+         r"model.flow_decoder=false; set loss.alpha=0"),
     ],
 )
 def test_check_compatible_names_keys_and_fix(model: dict, loss: dict, message: str) -> None:
@@ -35,8 +36,9 @@ def test_check_compatible_names_keys_and_fix(model: dict, loss: dict, message: s
 
 @pytest.mark.parametrize(
     "variant, loss",
-    [("rev2net", {}), ("i3d", ZERO), ("no_ddp", dict(alpha=0, beta=0)),
-     ("no_flow_decoder", dict(alpha=0, beta=0, lambda_flow=0)), ("ddp_low_only", dict(alpha=0))],
+    [("rev2net", {}), ("i3d", ZERO), ("no_ddp", dict(alpha=0, beta=0)), ("no_ddp", {}),
+     ("no_flow_decoder", dict(alpha=0, beta=0, lambda_flow=0)), ("ddp_low_only", dict(alpha=0)),
+     ("forward_frames", {})],
 )
 def test_check_compatible_accepts_consistent_configs(variant: str, loss: dict) -> None:
     check_compatible(model_config(variant), LossConfig(**loss))
@@ -91,7 +93,7 @@ def test_data_needs_follow_the_weights() -> None:
 
 
 def test_check_spec_checks_for_the_family() -> None:
-    with pytest.raises(ValueError, match="model.name=i3d has no decoders"):
+    with pytest.raises(ValueError, match="model.name=i3d has no decoders, but model.flow_decoder=True"):
         check_spec(TrialSpec(model=ModelConfig(name="i3d"), loss=LossConfig(**ZERO)))
     with pytest.raises(ValueError, match="model.name='resnet' is not a model family; known: rev2net, i3d"):
         check_spec(TrialSpec(model=ModelConfig(name="resnet")))
@@ -99,12 +101,32 @@ def test_check_spec_checks_for_the_family() -> None:
         check_spec(TrialSpec(data=DataConfig(flow_downsample=1)))
 
 
+def _logged(name: str, as_text: bool = True) -> dict:
+    """The params a trial of a variant logs: its model.* and loss.* settings (MLflow keeps text)."""
+    v = registry.variant(name)
+    cfg = model_config(name)
+    loss = LossConfig(**{k.removeprefix("loss."): val for k, val in v.overrides.items() if k.startswith("loss.")})
+    params = {**{f"model.{k}": getattr(cfg, k) for k in ("name", "flow_decoder", "frame_decoder", "frame_target",
+                                                         "ddp_layers", "decoder_arch", "modality", "branches")},
+              **{f"loss.{k}": getattr(loss, k) for k in ("alpha", "beta", "lambda_flow", "lambda_im")}}
+    return {k: str(val) for k, val in params.items()} if as_text else params
+
+
 def test_identify_reads_the_variant_back_from_logged_params() -> None:
-    for name, v in registry.VARIANTS.items():
-        cfg = model_config(name)
-        logged = {f"model.{k}": str(getattr(cfg, k)) for k in ("name", "flow_decoder", "frame_decoder", "ddp",
-                                                               "decoder_arch", "modality", "branches")}
-        assert identify(logged) == name, name
-        assert identify({**logged, "variant": "custom"}) == "custom"
+    for name in registry.VARIANTS:
+        assert identify(_logged(name)) == name, name
+        assert identify(_logged(name, as_text=False)) == name, name
+        assert identify({**_logged(name), "variant": "custom"}) == "custom"
     old = {"model.flow_decoder": "False", "model.frame_decoder": "False", "model.ddp": "none"}  # before model.name
     assert identify(old) == registry.I3D
+
+
+def test_identify_tells_the_loss_weight_variants_apart_by_the_weights() -> None:
+    """no_ddp and the one-form variants are the full network: only the loss.* params tell them apart,
+    and a weight logged as "0" is the variant's 0.0."""
+    full = _logged("rev2net")
+    assert identify({**full, "loss.alpha": "0", "loss.beta": "0"}) == registry.NO_DDP
+    assert identify({**full, "loss.alpha": "0"}) == registry.DDP_LOW_ONLY
+    assert identify({**full, "loss.beta": "0.0"}) == registry.DDP_HIGH_ONLY
+    without_weights = {k: v for k, v in _logged("no_ddp").items() if not k.startswith("loss.")}
+    assert identify(without_weights) == registry.REV2NET, "without its weights, no_ddp is the full model"
