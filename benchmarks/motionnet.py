@@ -2,8 +2,8 @@
 computed on the fly against a Rev2Net training step.
 
     .venv/bin/python benchmarks/motionnet.py [--widths 1.0 0.5 0.25] [--window 11]
-        [--frames 16 --size 64 --width 0.25 --batch 4] [--target-frames 16 --target-size 56
-        --target-width 0.1875 --target-batch 8 --target-motionnet-width 0.25 --target-window 11]
+        [--frames 16 --size 64 --width 0.25 --batch 4 --motionnet-width 0.25] [--target-frames 16
+        --target-size 56 --target-width 0.1875 --target-batch 8 --target-motionnet-width 0.25]
 
 Three parts, every model timed alternately with its comparison (machine-load drifts hit both alike),
 the median of `--steps` runs after `--warmup`:
@@ -13,11 +13,13 @@ the median of `--steps` runs after `--warmup`:
      datasets are extracted with). Target: MotionNet >= 5x TV-L1's pairs/s.
   2. The hidden two-stream variants (a, b, c) against an RGB I3D on the same clips: a training step
      (forward, losses, backward, SGD) and inference (eval forward), at `--frames`x`--size`, I3D width
-     `--width`, MotionNet width `--motionnet-width`.
+     `--width`, MotionNet width `--motionnet-width` seeing the whole clip at once (its window).
   3. Flow targets on the fly (`rev2net.motionnet.flow_targets`, a frozen MotionNet on the clip,
      targets at the flow decoder's grid) against one Rev2Net training step with both decoders and
      both DDP forms (as `benchmarks/step.py` times it), at the embedded default's fidelity by default
-     (16x56x56, width 0.1875, batch 8). Target: targets <= 25% of the step.
+     (16x56x56, width 0.1875, batch 8). MotionNet's window is the clip (`--target-window`, default
+     `--target-frames`: one forward per clip; a shorter window costs a forward per window). Target:
+     targets <= 25% of the step.
 Parts 2 and 3 run at `--threads` (default 1). Timings are wall-clock on whatever else the machine
 runs: on a shared machine, run it twice.
 """
@@ -103,7 +105,7 @@ def two_stream_cost(args: argparse.Namespace) -> dict:
     models: dict[str, torch.nn.Module] = {"i3d": InceptionI3d(args.num_classes, width=args.width)}
     for variant in VARIANTS:
         models[variant] = build_hidden_two_stream(args.num_classes, variant=variant, width=args.width,
-                                                  motionnet_width=args.motionnet_width, motionnet_frames=args.window)
+                                                  motionnet_width=args.motionnet_width, motionnet_frames=args.frames)
     optims = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
               for k, m in models.items()}
 
@@ -124,13 +126,15 @@ def two_stream_cost(args: argparse.Namespace) -> dict:
     train = timed({k: (lambda k=k: step(k)) for k in models}, args.steps, args.warmup)
     inference = timed({k: (lambda k=k: infer(k)) for k in ("i3d", "c")}, args.steps, args.warmup)
     print(f"2. hidden two-stream vs RGB I3D, clips {tuple(x.shape)}, I3D width {args.width}, MotionNet width "
-          f"{args.motionnet_width} (window {args.window}), {torch.get_num_threads()} thread(s):")
-    print(f"   {'':34s}{'seconds':>9s}{'x I3D':>8s}")
-    print(f"   {'I3D (RGB) train step':34s}{train['i3d']:9.3f}{1.0:8.2f}")
+          f"{args.motionnet_width}, {torch.get_num_threads()} thread(s):")
+    rows = [("I3D (RGB) train step", train["i3d"], train["i3d"])]
     for variant, what in zip(VARIANTS, ("MotionNet frozen", "end to end", "end to end + unsupervised")):
-        print(f"   {f'hidden two-stream ({variant}: {what})':34s}{train[variant]:9.3f}{train[variant] / train['i3d']:8.2f}")
-    print(f"   {'I3D (RGB) inference':34s}{inference['i3d']:9.3f}{1.0:8.2f}")
-    print(f"   {'hidden two-stream inference':34s}{inference['c']:9.3f}{inference['c'] / inference['i3d']:8.2f}")
+        rows.append((f"hidden two-stream ({variant}: {what}) step", train[variant], train["i3d"]))
+    rows += [("I3D (RGB) inference", inference["i3d"], inference["i3d"]),
+             ("hidden two-stream inference", inference["c"], inference["i3d"])]
+    print(f"   {'':48s}{'seconds':>9s}{'x I3D':>8s}")
+    for label, seconds, reference in rows:
+        print(f"   {label:48s}{seconds:9.3f}{seconds / reference:8.2f}")
     return {"train_step_s": train, "inference_s": inference}
 
 
@@ -141,7 +145,8 @@ def target_cost(args: argparse.Namespace) -> dict:
     model = build_model(model_config("rev2net", width=args.target_width), args.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_cfg = LossConfig()
-    motionnet = build_motionnet(frames=args.target_window, width=args.target_motionnet_width).eval()
+    window = args.target_window or frames
+    motionnet = build_motionnet(frames=window, width=args.target_motionnet_width).eval()
     frames_u8 = torch.randint(0, 256, (batch, 3, frames, size, size), dtype=torch.uint8)
     x = normalize_frames(frames_u8)
     label = torch.randint(0, args.num_classes, (batch,))
@@ -159,7 +164,7 @@ def target_cost(args: argparse.Namespace) -> dict:
     ratio = seconds["targets"] / seconds["rev2net_step"]
     print(f"3. flow targets on the fly vs a Rev2Net training step, clips ({batch}, 3, {frames}, {size}, {size}), "
           f"Rev2Net width {args.target_width}, targets {tuple(flow.shape)} from MotionNet width "
-          f"{args.target_motionnet_width} (window {args.target_window}), {torch.get_num_threads()} thread(s):")
+          f"{args.target_motionnet_width} (window {window}), {torch.get_num_threads()} thread(s):")
     print(f"   Rev2Net step {seconds['rev2net_step']:.3f} s, targets {seconds['targets']:.3f} s: "
           f"{100 * ratio:.0f}% of the step (target <= 25%)")
     return {"seconds": seconds, "ratio": ratio}
@@ -169,7 +174,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3], choices=[1, 2, 3])
     p.add_argument("--widths", nargs="+", type=float, default=[1.0, 0.5, 0.25], help="MotionNet widths for part 1")
-    p.add_argument("--window", type=int, default=11, help="MotionNet window (frames) in parts 1 and 2")
+    p.add_argument("--window", type=int, default=11, help="MotionNet window (frames) in part 1 (the paper's 11)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--width", type=float, default=0.25, help="I3D width (both streams) in part 2")
@@ -180,7 +185,7 @@ def main() -> None:
     p.add_argument("--target-width", type=float, default=0.1875, help="Rev2Net width in part 3")
     p.add_argument("--target-batch", type=int, default=8)
     p.add_argument("--target-motionnet-width", type=float, default=0.25)
-    p.add_argument("--target-window", type=int, default=11)
+    p.add_argument("--target-window", type=int, default=None, help="MotionNet window in part 3 (default: the clip)")
     p.add_argument("--num-classes", type=int, default=6)
     p.add_argument("--threads", type=int, default=1, help="torch threads in parts 2 and 3")
     p.add_argument("--steps", type=int, default=6)

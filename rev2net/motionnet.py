@@ -40,13 +40,17 @@ rho(x) = (x^2 + eps^2)^alpha for the pixel and smoothness terms, SSIM on 8x8 pat
 c1 = 0.0001 and c2 = 0.001, frames stacked on channels (11 frames -> 10 flows in the paper).
 
 Where it had to choose (the paper defers the details to its supplementary material): the layer
-widths and the 4x4 stride-2 deconvolutions are FlowNet-S's (Dosovitskiy/Fischer et al. 2015), which
-MotionNet's encoder-decoder follows; LeakyReLU(0.1) after every convolution except the flow
-predictions, no normalisation layers; alpha = 0.4 (pixel) and 0.3 (smoothness) with eps = 1e-3
-(the values of Yu et al. 2016, the unsupervised baseline MotionNet builds on); the loss weights
-`MotionNetLoss` (lambdas and the per-scale deltas, "of the same order"); SSIM patches shrink to
-the grid at scales smaller than 8 pixels (one patch); the border mask is "flow leaves the frame"
-rather than a fixed border strip; the finest flow (H/2) is brought to H x W bilinearly.
+widths and the 4x4 stride-2 deconvolutions are FlowNet-S's (Dosovitskiy, Fischer et al. 2015), on
+which MotionNet's encoder-decoder is built, as in the authors' released training configuration,
+whose values are also taken for alpha = 0.4 (pixel) and 0.3 (smoothness); LeakyReLU(0.1) after every
+convolution except the flow predictions, no normalisation layers; eps = 1e-3; the flow predictions
+start near zero; the loss weights `MotionNetLoss` (lambdas, and per-scale deltas "of the same
+order"), tuned on the generated dataset (a smoothness weight near the others' keeps the flow at zero
+from the start); SSIM patches shrink to the grid at scales smaller than 8 pixels (one patch); the
+border mask is "the flow leaves the frame" (the released configuration masks a fixed border strip);
+the finest flow (H/2) is brought to H x W bilinearly. The mask has no gradient, so a diverged
+network whose flow points every pixel out of the frame sits in a degenerate minimum (nothing left to
+compare): the pretraining loop clips gradients and stops with an error if that happens.
 
 A `width` multiplier scales every channel count (1.0 = the network above), so CPU runs train
 the same MotionNet, only thinner. A clip of any length T >= 2 is accepted: it is cut into windows
@@ -282,9 +286,10 @@ class MotionNetLoss:
     """Weights of the unsupervised objective, eqs. (5)-(6): lambdas per term, a delta per scale."""
 
     pixel: float = 1.0  # lambda_1, Charbonnier photometric error (images in [0, 1])
-    smooth: float = 0.01  # lambda_2, Charbonnier of the flow gradients (pixels per pixel of each scale)
+    smooth: float = 0.01  # lambda_2, Charbonnier of the flow gradients (pixels per pixel of each scale);
+    #                       its penalty is steep at zero (alpha 0.3): much more pins the flow at zero
     ssim: float = 1.0  # lambda_3, mean of 1 - SSIM over 8x8 patches
-    scales: tuple[float, ...] = (1.0, 1.0, 1.0, 0.5, 0.25)  # delta_s for flow2 .. flow6
+    scales: tuple[float, ...] = (1.0, 1.0, 1.0, 0.5, 0.25)  # delta_s for flow2 .. flow6 (coarse grids: few pixels)
 
     def __post_init__(self) -> None:
         for key in ("pixel", "smooth", "ssim"):

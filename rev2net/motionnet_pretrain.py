@@ -11,7 +11,10 @@ is pretrained on the action dataset's own videos with the unsupervised objective
 video repeats its last frame, a zero-flow pair, rather than wrapping around). An epoch visits
 every training video `--clips-per-video` times, in an order that is a function of (seed, epoch).
 
-Adam with a cosine learning-rate decay over all steps. A checkpoint (`--out`: weights, optimizer,
+Adam with a cosine learning-rate decay over all steps and the gradient norm clipped at
+`--clip-grad`. A run that diverges stops with an error: a non-finite loss, or a flow that points
+every pixel out of the frame (border masking then leaves nothing to compare, a degenerate minimum
+with no gradient back). A checkpoint (`--out`: weights, optimizer,
 schedule, per-epoch history) is written atomically after every epoch; running the same command
 again resumes from it, and a checkpoint of another configuration is refused with the key that
 differs. Per epoch it prints the unsupervised terms and, for a dataset with exact flow (the
@@ -71,6 +74,7 @@ class PretrainConfig:
     batch_size: int = 8  # (identity)
     lr: float = 1e-3  # (identity) Adam's peak learning rate
     weight_decay: float = 0.0  # (identity)
+    clip_grad: float = 1.0  # (identity) gradient norm clipped to this (0: off); see the module docstring
     clips_per_video: int = 1  # (identity) clips per training video per epoch
     seed: int = 0  # (identity) data order, crops, flips and initial weights
     loss: MotionNetLoss = field(default_factory=MotionNetLoss)  # (identity) the lambdas and deltas
@@ -91,6 +95,7 @@ class PretrainConfig:
              f"an integer >= --size ({self.size})"),
             (self.batch_size >= 1, "--batch-size", self.batch_size, "an integer >= 1"),
             (math.isfinite(self.lr) and self.lr > 0, "--lr", self.lr, "a number > 0"),
+            (math.isfinite(self.clip_grad) and self.clip_grad >= 0, "--clip-grad", self.clip_grad, "a number >= 0"),
             (self.clips_per_video >= 1, "--clips-per-video", self.clips_per_video, "an integer >= 1"),
             (self.workers >= 0, "--workers", self.workers, "an integer >= 0"),
             (self.eval_videos is None or self.eval_videos >= 1, "--eval-videos", self.eval_videos, "an integer >= 1"),
@@ -102,7 +107,7 @@ class PretrainConfig:
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be resumed."""
         keys = ("dataset", "split", "epochs", "width", "frames", "size", "short_side", "batch_size", "lr",
-                "weight_decay", "clips_per_video", "seed")
+                "weight_decay", "clip_grad", "clips_per_video", "seed")
         return {**{k: getattr(self, k) for k in keys}, "loss": loss_config_dict(self.loss)}
 
 
@@ -239,12 +244,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             frames = normalize_frames(batch[FRAMES].to(device))
             terms = unsupervised_terms(frames, model.pyramid(frames), cfg.loss)
             total = cfg.loss.total(terms)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"MotionNet loss is {total.item()} at epoch {epoch + 1} "
+            if not torch.isfinite(total) or terms["pixel"].item() == 0:
+                what = "every pixel's flow leaves the frame" if torch.isfinite(total) else f"the loss is {total.item()}"
+                raise FloatingPointError(f"MotionNet diverged at epoch {epoch + 1}: {what} "
                                          f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); "
-                                         "lower --lr")
+                                         "lower --lr or --clip-grad")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
             scheduler.step()
             for name, value in terms.items():
@@ -313,6 +321,7 @@ def parse_args(argv: Optional[list[str]] = None) -> PretrainConfig:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--clip-grad", type=float, default=defaults.clip_grad, help="gradient norm bound (0: off)")
     p.add_argument("--clips-per-video", type=int, default=defaults.clips_per_video)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--pixel", type=float, default=loss.pixel, help="lambda of the Charbonnier photometric term")
@@ -331,6 +340,7 @@ def parse_args(argv: Optional[list[str]] = None) -> PretrainConfig:
         return PretrainConfig(dataset=args.dataset, root=args.root, out=args.out, split=args.split, epochs=args.epochs,
                               width=args.width, frames=args.frames, size=args.size, short_side=args.short_side,
                               batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                              clip_grad=args.clip_grad,
                               clips_per_video=args.clips_per_video, seed=args.seed, loss=loss_cfg,
                               workers=args.workers, threads=args.threads, eval_videos=args.eval_videos,
                               device=args.device, progress=not args.no_progress)
