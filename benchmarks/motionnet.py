@@ -132,9 +132,9 @@ def two_stream_cost(args: argparse.Namespace) -> dict:
         rows.append((f"hidden two-stream ({variant}: {what}) step", train[variant], train["i3d"]))
     rows += [("I3D (RGB) inference", inference["i3d"], inference["i3d"]),
              ("hidden two-stream inference", inference["c"], inference["i3d"])]
-    print(f"   {'':48s}{'seconds':>9s}{'x I3D':>8s}")
+    print(f"   {'':54s}{'seconds':>9s}{'x I3D':>8s}")
     for label, seconds, reference in rows:
-        print(f"   {label:48s}{seconds:9.3f}{seconds / reference:8.2f}")
+        print(f"   {label:54s}{seconds:9.3f}{seconds / reference:8.2f}")
     return {"train_step_s": train, "inference_s": inference}
 
 

@@ -70,8 +70,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rev2net.i3d import scale_channels
-
-FLOW_BOUND = 20.0  # px; flow targets are clipped here, as TV-L1 targets are (rev2net.losses.FLOW_BOUND)
+from rev2net.losses import FLOW_BOUND  # px; flow targets are clipped here, as the TV-L1 targets are
 ENCODER_CHANNELS = (64, 128, 256, 512, 512, 1024)  # conv1..conv6 at width 1.0, each level two 3x3 convs
 DECODER_CHANNELS = (512, 256, 128, 64)  # levels 5, 4, 3, 2
 SCALES = (2, 3, 4, 5, 6)  # flow2 (H/2) .. flow6 (H/32), the paper's names; pyramids are finest first
@@ -300,6 +299,10 @@ class MotionNetLoss:
             raise ValueError(f"MotionNetLoss.scales={self.scales!r} must be {len(SCALES)} finite weights >= 0 "
                              "(flow2 .. flow6)")
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (JSON, checkpoints)."""
+        return {**asdict(self), "scales": list(self.scales)}
+
     def total(self, terms: Mapping[str, Tensor]) -> Tensor:
         """The weighted sum of eq. (5) over the named terms (each already summed over scales)."""
         return self.pixel * terms["pixel"] + self.smooth * terms["smooth"] + self.ssim * terms["ssim"]
@@ -393,9 +396,6 @@ def load_motionnet(source: Union[str, os.PathLike, Mapping[str, Any]], *, map_lo
     model.load_state_dict(state["state_dict"])
     return model
 
-
-def loss_config_dict(cfg: MotionNetLoss) -> dict[str, Any]:
-    return {**asdict(cfg), "scales": list(cfg.scales)}
 
 
 if __name__ == "__main__":

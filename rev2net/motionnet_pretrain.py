@@ -49,7 +49,6 @@ from rev2net.motionnet import (
     MotionNet,
     MotionNetLoss,
     build_motionnet,
-    loss_config_dict,
     motionnet_state,
     unsupervised_terms,
 )
@@ -108,7 +107,7 @@ class PretrainConfig:
         """What a checkpoint must agree on to be resumed."""
         keys = ("dataset", "split", "epochs", "width", "frames", "size", "short_side", "batch_size", "lr",
                 "weight_decay", "clip_grad", "clips_per_video", "seed")
-        return {**{k: getattr(self, k) for k in keys}, "loss": loss_config_dict(self.loss)}
+        return {**{k: getattr(self, k) for k in keys}, "loss": self.loss.as_dict()}
 
 
 # ------------------------------------------------------------------------------ ground truth

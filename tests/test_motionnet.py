@@ -3,11 +3,14 @@ overfit on a generated clip, and flow targets in the geometry of the TV-L1 targe
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from rev2net.batch import normalize_frames
+from rev2net.data.datasets import ClipDataset, ClipSpec
 from rev2net.data.flow import quantize
 from rev2net.data.layouts import load_split
 from rev2net.data.synthetic import ground_truth_flow
@@ -190,7 +193,7 @@ def trained_on_flipped_crop(synthetic_root):
             optimizer.step()
     finally:
         torch.set_num_threads(threads)
-    return model, clip, gt, objects, frames.shape[1:3]
+    return model, clip, gt, objects, frames.shape[1:3], record
 
 
 def _epe(flow: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
@@ -199,7 +202,7 @@ def _epe(flow: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
 
 
 def test_motionnet_overfits_one_generated_clip_to_low_end_point_error(trained_on_flipped_crop):
-    model, clip, gt, objects, frame_hw = trained_on_flipped_crop
+    model, clip, gt, objects, frame_hw, _ = trained_on_flipped_crop
     with torch.no_grad():
         flow = model.eval()(clip)[0].numpy()  # (2, P, S, S), pixels of the clip
     truth = _gt_through(gt, CROP, frame_hw, SIZE)
@@ -212,10 +215,11 @@ def test_motionnet_overfits_one_generated_clip_to_low_end_point_error(trained_on
     assert _epe(flow, truth, everywhere) < 0.8 * _epe(zero, truth, everywhere)
 
 
-def test_flow_targets_match_the_tvl1_targets_geometry(trained_on_flipped_crop):
+def test_flow_targets_match_the_tvl1_targets_geometry(trained_on_flipped_crop, synthetic_root):
     """Targets on the flipped crop's half grid agree with the exact flow put through the data
-    pipeline's crop, resize and flip at that grid (x negated); unflipped or unscaled, they do not."""
-    model, clip, gt, objects, frame_hw = trained_on_flipped_crop
+    pipeline's crop, resize and flip at that grid (x negated), and with the TV-L1 targets the
+    pipeline delivers for that crop; unflipped or unscaled, they do not."""
+    model, clip, gt, objects, frame_hw, record = trained_on_flipped_crop
     model.train()
     half = SIZE // 2
     targets = flow_targets(model, clip, (half, half))
@@ -231,6 +235,11 @@ def test_flow_targets_match_the_tvl1_targets_geometry(trained_on_flipped_crop):
     assert _epe(flow, unflipped, on_objects) > 2 * epe, "the flip's negated x is in the targets"
     full_grid = _gt_through(gt, CROP, frame_hw, SIZE)[:, :, ::2, ::2]  # right places, vectors twice too long
     assert _epe(flow, full_grid, on_objects) > 1.5 * epe, "vectors are in pixels of the target grid"
+    spec = ClipSpec(frames=clip.shape[2], crop_size=SIZE, short_side=SIZE)
+    tvl1 = ClipDataset([record], spec, flow_root=os.path.join(synthetic_root, "flow_tvl1"), flow_size=half)._flow(
+        record, np.arange(clip.shape[2]), CROP, frame_hw)  # what a training batch carries for this crop
+    assert tvl1.shape == flow.shape and tvl1.dtype == flow.dtype
+    assert _epe(flow, tvl1, on_objects) < 0.5 * _epe(np.zeros_like(tvl1), tvl1, on_objects)
 
 
 def test_flow_targets_are_resized_and_clipped_like_tvl1_targets():
