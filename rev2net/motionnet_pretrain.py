@@ -14,13 +14,18 @@ every training video `--clips-per-video` times, in an order that is a function o
 Adam with a cosine learning-rate decay over all steps and the gradient norm clipped at
 `--clip-grad`. A run that diverges stops with an error: a non-finite loss, or a flow that points
 every pixel out of the frame (border masking then leaves nothing to compare, a degenerate minimum
-with no gradient back). A checkpoint (`--out`: weights, optimizer,
-schedule, per-epoch history) is written atomically after every epoch; running the same command
-again resumes from it, and a checkpoint of another configuration is refused with the key that
-differs. Per epoch it prints the unsupervised terms and, for a dataset with exact flow (the
+with no gradient back). A checkpoint (`--out`: weights, optimizer, schedule, per-epoch history)
+is written atomically after every epoch; running the same command again resumes from it, and a
+checkpoint of another configuration is refused with the key that differs. Per epoch it prints the unsupervised terms and, for a dataset with exact flow (the
 generated `synthetic` one), the end-point error on the test list's videos at their own resolution
 (all frame pairs, over all pixels and on the moving objects, beside zero flow). The last stdout
 line is a JSON object: `epe` (null without ground truth), `object_epe`, `checkpoint`, timings.
+
+The CPU-scale setting for the generated dataset (80x80 videos), whose 16-frame window matches the
+embedded default's 16-frame clips (one MotionNet forward per clip for on-the-fly targets):
+
+    python -m rev2net.motionnet --dataset synthetic --root data/synthetic --out motionnet.pt \
+        --width 0.25 --frames 16 --size 64 --short-side 80 --epochs 10 --clips-per-video 16 --threads 1
 """
 
 from __future__ import annotations
