@@ -239,7 +239,9 @@ def prepare_data(cfg: DictConfig, plan: Plan, *, progress: bool = True) -> None:
                                    (data.eval_name, data.eval_root, data.eval_synthetic)):
             if name == "synthetic":
                 (ensure_flow if flow_input else ensure_synthetic)(root, params, progress=progress)
-        report = check_dataset(data, flow_everywhere=flow_input)
+        # flow is read where it is stored and used: targets (unless a MotionNet computes them), inputs
+        report = check_dataset(dataclasses.replace(data, flow=data.stored_flow_targets or flow_input),
+                               flow_everywhere=flow_input)
         if not report.ok:
             raise ConfigError(f"dataset {data.name} at {data.root} is not ready: {report.summary().splitlines()[0]} "
                               f"(details: python -m rev2net.data.check --dataset {data.name} --root {data.root} "

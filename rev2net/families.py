@@ -10,6 +10,8 @@ scores the fused ones). The networks themselves live in their own modules:
                                          (B, 3, K, H, W) and/or K stacks of L flow pairs (B, 2, K*L, H, W)
     i3d_flow         rev2net.two_stream  the flow stream of two-stream I3D, (B, 2, T, H, W)
     two_stream_i3d   rev2net.two_stream  RGB and flow I3D, late fusion of softmax scores
+    hidden_two_stream rev2net.hidden_two_stream  Zhu et al. 2018: MotionNet under a flow I3D, with an
+                                         RGB I3D, from frames alone (B, 3, T, H, W)
 
 Builders take (ModelConfig, num_classes, DataConfig) like Rev2Net's and apply `model.bn_momentum`
 to every BatchNorm (short trials need a faster-moving one, as Rev2Net's do).
@@ -50,10 +52,11 @@ class FamilyModel(nn.Module):
     """A family's network as the training loop wants it: forward(*inputs, need=None) -> ModelOutput
     (`need` is Rev2Net's; other families compute the same in training and evaluation)."""
 
-    def __init__(self, net: nn.Module, *, bn_momentum: float) -> None:
+    def __init__(self, net: nn.Module, *, bn_momentum: float, unsupervised_weight: float = 1.0) -> None:
         super().__init__()
         self.net = net
         self.num_features = net.num_features
+        self.unsupervised_weight = unsupervised_weight  # a hidden two-stream's MotionNet losses (variant c)
         for module in self.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = bn_momentum
@@ -63,6 +66,12 @@ class FamilyModel(nn.Module):
         return self.net.num_classes
 
     def forward(self, *inputs: Tensor, need: Optional[Any] = None) -> ModelOutput:
+        if hasattr(self.net, "forward_streams") and hasattr(self.net, "motionnet"):  # hidden two-stream
+            out = self.net.forward_streams(*inputs)
+            aux = {"unsupervised": self.unsupervised_weight * self.net.loss.total(out.unsupervised)} \
+                if out.unsupervised else {}
+            return ModelOutput(logits=out.logits, features=out.features, stream_logits=[out.spatial, out.temporal],
+                               aux=aux)
         if isinstance(self.net, TwoStream):  # (frames (B, 3, ...), flow (B, 2, ...))
             rgb, rgb_features = _logits_and_features(self.net.rgb, inputs[0])
             flow, flow_features = _logits_and_features(self.net.flow, inputs[1])
@@ -138,3 +147,16 @@ def build_two_stream_i3d(cfg: ModelConfig, num_classes: int, data: Optional[Data
     _inflated(net.rgb, cfg)
     _inflated(net.flow, cfg)
     return FamilyModel(net, bn_momentum=cfg.bn_momentum)
+
+
+def build_hidden_two_stream(cfg: ModelConfig, num_classes: int, data: Optional[DataConfig] = None) -> FamilyModel:
+    from rev2net.hidden_two_stream import build_hidden_two_stream as build
+
+    variant = {"frozen": "a", "action": "b", "unsupervised": "c"}[cfg.motionnet_training]
+    net = build(num_classes, variant=variant, width=cfg.width, dropout=cfg.dropout,
+                motionnet_width=None if cfg.motionnet else cfg.motionnet_width,
+                motionnet_frames=None if cfg.motionnet else (data.frames if data is not None else None),
+                motionnet_checkpoint=cfg.motionnet)
+    _inflated(net.spatial, cfg)
+    _inflated(net.temporal, cfg)
+    return FamilyModel(net, bn_momentum=cfg.bn_momentum, unsupervised_weight=cfg.unsupervised_weight)

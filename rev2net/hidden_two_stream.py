@@ -61,6 +61,7 @@ class TwoStreamOutput:
     temporal: Tensor  # (B, classes): the stacked temporal stream's logits
     flow: Tensor  # (B, 2, T-1, H, W): MotionNet's flow, pixels
     unsupervised: dict[str, Tensor] = field(default_factory=dict)  # pixel, smooth, ssim (variant "c" in training)
+    features: Optional[Tensor] = None  # (B, num_features): both streams' pooled features (forward_features)
 
 
 class HiddenTwoStream(nn.Module):
@@ -154,7 +155,7 @@ class HiddenTwoStream(nn.Module):
         """Fused and per-stream logits, the flow, and (variant "c", training) the unsupervised terms."""
         features, flow, terms = self._features(frames)
         spatial, temporal = self._stream_logits(features)
-        return TwoStreamOutput(self.fuse(spatial, temporal), spatial, temporal, flow, terms)
+        return TwoStreamOutput(self.fuse(spatial, temporal), spatial, temporal, flow, terms, features)
 
     def forward(self, frames: Tensor) -> Tensor:
         """frames (B, 3, T, H, W) in [-1, 1] -> fused logits (B, classes)."""

@@ -36,6 +36,7 @@ TWO_STREAM_I3D = "two_stream_i3d"
 DCD = "dcd"
 TSN = "tsn"
 TSM = "tsm"
+HIDDEN_TWO_STREAM = "hidden_two_stream"
 NO_FRAME_DECODER = "no_frame_decoder"
 NO_FLOW_DECODER = "no_flow_decoder"
 NO_DDP = "no_ddp"
@@ -148,7 +149,7 @@ def _flow_check(spec: TrialSpec) -> None:
                          "data.flow=false; set data.flow=true (its flow is extracted with python -m rev2net.data.flow)")
 
 
-def _dcd_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
+def _rgb_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
     return DataNeeds()
 
 
@@ -176,9 +177,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(I3D, "I3D", "rev2net.model:build_model", _rev2net_needs, _check_i3d),
     Family(I3D_FLOW, "I3D (flow)", "rev2net.families:build_i3d_flow", _i3d_flow_needs, _flow_check),
     Family(TWO_STREAM_I3D, "two-stream I3D", "rev2net.families:build_two_stream_i3d", _two_stream_needs, _flow_check),
-    Family(DCD, "DCD", "rev2net.families:build_dcd", _dcd_needs, _classifier_check),
+    Family(DCD, "DCD", "rev2net.families:build_dcd", _rgb_needs, _classifier_check),
     Family(TSN, "TSN", "rev2net.families:build_tsn", _segment_needs(3), _flow_check),
     Family(TSM, "TSM", "rev2net.families:build_tsm", _segment_needs(8), _flow_check),
+    Family(HIDDEN_TWO_STREAM, "hidden two-stream", "rev2net.families:build_hidden_two_stream", _rgb_needs,
+           _classifier_check),
 )}
 
 # In the order the tables list them: the full model, its ablations (the papers' Table 2, the earlier
@@ -219,6 +222,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             {"model.name": DCD, "model.branches": ["motion"], "data.frames": 8, **_BASELINE}),
     Variant("dcd_change", DCD, "DCD appearance change only",
             {"model.name": DCD, "model.branches": ["change"], "data.frames": 8, **_BASELINE}),
+    # Zhu et al.'s hidden two-stream (I3D backbone, their Table 4), and its fine-tuning variants (a), (b)
+    Variant(HIDDEN_TWO_STREAM, HIDDEN_TWO_STREAM, "hidden two-stream (c)",
+            {"model.name": HIDDEN_TWO_STREAM, "model.motionnet_training": "unsupervised", **_BASELINE},
+            system="Hidden two-stream"),
+    Variant("hidden_two_stream_frozen", HIDDEN_TWO_STREAM, "hidden two-stream, MotionNet frozen (a)",
+            {"model.name": HIDDEN_TWO_STREAM, "model.motionnet_training": "frozen", **_BASELINE}),
+    Variant("hidden_two_stream_action", HIDDEN_TWO_STREAM, "hidden two-stream, action loss only (b)",
+            {"model.name": HIDDEN_TWO_STREAM, "model.motionnet_training": "action", **_BASELINE}),
 )}
 
 

@@ -21,6 +21,7 @@ from rev2net.data.config import DataConfig
 DEFAULT_FAMILY = "rev2net"  # the model family a config builds unless model.name says otherwise (rev2net.registry)
 I3D_FAMILY = "i3d"  # the I3D baseline's family (rev2net.registry.I3D), also model.pretrained's scheme of I3D weights
 MODALITIES = ("rgb", "flow", "rgb_flow")  # what a two-stream family reads (TSN, TSM)
+MOTIONNET_TRAINING = ("frozen", "action", "unsupervised")  # Zhu et al.'s fine-tuning variants (a), (b), (c)
 FUSIONS = ("softmax", "logits")  # how a two-stream model fuses its streams' scores
 DCD_BRANCHES = ("static", "motion", "change", "diff")  # rev2net.dcd
 DECODER_ARCHS = ("paper", "plain", "deep")  # rev2net.decoders builds each (DECODER_ARCHS there)
@@ -99,6 +100,10 @@ class ModelConfig:
     new_length: int = 5  # tsn, tsm flow: consecutive flow pairs stacked per segment (TSN's 5)
     branches: List[str] = field(default_factory=lambda: ["static", "motion", "change"])  # dcd: its components
     fusion: str = "softmax"  # two-stream families: average the streams' softmax scores | their logits
+    motionnet: Optional[str] = None  # hidden_two_stream: a pretrained MotionNet (python -m rev2net.motionnet); None: fresh
+    motionnet_width: float = 0.25  # hidden_two_stream: MotionNet's width when it starts fresh (a checkpoint has its own)
+    motionnet_training: str = "unsupervised"  # hidden_two_stream: frozen (a) | action (b) | unsupervised (c: + its losses)
+    unsupervised_weight: float = 1.0  # hidden_two_stream (c): weight of MotionNet's unsupervised losses
 
     def __post_init__(self) -> None:
         self.validate()
@@ -129,6 +134,13 @@ class ModelConfig:
         if self.latent_dim < 1:
             raise ValueError(f"model.latent_dim={self.latent_dim!r} must be >= 1")
         _one_of("model.modality", self.modality, MODALITIES)
+        _one_of("model.motionnet_training", self.motionnet_training, MOTIONNET_TRAINING)
+        _finite_nonnegative("model.unsupervised_weight", self.unsupervised_weight)
+        if not (math.isfinite(self.motionnet_width) and 0.0 < self.motionnet_width <= 4.0):
+            raise ValueError(f"model.motionnet_width={self.motionnet_width!r} must be in (0, 4]")
+        if self.motionnet is not None and not os.path.isfile(self.motionnet):
+            raise ValueError(f"model.motionnet={self.motionnet!r} does not exist (pretrain one with "
+                             "python -m rev2net.motionnet --dataset D --root R --out ckpt.pt)")
         _one_of("model.fusion", self.fusion, FUSIONS)
         if self.segments < 0 or self.new_length < 1:
             raise ValueError(f"model.segments={self.segments!r} must be >= 0 (0: the family's own) and "

@@ -308,12 +308,14 @@ def _train_epoch(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
     cfg: TrainerConfig, loss_cfg: LossConfig, device: torch.device, epoch: int, distributed: bool = False,
     inputs: Sequence[str] = (FRAMES,), adapt: Optional[DomainTraining] = None, progress: tuple[int, int] = (0, 1),
+    flow_source: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[dict[str, float], int, int]:
     """One pass over `loader`; returns (averaged metrics, clips seen, skipped videos), over all
-    ranks when `distributed`. `progress` = (steps done before this epoch, steps of the whole run)."""
+    ranks when `distributed`. `progress` = (steps done before this epoch, steps of the whole run);
+    `flow_source` computes the flow targets from the clip on the device (else the batch holds them)."""
     model.train()
     need = needs(loss_cfg)
-    flow_key = (FLOW,) if need.flow else ()
+    flow_key = (FLOW,) if need.flow and flow_source is None else ()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     sums: Optional[Tensor] = None
     correct = torch.zeros(2, device=device)
@@ -326,10 +328,14 @@ def _train_epoch(
         skipped += _skipped(batch)
         batch = to_device(batch, device)
         label, n = batch[LABEL], batch[LABEL].shape[0]
+        if need.flow and flow_source is not None:
+            batch[FLOW] = flow_source(batch[FRAMES])
         frames, flow = batch.get(FRAMES), batch.get(FLOW)
         xs = [batch[k] for k in inputs]
         if adapt is not None:  # the labelled source samples first, then the target's
             target = adapt.next_batch(device)
+            if adapt.target_decoders and need.flow and flow_source is not None:
+                target[FLOW] = flow_source(target[FRAMES])
             xs = [torch.cat([x, target[k]]) for x, k in zip(xs, inputs)]
             if adapt.target_decoders:
                 frames = torch.cat([frames, target[FRAMES]]) if frames is not None else None
@@ -394,11 +400,13 @@ def fit(
     distributed: bool = False,
     inputs: Sequence[str] = (FRAMES,),
     adapt: Optional[DomainTraining] = None,
+    flow_source: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> list[dict[str, float]]:
     """Train `model` for `trainer_cfg.max_epochs` epochs (continuing `resume`, a state from
     `EpochReport.state_dict()`); return the history of per-epoch metrics. `inputs` are the batch
     keys the model's family reads, in its order (rev2net.registry.input_keys); `adapt` trains
-    domain-adversarially (its domain classifier is optimised and checkpointed with the model).
+    domain-adversarially (its domain classifier is optimised and checkpointed with the model);
+    `flow_source` computes the flow targets from each training clip (e.g. a frozen MotionNet).
 
     With `distributed` (DDP; every rank calls `fit` with its shard of the data) only rank 0 calls
     `on_epoch_end`. Raises DivergedError as soon as a loss term is NaN or infinite (before the update)."""
@@ -449,7 +457,8 @@ def fit(
         steps = len(train_loader) if hasattr(train_loader, "__len__") else 1
         metrics, clips, skipped = _train_epoch(net, train_loader, optimizer, trainer_cfg, loss_cfg, device, epoch + 1,
                                                distributed=distributed, inputs=inputs, adapt=adapt,
-                                               progress=(epoch * steps, trainer_cfg.max_epochs * steps))
+                                               progress=(epoch * steps, trainer_cfg.max_epochs * steps),
+                                               flow_source=flow_source)
         train_time = time.perf_counter() - started
         if distributed:  # BatchNorm statistics moved per rank in the last step: every rank evaluates rank 0's model
             for buffer in model.buffers():

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from rev2net import registry
-from rev2net.data.config import DataConfig
+from rev2net.data.config import MOTIONNET_SOURCE, DataConfig
 from rev2net.data.datasets import ClipSpec, build_eval_loader, build_loaders, build_target_loader
 from rev2net.registry import check_spec
 from rev2net.spec import TrialSpec
@@ -78,6 +78,20 @@ def _domain_training(spec: TrialSpec, model: torch.nn.Module, data_cfg: DataConf
     adversary = build_domain_adversary(model.num_features, width=spec.model.width, gamma=spec.adapt.gamma)
     return DomainTraining(adversary, target, weight=spec.adapt.domain_weight,
                           target_decoders=spec.adapt.target_decoders)
+
+
+def _motionnet_targets(data: DataConfig, device: torch.device) -> Optional[Callable]:
+    """With data.flow_source=motionnet:<ckpt>, the flow targets of a training clip computed in the
+    step by the frozen MotionNet (Zhu et al. 2018) on the device, from the clip the model sees (so
+    through the same crop, flip and scaling as stored flow): frames (B, 3, T, H, W) -> (B, 2, T-1, h, w)
+    in pixels of the decoder's grid, what the loader would have delivered."""
+    if not data.flow_source.startswith(MOTIONNET_SOURCE):
+        return None
+    from rev2net.model import flow_size
+    from rev2net.motionnet import flow_targets, load_motionnet
+
+    motionnet = load_motionnet(data.flow_source[len(MOTIONNET_SOURCE):]).to(device).eval().requires_grad_(False)
+    return lambda frames: flow_targets(motionnet, frames, flow_size(*frames.shape[2:])[1:])
 
 
 def _predictions(result: dict, loader) -> dict:
@@ -123,8 +137,8 @@ def _train(spec: TrialSpec, *, resume: Optional[dict], on_epoch_end: Optional[Ca
            shuffle_protocols: Sequence[str], rank: int = 0, world: int = 1) -> dict[str, float]:
     """One process's part of a trial: all of it, or rank `rank` of a DDP group of `world`."""
     needs = registry.data_needs(spec.model, spec.loss)
-    # Flow targets cost loader time; read them only when the flow term is trained.
-    data_cfg = dataclasses.replace(spec.data, flow=spec.data.flow and needs.flow_targets)
+    # Flow targets cost loader time; read them only when the flow term is trained (and not computed).
+    data_cfg = dataclasses.replace(spec.data, flow=spec.data.stored_flow_targets and needs.flow_targets)
     clip = _clip_spec(spec)
     device = resolve_device(spec.trainer.device)
     if world > 1 and device.type == "cuda":  # one GPU per rank, of those this process sees
@@ -135,6 +149,7 @@ def _train(spec: TrialSpec, *, resume: Optional[dict], on_epoch_end: Optional[Ca
                          rank=rank, num_replicas=world)
     model = registry.build(spec.model, data.num_classes, spec.data)
     adapt = _domain_training(spec, model, data_cfg, clip, device, rank, world)
+    flow_source = _motionnet_targets(spec.data, device) if needs.flow_targets else None
     max_epochs = spec.trainer.max_epochs
 
     def report(epoch_report: EpochReport) -> None:
@@ -146,7 +161,7 @@ def _train(spec: TrialSpec, *, resume: Optional[dict], on_epoch_end: Optional[Ca
 
     history = fit(model, data.train, data.val, spec.trainer, spec.loss, resume=resume,
                   on_epoch_end=report if rank == 0 else None, device=device, distributed=world > 1,
-                  inputs=registry.input_keys(needs), adapt=adapt)
+                  inputs=registry.input_keys(needs), adapt=adapt, flow_source=flow_source)
     return dict(history[-1]) if history else {}
 
 

@@ -4,6 +4,7 @@ test list at its end, with per-video predictions; a domain-adversarial trial nev
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -92,3 +93,20 @@ def test_target_labels_never_reach_the_training_step(synthetic_root, synthetic_p
         weights.append(states[-1])
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key], msg=key)
+
+
+def test_flow_targets_from_a_motionnet_need_no_flow_folder(synthetic_copy, synthetic_params, tmp_path):
+    """data.flow_source=motionnet:<ckpt>: Rev2Net's flow decoder is supervised by a frozen MotionNet
+    in the step, so a dataset without any extracted flow trains (and passes the pre-sweep check)."""
+    import shutil
+
+    from rev2net.data.check import check_dataset
+    from rev2net.motionnet import build_motionnet, motionnet_state
+
+    shutil.rmtree(os.path.join(synthetic_copy, "flow_tvl1"))
+    checkpoint = tmp_path / "motionnet.pt"
+    torch.save(motionnet_state(build_motionnet(frames=8, width=0.125)), checkpoint)
+    spec = _spec(synthetic_copy, synthetic_params, epochs=1, flow_source=f"motionnet:{checkpoint}")
+    assert check_dataset(dataclasses.replace(spec.data, flow=spec.data.stored_flow_targets)).ok
+    metrics = _run(spec)[-1][1]
+    assert np.isfinite(metrics["train/flow"]) and metrics["train/flow"] > 0, "the flow term trained on its targets"

@@ -20,6 +20,7 @@ from typing import Optional
 DATASETS = ("ucf101", "hmdb51", "kinetics400", "generic", "synthetic")  # data.name, data.eval_name
 SYNTHETIC_DOMAINS = ("default", "shifted")  # data.synthetic.domain: looks of the generated dataset
 SHORT_VIDEO_POLICIES = ("loop", "pad")  # data.short_video_policy
+MOTIONNET_SOURCE = "motionnet:"  # data.flow_source=motionnet:/path/ckpt.pt
 FLOW_ALGORITHMS = ("tvl1", "farneback")  # data.flow_algorithm
 SPLITS = {"ucf101": 3, "hmdb51": 3, "kinetics400": 1, "generic": 3, "synthetic": 3}  # data.split: 1..SPLITS[name]
 
@@ -74,6 +75,9 @@ class DataConfig:
     flow_root: Optional[str] = None  # None: <root>/flow_<flow_algorithm>
     flow_algorithm: str = "tvl1"  # tvl1 | farneback: which extraction the default flow_root holds
     flow_downsample: int = 1  # flow targets are (crop_size / k)^2: set k to the decoder's stride
+    flow_source: str = "tvl1"  # Rev2Net's flow targets: tvl1 (the pre-computed flow at flow_root, of
+                               # data.flow_algorithm) | motionnet:/path/ckpt.pt (a frozen MotionNet on the
+                               # training clip, in the step: no flow files)
     eval_clips: int = 1  # evenly spaced clips per video at evaluation; scores are averaged
     batch_size: int = 8  # clips per training batch; videos per evaluation batch
     eval_batch_size: Optional[int] = None  # None: batch_size
@@ -109,6 +113,10 @@ class DataConfig:
                f"an integer >= data.crop_size ({self.crop_size})")
         _check(self.flow_algorithm in FLOW_ALGORITHMS, "data.flow_algorithm", self.flow_algorithm,
                " | ".join(FLOW_ALGORITHMS))
+        _check(self.flow_source == "tvl1" or (self.flow_source.startswith(MOTIONNET_SOURCE)
+                                               and os.path.isfile(self.flow_source[len(MOTIONNET_SOURCE):])),
+               "data.flow_source", self.flow_source, "tvl1, or motionnet:/path/to/an/existing/checkpoint.pt "
+               "(python -m rev2net.motionnet pretrains one)")
         _check(self.flow_downsample >= 1 and self.crop_size % self.flow_downsample == 0,
                "data.flow_downsample", self.flow_downsample,
                f"a positive divisor of data.crop_size ({self.crop_size})")
@@ -143,6 +151,11 @@ class DataConfig:
     def flow_size(self) -> int:
         """Side of the square flow target grid."""
         return self.crop_size // self.flow_downsample
+
+    @property
+    def stored_flow_targets(self) -> bool:
+        """Flow targets are read from the extracted flow (not computed by a MotionNet in the step)."""
+        return self.flow and self.flow_source == "tvl1"
 
     def resolved_flow_root(self) -> str:
         return self.flow_root or os.path.join(self.root, f"flow_{self.flow_algorithm}")
