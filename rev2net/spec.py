@@ -236,9 +236,12 @@ class AdaptConfig:
     domain_weight: float = 1.0  # weight of the domain classifier's loss in the objective
     gamma: float = 10.0  # the gradient reversal's schedule: coefficient 2 / (1 + exp(-gamma p)) - 1
     target_decoders: bool = False  # the target clips also train Rev2Net's self-supervised decoders
+    target_batch_size: Optional[int] = None  # target clips per step (None: data.batch_size, as DANN pairs them)
 
     def __post_init__(self) -> None:
         _one_of("adapt.name", self.name, ADAPT_METHODS)
+        if self.target_batch_size is not None and self.target_batch_size < 1:
+            raise ValueError(f"adapt.target_batch_size={self.target_batch_size!r} must be null or >= 1")
         _finite_nonnegative("adapt.domain_weight", self.domain_weight)
         _finite_nonnegative("adapt.gamma", self.gamma)
 

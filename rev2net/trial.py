@@ -74,7 +74,8 @@ def _domain_training(spec: TrialSpec, model: torch.nn.Module, data_cfg: DataConf
 
     flow_targets = spec.adapt.target_decoders and data_cfg.flow
     target = build_target_loader(data_cfg, seed=spec.trainer.seed, spec=clip, flow_targets=flow_targets,
-                                 device_is_cuda=device.type == "cuda", rank=rank, num_replicas=world)
+                                 batch_size=spec.adapt.target_batch_size, device_is_cuda=device.type == "cuda",
+                                 rank=rank, num_replicas=world)
     adversary = build_domain_adversary(model.num_features, width=spec.model.width, gamma=spec.adapt.gamma)
     return DomainTraining(adversary, target, weight=spec.adapt.domain_weight,
                           target_decoders=spec.adapt.target_decoders)

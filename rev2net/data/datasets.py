@@ -416,7 +416,8 @@ def build_eval_loader(cfg: DataConfig, *, spec: Optional[ClipSpec] = None, proto
 
 
 def build_target_loader(cfg: DataConfig, *, seed: int, spec: Optional[ClipSpec] = None, flow_targets: bool = False,
-                        device_is_cuda: bool = False, rank: int = 0, num_replicas: int = 1) -> DataLoader:
+                        batch_size: Optional[int] = None, device_is_cuda: bool = False, rank: int = 0,
+                        num_replicas: int = 1) -> DataLoader:
     """Unlabelled training clips of the target domain (domain adaptation): the TRAINING list of
     cfg.eval_name at cfg.eval_root, through cfg.class_map, sampled like the source's clips (its own
     epoch order, from `seed`). Its samples carry no label at all: nothing can train on one."""
@@ -429,8 +430,9 @@ def build_target_loader(cfg: DataConfig, *, seed: int, spec: Optional[ClipSpec] 
     dataset = ClipDataset(records, spec, flow_root=flow_root, flow_size=cfg.flow_size, flow_input_root=input_root,
                           labelled=False)
     sampler = EpochSampler(len(dataset), seed=seed + 1_000_003, rank=rank, num_replicas=num_replicas)
-    return _loader(dataset, cfg, batch_size=cfg.batch_size, sampler=sampler, device_is_cuda=device_is_cuda,
-                   drop_last=len(sampler) >= cfg.batch_size, persistent=True)
+    batch_size = batch_size or cfg.batch_size
+    return _loader(dataset, cfg, batch_size=batch_size, sampler=sampler, device_is_cuda=device_is_cuda,
+                   drop_last=len(sampler) >= batch_size, persistent=True)
 
 
 def require_flow(records: list[VideoRecord], flow_root: str, *, dataset: str, root: str, algorithm: str = "tvl1") -> None:
