@@ -69,6 +69,8 @@ class SearchConfig:
     coarse_sweep: Optional[str] = None  # fine: the coarse parent run id to refine (None: the latest finished one)
     seeds: Optional[int] = None      # ablation: seeds per variant (None: the space's `seeds`)
     variants: List[str] = field(default_factory=list)  # ablation: run only these variants (empty: all)
+    step_time_s: Optional[float] = None  # --dry-run: seconds per training step (one batch) at this stage's fidelity on
+                                         # the trial's device, measured (benchmarks/step.py), for the GPU-hour estimate
 
     def __post_init__(self) -> None:
         _check(self.algorithm in SEARCH_ALGORITHMS, "search.algorithm", self.algorithm, " | ".join(SEARCH_ALGORITHMS))
@@ -77,6 +79,8 @@ class SearchConfig:
         _check(self.max_concurrent >= 0, "search.max_concurrent", self.max_concurrent, "an integer >= 0 (0 = no limit)")
         _check(self.metric_mode in ("max", "min"), "search.metric_mode", self.metric_mode, "max | min")
         _check(self.seeds is None or self.seeds >= 1, "search.seeds", self.seeds, "null or an integer >= 1")
+        _check(self.step_time_s is None or self.step_time_s > 0, "search.step_time_s", self.step_time_s,
+               "null or seconds per training step > 0 (measure it with benchmarks/step.py)")
         if self.algorithm == "optuna":
             _check(self.mode == "factorial", "search.mode", self.mode,
                    "factorial with search=optuna (TPE samples the product of the value sets)")
@@ -153,6 +157,9 @@ class MlflowConfig:
     experiment: Optional[str] = None  # None: rev2net-<data.name>
     artifact_location: Optional[str] = None  # for a new experiment (None: the server's default)
     flush_timeout_s: float = 600.0   # at a trial's end, how long to keep retrying metrics the server missed
+    system_metrics: Optional[bool] = None  # MLflow system metrics (CPU, memory, GPU) per trial; None: on where
+                                           # the trial uses a GPU (GPU figures need the nvidia-ml-py package)
+    system_metrics_interval_s: float = 10.0  # their sampling interval
 
     def __post_init__(self) -> None:
         _check(bool(re.match(r"^[a-z][a-z0-9+.-]*:", self.tracking_uri)) or "/" in self.tracking_uri,
@@ -162,6 +169,8 @@ class MlflowConfig:
                              "credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a tracking server) "
                              "or PGPASSWORD / ~/.pgpass (a database URI) instead")
         _check(self.flush_timeout_s >= 0, "mlflow.flush_timeout_s", self.flush_timeout_s, "a number >= 0")
+        _check(self.system_metrics_interval_s > 0, "mlflow.system_metrics_interval_s", self.system_metrics_interval_s,
+               "a number of seconds > 0")
 
 
 @dataclass
