@@ -706,7 +706,7 @@ def top_trials(runs: pd.DataFrame, *, k: int = 10, metric: str = SELECTED, mode:
                      + ", ".join(f"{WEIGHT_SYMBOLS[key]}={v:g}" for key, v in optimum.items()) + f"; {found}")
     label = f"{stage} stage" if stage else "sweep"
     title = f"Top {len(top)} configurations of the {label} by {METRIC_LABELS.get(metric, metric)}"
-    return Table(name, title, data, shown, notes, evidence={"top": proof, "ranked": ranked})
+    return Table(name, title, data, shown, notes, evidence={"top": proof, "ranked": ranked, "reported": reported})
 
 
 def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statuses: Sequence[str] = AVERAGED,
