@@ -160,6 +160,7 @@ class MlflowConfig:
     system_metrics: Optional[bool] = None  # MLflow system metrics (CPU, memory, GPU) per trial; None: on where
                                            # the trial uses a GPU (GPU figures need the nvidia-ml-py package)
     system_metrics_interval_s: float = 10.0  # their sampling interval
+    log_report: bool = True          # grid.py: after a stage, its report (python -m analysis.report) into its parent run
 
     def __post_init__(self) -> None:
         _check(bool(re.match(r"^[a-z][a-z0-9+.-]*:", self.tracking_uri)) or "/" in self.tracking_uri,
