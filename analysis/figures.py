@@ -95,9 +95,9 @@ def marginal_effects(runs: pd.DataFrame, *, metric: str = "val/top1", keys: Sequ
             if avg.any():
                 band = stats.summarize_seeds(pd.DataFrame({"v": w[avg].to_numpy(), "y": values[avg].to_numpy()}),
                                              ["v"], "y").set_index("v").reindex(grid)
-                err = np.vstack([np.asarray(means) - band["low"].to_numpy(), band["high"].to_numpy() - np.asarray(means)])
-                axis.errorbar(grid, means, yerr=np.nan_to_num(err), fmt="none", ecolor="black", elinewidth=1,
-                              capsize=3, zorder=3)
+                for v, low, high in zip(grid, band["low"], band["high"]):   # the 95% interval of the mean
+                    if np.isfinite(low):
+                        axis.plot([v, v], [low, high], color="black", lw=1, zorder=3)
             axis.plot(grid, means, color="black", marker="_", markersize=12, lw=1.2, zorder=3)
             axis.scatter(grid, bests, marker="^", color="tab:red", s=30, zorder=4)
         ax.set_xscale("log")

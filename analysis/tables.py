@@ -855,7 +855,10 @@ def importance_table(runs: pd.DataFrame, *, stage: str = "", metric: str = SELEC
                   "decomposition computed on the grid itself), each point's seeds averaged")
     else:
         trees = FANOVA_TREES if len(pool) <= FANOVA_LARGE else 16
-        imp = stats.fanova(pool, metric, weights=keys, n_trees=trees)
+        try:
+            imp = stats.fanova(pool, metric, weights=keys, n_trees=trees)
+        except RuntimeError as e:   # its check that the refitted forest is Optuna's failed: no numbers to trust
+            raise LookupError(f"fANOVA: {str(e).splitlines()[0]}") from e
         method = (f"random-forest fANOVA (stats.fanova: Optuna's FanovaImportanceEvaluator, {trees} trees, the "
                   "pairwise terms from the same forest); ± = spread over the trees")
     data = imp.assign(importance_pct=imp["importance"] * 100, std_pct=imp["std"] * 100, metric=metric,
