@@ -100,7 +100,8 @@ def marginal_effects(runs: pd.DataFrame, *, metric: str = "val/top1", keys: Sequ
                         axis.plot([v, v], [low, high], color="black", lw=1, zorder=3)
             axis.plot(grid, means, color="black", marker="_", markersize=12, lw=1.2, zorder=3)
             axis.scatter(grid, bests, marker="^", color="tab:red", s=30, zorder=4)
-        ax.set_xscale("log")
+        if (w > 0).any():   # a weight searched at 0 only has nothing to put on a log axis
+            ax.set_xscale("log")
         ax0.set_xlim(-1, 1)
         ax0.set_xticks([0], ["0"])
         ax0.spines["right"].set_visible(False)
@@ -320,7 +321,7 @@ def comparison(table: Table, *, stage: str = "") -> Figure:
     styles = {"reference": dict(color="tab:blue", mfc="tab:blue"), "differs": dict(color="tab:red", mfc="tab:red"),
               SAME: dict(color="tab:gray", mfc="white"), "": dict(color="black", mfc="black")}
     for y, r in zip(ys, rows.itertuples()):
-        err = [[r.mean - r.low], [r.high - r.mean]] if np.isfinite(r.low) else None
+        err = [[max(0.0, r.mean - r.low)], [max(0.0, r.high - r.mean)]] if np.isfinite(r.low) else None
         ax.errorbar([r.mean], [y], xerr=err, fmt="o", capsize=3, markersize=6, **styles[r.mark])
         if r.mark == SAME:
             ax.annotate(SAME, (r.high if np.isfinite(r.high) else r.mean, y), xytext=(6, -3),
