@@ -6,6 +6,7 @@ Groups, one per concern (the YAML options live in orchestration/conf/<group>/):
     model      the network               rev2net.spec.ModelConfig    rev2net | i3d (families: rev2net.registry)
     loss       the weights of eq. (3)    rev2net.spec.LossConfig     paper | zero
     trainer    one trial's optimisation  rev2net.spec.TrainerConfig  default
+    adapt      domain adaptation         rev2net.spec.AdaptConfig    none | dann
     search     what is searched, how     SearchConfig                  grid | optuna
     scheduler  early stopping            SchedulerConfig               fifo | asha
     cluster    where trials run          RayConfig + TrialConfig       local | gpu | gpu_shared | gpu_ddp
@@ -36,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from orchestration.errors import ConfigError
 from orchestration.records import sqlite_path
 from orchestration.spaces import STAGES
-from rev2net.spec import LossConfig, ModelConfig, TrainerConfig
+from rev2net.spec import AdaptConfig, LossConfig, ModelConfig, TrainerConfig
 from rev2net.data.config import DataConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -67,10 +68,20 @@ class SearchConfig:
     metric_mode: str = "max"         # max | min
     spaces_dir: Optional[str] = None  # None: the repository's search_spaces/
     coarse_sweep: Optional[str] = None  # fine: the coarse parent run id to refine (None: the latest finished one)
+<<<<<<< HEAD
     seeds: Optional[int] = None      # ablation: seeds per variant (None: the space's `seeds`)
     variants: List[str] = field(default_factory=list)  # ablation: run only these variants (empty: all)
     step_time_s: Optional[float] = None  # --dry-run: seconds per training step (one batch) at this stage's fidelity on
                                          # the trial's device, measured (benchmarks/step.py), for the GPU-hour estimate
+=======
+    seeds: Optional[int] = None      # ablation, compare, cross: seeds per variant (None: the space's `seeds`)
+    variants: List[str] = field(default_factory=list)  # ablation, compare, cross: only these variants (empty: all)
+    splits: List[int] = field(default_factory=list)  # ablation, compare, cross: run on each of these official
+                                     # splits (data.split; empty: data.split alone); tables average over them
+    confirm_top_k: int = 0           # coarse, fine: re-run the best K configurations ...
+    confirm_seeds: int = 0           # ... with this many more seeds, in the same stage; "best" is then the
+                                     # configuration with the best mean over its seeds
+>>>>>>> main
 
     def __post_init__(self) -> None:
         _check(self.algorithm in SEARCH_ALGORITHMS, "search.algorithm", self.algorithm, " | ".join(SEARCH_ALGORITHMS))
@@ -79,8 +90,15 @@ class SearchConfig:
         _check(self.max_concurrent >= 0, "search.max_concurrent", self.max_concurrent, "an integer >= 0 (0 = no limit)")
         _check(self.metric_mode in ("max", "min"), "search.metric_mode", self.metric_mode, "max | min")
         _check(self.seeds is None or self.seeds >= 1, "search.seeds", self.seeds, "null or an integer >= 1")
+<<<<<<< HEAD
         _check(self.step_time_s is None or self.step_time_s > 0, "search.step_time_s", self.step_time_s,
                "null or seconds per training step > 0 (measure it with benchmarks/step.py)")
+=======
+        _check(all(n >= 1 for n in self.splits), "search.splits", list(self.splits), "a list of split numbers >= 1")
+        _check(self.confirm_top_k >= 0 and self.confirm_seeds >= 0 and (self.confirm_top_k > 0) == (self.confirm_seeds > 0),
+               "search.confirm_top_k", (self.confirm_top_k, self.confirm_seeds),
+               "search.confirm_top_k and search.confirm_seeds both 0, or both >= 1")
+>>>>>>> main
         if self.algorithm == "optuna":
             _check(self.mode == "factorial", "search.mode", self.mode,
                    "factorial with search=optuna (TPE samples the product of the value sets)")
@@ -183,6 +201,7 @@ class SweepConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ray: RayConfig = field(default_factory=RayConfig)

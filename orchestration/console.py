@@ -71,10 +71,19 @@ def format_plan(cfg: DictConfig, plan: Plan) -> str:
     lines += [f"  {note}" for note in plan.notes]
     if plan.shuffle_protocols:
         lines.append(f"  evaluated at the end under frame shuffles: {', '.join(plan.shuffle_protocols)}")
+    confirm = cfg.search.confirm_top_k * cfg.search.confirm_seeds if cfg.stage in ("coarse", "fine") else 0
+    if confirm:
+        lines.append(f"  then the best {cfg.search.confirm_top_k} configuration(s) again with {cfg.search.confirm_seeds} "
+                     f"more seed(s): {confirm} trials; best = the best mean over seeds")
     lines.append(_resources_line(cfg))
     total, how = trial_epochs(cfg, plan.num_trials)
+<<<<<<< HEAD
     lines.append(f"trial-epochs: {total} ({how})")
     lines.append(_cost_line(cfg, plan))
+=======
+    lines.append(f"trial-epochs: {total + confirm * int(cfg.trainer.max_epochs)} ({how}"
+                 + (f"; + {confirm} × {cfg.trainer.max_epochs} confirming" if confirm else "") + ")")
+>>>>>>> main
     lines.append(f"sweep id {sweep_id(cfg, plan)} · Tune state under {experiment_dir(cfg)} · "
                  f"MLflow {cfg.mlflow.tracking_uri}, experiment {experiment_name(cfg)}")
     return "\n".join(lines)
@@ -89,7 +98,7 @@ def plan_json(cfg: DictConfig, plan: Plan) -> str:
     for i, point in enumerate(plan.points):
         trial_cfg = cfg.copy()
         for key, value in point.items():
-            if key != records.VARIANT_PARAM:
+            if key not in records.META_PARAMS:
                 OmegaConf.update(trial_cfg, key, value, merge=False)
         out.append({"trial": i, "name": records.run_name(point), "params": point,
                     "config": OmegaConf.to_container(trial_cfg, resolve=True)})

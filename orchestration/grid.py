@@ -1,6 +1,7 @@
 """Run one stage of the Rev2Net sweep.
 
-    python orchestration/grid.py --stage coarse|fine|ablation [--then STAGES] [--dry-run [--json]] [--resume | --fresh] [overrides]
+    python orchestration/grid.py --stage coarse|fine|ablation|compare|cross [--then STAGES] [--dry-run [--json]]
+                                 [--resume | --fresh] [overrides]
 
 Overrides are Hydra's: `key=value` or `group=option`, e.g.
     data=ucf101 data.root=/data/UCF101 search.mode=factorial scheduler=asha trial.gpus=0.5 ray.address=auto
@@ -34,7 +35,7 @@ from orchestration.spaces import STAGES  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orchestration/grid.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", required=True, help="coarse | fine | ablation")
+    parser.add_argument("--stage", required=True, help=" | ".join(STAGES))
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     parser.add_argument("--json", action="store_true", help="with --dry-run: the trial configurations as a JSON list")
     again = parser.add_mutually_exclusive_group()

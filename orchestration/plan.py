@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from orchestration import records, tracking
 from orchestration.config import SweepConfig, experiment_name, resolve_paths, to_objects
 from orchestration.errors import ConfigError
-from orchestration.spaces import Plan, ablation_plan, coarse_plan, fine_plan, load_space, space_path
+from orchestration.spaces import Plan, coarse_plan, fine_plan, load_space, space_path, variant_plan
+from rev2net import registry
 from rev2net.data.synthetic import check_params
 from rev2net.registry import check_spec
 from rev2net.spec import TrialSpec
@@ -68,24 +69,69 @@ def _fine(cfg: DictConfig, space: dict[str, Any]) -> Plan:
                      source=source)
 
 
-def _ablation(cfg: DictConfig, space: dict[str, Any]) -> Plan:
+def _weights(cfg: DictConfig, space: dict[str, Any]) -> tuple[dict[str, float], str]:
+    """Rev2Net's weights for a stage of variants: the fine stage's best (`weights: auto`), else the
+    coarse stage's, else the loss config; `weights: config` always the loss config."""
     weights_from = space.get("weights", "auto")
     weights = {k: float(OmegaConf.select(cfg, k)) for k in records.WEIGHTS}
-    source = "the loss config"
-    if weights_from == "auto":
-        for earlier in ("fine", "coarse"):
-            try:
-                weights, source = stage_best(cfg, earlier)
-                break
-            except LookupError:
-                continue
-        else:
-            source = f"the loss config (no finished fine or coarse stage in {experiment_name(cfg)})"
-    elif weights_from != "config":
+    if weights_from == "config":
+        return weights, "the loss config"
+    if weights_from != "auto":
         raise ConfigError(f"{space['_path']}: weights={weights_from!r} is not one of auto, config")
+    for earlier in ("fine", "coarse"):
+        try:
+            return stage_best(cfg, earlier)
+        except LookupError:
+            continue
+    return weights, f"the loss config (no finished fine or coarse stage in {experiment_name(cfg)})"
+
+
+def _variants_stage(cfg: DictConfig, space: dict[str, Any], axes: Optional[list[dict[str, Any]]] = None) -> Plan:
+    weights, source = _weights(cfg, space)
     s = cfg.search
-    return ablation_plan(space, weights, seeds=s.seeds, variants=list(s.variants) or None,
-                         first_seed=int(cfg.trainer.seed), source=source, model_ddp=str(cfg.model.ddp))
+    return variant_plan(cfg.stage, space, weights, seeds=s.seeds, variants=list(s.variants) or None,
+                        splits=list(s.splits), axes=axes, first_seed=int(cfg.trainer.seed), source=source,
+                        model_ddp=str(cfg.model.ddp))
+
+
+def _dataset(name: str, synthetic: dict[str, Any]) -> str:
+    return f"{name} ({synthetic['domain']})" if name == "synthetic" else name
+
+
+def cross_directions(cfg: DictConfig, space: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cross stage's directions as partial points: `forward` is the configured source (data.name,
+    data.root) and target (data.eval_name, data.eval_root), `reverse` the two swapped. On the
+    generated dataset with no target set, the target is its shifted domain beside data.root."""
+    d = OmegaConf.to_container(cfg.data, resolve=True)
+    if d["eval_name"] is None:
+        if d["name"] != "synthetic":
+            raise ConfigError("the cross stage trains on one dataset and tests on another: set data.eval_name, "
+                              "data.eval_root and data.class_map (e.g. data.eval_name=hmdb51 "
+                              "data.eval_root=/data/HMDB51 data.class_map=ucf101_hmdb51_12)")
+        d.update(eval_name="synthetic", eval_root=f"{d['root'].rstrip('/')}-shifted",
+                 eval_synthetic={**d["synthetic"], "domain": "shifted"})
+    def side(name: str, root: str, synthetic: dict[str, Any], as_target: bool) -> dict[str, Any]:
+        prefix = "data.eval_" if as_target else "data."
+        return {f"{prefix}name": name, f"{prefix}root": root,
+                **{f"{prefix}synthetic.{k}": v for k, v in synthetic.items()}}
+
+    one = (d["name"], d["root"], d["synthetic"])
+    other = (d["eval_name"], d["eval_root"], d["eval_synthetic"])
+    pairs = {"forward": (one, other), "reverse": (other, one)}
+    wanted = list(space.get("directions") or ["forward", "reverse"])
+    unknown = [w for w in wanted if w not in pairs]
+    if unknown:
+        raise ConfigError(f"{space['_path']}: directions {', '.join(unknown)} are not forward | reverse")
+    own_flow = {"data.flow_root": None} if d["flow_root"] else {}  # a flow_root set for the source is not the target's
+    return [{records.DIRECTION_PARAM: f"{_dataset(a[0], a[2])} → {_dataset(b[0], b[2])}",
+             **side(*a, as_target=False), **side(*b, as_target=True), **(own_flow if a is other else {})}
+            for a, b in (pairs[w] for w in wanted)]
+
+
+def _cross(cfg: DictConfig, space: dict[str, Any]) -> Plan:
+    adapt = list(space.get("adapt") or ["none", "dann"])
+    axes = [{**direction, "adapt.name": method} for direction in cross_directions(cfg, space) for method in adapt]
+    return _variants_stage(cfg, space, axes)
 
 
 def build_plan(cfg: DictConfig) -> Plan:
@@ -94,7 +140,9 @@ def build_plan(cfg: DictConfig) -> Plan:
     space = load_space(cfg.stage, s.spaces_dir)
     if cfg.stage == "coarse":
         return coarse_plan(space, mode=s.mode, algorithm=s.algorithm, num_samples=s.num_samples)
-    return _fine(cfg, space) if cfg.stage == "fine" else _ablation(cfg, space)
+    if cfg.stage == "fine":
+        return _fine(cfg, space)
+    return _cross(cfg, space) if cfg.stage == "cross" else _variants_stage(cfg, space)
 
 
 def _replace(obj: Any, changes: dict[str, Any]) -> Any:
@@ -115,8 +163,8 @@ def _replace(obj: Any, changes: dict[str, Any]) -> Any:
 
 def _check_keys(cfg: DictConfig, plan: Plan) -> None:
     """Each distinct (key, value) of the plan merges into the typed config (unknown keys, wrong types)."""
-    pairs = {(k, json.dumps(v)) for p in plan.points for k, v in p.items() if k != records.VARIANT_PARAM}
-    pairs |= {(k, json.dumps(v)) for k, vals in plan.values.items() if k != records.VARIANT_PARAM for v in vals}
+    pairs = {(k, json.dumps(v)) for p in plan.points for k, v in p.items() if k not in records.META_PARAMS}
+    pairs |= {(k, json.dumps(v)) for k, vals in plan.values.items() if k not in records.META_PARAMS for v in vals}
     for key, value in sorted(pairs):
         try:
             OmegaConf.update(cfg.copy(), key, json.loads(value), merge=False)
@@ -124,29 +172,40 @@ def _check_keys(cfg: DictConfig, plan: Plan) -> None:
             raise ConfigError(f"search space key {key}={json.loads(value)!r}: {str(e).splitlines()[0]}") from e
 
 
-def check_points(cfg: DictConfig, plan: Plan) -> SweepConfig:
-    """Every trial's config is valid, before the first trial starts: keys and types (`_check_keys`),
-    then each distinct point's dataclasses rebuilt (value checks) and checked for its family."""
+def trial_specs(cfg: DictConfig, plan: Plan) -> list[TrialSpec]:
+    """Every distinct planned trial's config (for Optuna: every point TPE could pick), each checked:
+    its dataclasses rebuilt (value checks), then for its model family (rev2net.registry.check_spec)
+    and, for the generated dataset, for what the generator can make. ConfigError names the trial."""
     base = to_objects(cfg)
-    _check_keys(cfg, plan)
     points = plan.points
-    if plan.algorithm == "optuna":  # every point TPE could pick
+    if plan.algorithm == "optuna":
         keys = list(plan.values)
         points = [dict(zip(keys, c)) for c in itertools.product(*(plan.values[k] for k in keys))]
-    seen: set[str] = set()
+    specs, seen = [], set()
     for point in points:
-        config_point = {k: v for k, v in point.items() if k != records.VARIANT_PARAM}
-        ident = json.dumps(config_point, sort_keys=True)
+        config_point = {k: v for k, v in point.items() if k not in records.META_PARAMS}
+        ident = json.dumps(config_point, sort_keys=True, default=str)
         if ident in seen:
             continue
         seen.add(ident)
         try:
             obj = _replace(base, config_point)
-            check_spec(TrialSpec(data=obj.data, model=obj.model, loss=obj.loss, trainer=obj.trainer))
+            spec = TrialSpec(data=obj.data, model=obj.model, loss=obj.loss, trainer=obj.trainer, adapt=obj.adapt)
+            check_spec(spec)
             if obj.data.name == "synthetic":  # what the generator can make (its own check)
                 check_params(obj.data.synthetic)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"trial {records.run_name(point)}: {str(e).splitlines()[0]}") from e
+        specs.append(spec)
+    return specs
+
+
+def check_points(cfg: DictConfig, plan: Plan) -> SweepConfig:
+    """Every trial's config is valid, before the first trial starts: keys and types (`_check_keys`),
+    then each distinct point's values and family (`trial_specs`)."""
+    base = to_objects(cfg)
+    _check_keys(cfg, plan)
+    trial_specs(cfg, plan)
     return base
 
 
@@ -164,18 +223,53 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Plan]:
     return cfg, plan
 
 
-def prepare_data(cfg: DictConfig, *, progress: bool = True) -> None:
-    """Generate the embedded dataset on first use, then check the dataset like `rev2net.data.check`."""
+def prepare_data(cfg: DictConfig, plan: Plan, *, progress: bool = True) -> None:
+    """The datasets the planned trials read, ready and checked like `rev2net.data.check`: the
+    generated dataset made on first use (with every video's flow when a planned family reads flow
+    as its input), the cross-dataset target too."""
     from rev2net.data import check_dataset, ensure_synthetic
+    from rev2net.data.check import check_target
+    from rev2net.data.synthetic import ensure_flow
 
-    data = to_objects(cfg).data
-    if data.name == "synthetic":
-        ensure_synthetic(data.root, data.synthetic, progress=progress)
-    report = check_dataset(data)
-    if not report.ok:
-        raise ConfigError(f"dataset {data.name} at {data.root} is not ready: {report.summary().splitlines()[0]} "
-                          f"(details: python -m rev2net.data.check --dataset {data.name} --root {data.root} "
-                          f"--split {data.split})")
+    specs = trial_specs(cfg, plan)
+    flow_input = any(registry.data_needs(s.model, s.loss).flow_pairs for s in specs)
+    for data in {json.dumps(dataclasses.asdict(s.data), sort_keys=True): s.data for s in specs}.values():
+        for name, root, params in ((data.name, data.root, data.synthetic),
+                                   (data.eval_name, data.eval_root, data.eval_synthetic)):
+            if name == "synthetic":
+                (ensure_flow if flow_input else ensure_synthetic)(root, params, progress=progress)
+        report = check_dataset(data, flow_everywhere=flow_input)
+        if not report.ok:
+            raise ConfigError(f"dataset {data.name} at {data.root} is not ready: {report.summary().splitlines()[0]} "
+                              f"(details: python -m rev2net.data.check --dataset {data.name} --root {data.root} "
+                              f"--split {data.split})")
+        problems = check_target(data)
+        if problems:
+            raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def confirm_plan(cfg: DictConfig, plan: Plan, parent_run_id: str) -> Optional[Plan]:
+    """The confirmation re-runs of a coarse or fine stage (search.confirm_top_k, search.confirm_seeds):
+    its best K configurations by the selection metric (rank_trials: the same order as best_config),
+    each trained again with S more seeds. None when not asked for, or nothing ranked."""
+    s = cfg.search
+    if not s.confirm_top_k or cfg.stage not in ("coarse", "fine"):
+        return None
+    runs = records.load_runs(cfg.mlflow.tracking_uri, experiment_name(cfg), parent_run_id=parent_run_id)
+    keys = [k for k in plan.values if k in runs]
+    first = int(cfg.trainer.seed)
+    mains = runs[runs["trainer.seed"] == first] if "trainer.seed" in runs else runs
+    try:
+        ranked, _ = records.rank_trials(mains, metric=s.metric, mode=s.metric_mode, keys=keys)
+    except LookupError:
+        return None
+    best = ranked.drop_duplicates(keys).head(s.confirm_top_k)
+    seeds = list(range(first + 1, first + 1 + s.confirm_seeds))
+    points = [{**{k: row[k] for k in keys}, "trainer.seed": seed} for row in best.to_dict("records") for seed in seeds]
+    values = {k: list(dict.fromkeys(p[k] for p in points)) for k in keys} | {"trainer.seed": seeds}
+    note = (f"confirmation: the best {len(best)} configuration(s) by {s.metric} again with seeds "
+            f"{', '.join(map(str, seeds))}")
+    return Plan(cfg.stage, "confirm", points, values, {}, notes=[note])
 
 
 def trial_epochs(cfg: DictConfig, n_trials: int) -> tuple[int, str]:

@@ -96,6 +96,8 @@ WEIGHT_INFO = {w.key: w for w in (
 WEIGHTS = tuple(WEIGHT_INFO)                  # the params of the four weights, in eq. (3)'s order
 WEIGHT_SYMBOLS = {k: w.symbol for k, w in WEIGHT_INFO.items()}
 VARIANT_PARAM = "variant"                     # a point's key that names a registered variant (not a config key)
+DIRECTION_PARAM = "direction"                 # a cross-dataset point's key: "<source> → <target>" (not a config key)
+META_PARAMS = (VARIANT_PARAM, DIRECTION_PARAM)  # point keys that name a trial (logged as params) but set no config
 SHUFFLE_PROTOCOLS = ("none", "long_term", "short_term", "complete")   # rev2net.data.shuffle.PROTOCOLS
 # Every per-epoch metric rev2net.train logs (the loss terms only when their weight is > 0).
 EPOCH_METRICS = ("train/loss", "train/ce", "train/ddp_high", "train/ddp_low", "train/flow", "train/im",
@@ -117,7 +119,10 @@ def run_name(point: dict[str, Any]) -> str:
     """A trial's run name, readable in the MLflow UI: `α=0.01 β=0.1 λf=0.1 λi=0.1`, `no_ddp seed=1`."""
     if VARIANT_PARAM in point:
         seed = next((v for k, v in point.items() if k.endswith(".seed")), None)
-        return f"{point[VARIANT_PARAM]} seed={seed}"
+        where = [f"{point[DIRECTION_PARAM]}"] if DIRECTION_PARAM in point else []
+        where += [f"{point['adapt.name']}"] if "adapt.name" in point else []
+        where += [f"split {point['data.split']}"] if "data.split" in point else []
+        return " ".join([str(point[VARIANT_PARAM]), *where, f"seed={seed}"])
     order = list(WEIGHT_INFO)
     keys = sorted(point, key=lambda k: order.index(k) if k in WEIGHT_INFO else len(order))
     return " ".join(f"{WEIGHT_INFO[k].short if k in WEIGHT_INFO else k}="

@@ -22,12 +22,12 @@ from typing import Any, Callable
 import yaml
 
 from orchestration.errors import ConfigError
-from orchestration.records import VARIANT_PARAM
+from orchestration.records import META_PARAMS, VARIANT_PARAM
 from orchestration.records import WEIGHTS as WEIGHT_KEYS
 from rev2net import registry
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-STAGES = ("coarse", "fine", "ablation")
+STAGES = ("coarse", "fine", "ablation", "compare", "cross")
 MODES = ("factorial", "axes")
 
 
@@ -66,6 +66,8 @@ def load_space(stage: str, spaces_dir: str | None = None) -> dict[str, Any]:
         "coarse": {"values", "base"},
         "fine": {"keys", "factors", "rule", "coarse"},
         "ablation": {"weights", "seeds", "shuffle_protocols", "variants"},
+        "compare": {"weights", "seeds", "shuffle_protocols", "variants"},
+        "cross": {"weights", "seeds", "shuffle_protocols", "variants", "adapt", "directions"},
     }[stage]
     unknown = set(space) - allowed
     if unknown:
@@ -180,7 +182,7 @@ def _trains_as(point: dict[str, Any], model_ddp: str) -> tuple:
     parts = {"low", "high"} if ddp == "both" else set() if ddp == "none" else {ddp}
     if float(point.get("loss.beta", 0.0)) == 0.0:
         parts.discard("low")
-    rest = {k: v for k, v in point.items() if k not in (VARIANT_PARAM, "model.ddp")}
+    rest = {k: v for k, v in point.items() if k not in (*META_PARAMS, "model.ddp")}
     return tuple(sorted(parts)), tuple(sorted((k, repr(v)) for k, v in rest.items()))
 
 
@@ -197,42 +199,65 @@ def _variants(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: {**registry.variant(name).overrides, **(extra or {})} for name, extra in listed.items()}
 
 
-def ablation_plan(space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
-                  variants: list[str] | None = None, seed_key: str = "trainer.seed", first_seed: int = 0,
-                  source: str = "", model_ddp: str = "both") -> Plan:
-    """Named variants x seeds; each point = the chosen weights, then the variant's overrides, then the seed."""
+def variant_plan(stage: str, space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
+                 variants: list[str] | None = None, splits: list[int] | tuple[int, ...] = (),
+                 axes: list[dict[str, Any]] | None = None, seed_key: str = "trainer.seed", first_seed: int = 0,
+                 source: str = "", model_ddp: str = "both") -> Plan:
+    """Registered variants x `axes` (partial points, e.g. cross-dataset direction x adaptation) x
+    `splits` x seeds. Each point = the chosen weights, then the variant's overrides, then the axis
+    entry's, then the split (data.split, when `splits` are given) and the seed."""
     where = space["_path"]
     all_variants = _variants(space)
     chosen = list(variants) if variants else list(all_variants)
     unknown = [v for v in chosen if v not in all_variants]
     if unknown:
-        raise ConfigError(f"ablation variant(s) {', '.join(unknown)} not in {where}; "
+        raise ConfigError(f"{stage} variant(s) {', '.join(unknown)} not in {where}; "
                           f"known: {', '.join(all_variants)}")
     n_seeds = int(seeds if seeds is not None else space.get("seeds", 3))
     if n_seeds < 1:
         raise ConfigError(f"search.seeds={n_seeds} must be at least 1")
     for k, v in weights.items():
-        check_weight(k, v, "ablation weights")
+        check_weight(k, v, f"{stage} weights")
+    seed_values = list(range(first_seed, first_seed + n_seeds))
+    split_points = [{"data.split": int(n)} for n in splits] or [{}]
     points = []
     for name in chosen:
-        overrides = all_variants[name]
-        for k, v in overrides.items():
+        for k, v in all_variants[name].items():
             check_weight(k, v, f"{where} variant {name}")
-        for s in range(first_seed, first_seed + n_seeds):
-            points.append({VARIANT_PARAM: name, **weights, **overrides, seed_key: s})
-    values = {VARIANT_PARAM: chosen, seed_key: list(range(first_seed, first_seed + n_seeds))}
+        for axis in axes or [{}]:
+            for split in split_points:
+                for seed in seed_values:
+                    points.append({VARIANT_PARAM: name, **weights, **all_variants[name], **axis, **split, seed_key: seed})
+    values: dict[str, list[Any]] = {VARIANT_PARAM: chosen}
+    for key in dict.fromkeys(k for axis in axes or [] for k in axis if k in META_PARAMS or k == "adapt.name"):
+        values[key] = list(dict.fromkeys(axis[key] for axis in axes))
+    if splits:
+        values["data.split"] = [int(n) for n in splits]
+    values[seed_key] = seed_values
     notes = [f"weights from {source or 'the loss config'}: " + ", ".join(f"{k}={v:g}" for k, v in weights.items())]
+    notes += _identical_variants([p for p in points if p[seed_key] == first_seed], model_ddp, where)
+    protocols = list(space.get("shuffle_protocols") or ["none"])
+    return Plan(stage, "variants", points, values, dict(weights), shuffle_protocols=protocols, notes=notes)
+
+
+def _identical_variants(points: list[dict[str, Any]], model_ddp: str, where: str) -> list[str]:
+    """Notes naming variants that train exactly alike with these weights (per axis and split)."""
     same: dict[tuple, list[str]] = {}
     for p in points:
-        if p[seed_key] == first_seed:
-            same.setdefault(_trains_as(p, model_ddp), []).append(p[VARIANT_PARAM])
-    for names in same.values():
-        if len(names) > 1:
-            notes.append(f"identical variants: {' and '.join(names)} train exactly alike with these weights (a DDP "
-                         f"form whose weight is 0 changes nothing); set `weights: config` in {where} and the loss.* "
-                         "weights to tell them apart")
-    protocols = list(space.get("shuffle_protocols") or ["none"])
-    return Plan("ablation", "variants", points, values, dict(weights), shuffle_protocols=protocols, notes=notes)
+        context = tuple(sorted((k, repr(v)) for k, v in p.items() if k in META_PARAMS[1:] or k in ("adapt.name",
+                                                                                                 "data.split")))
+        same.setdefault((context, _trains_as(p, model_ddp)), []).append(p[VARIANT_PARAM])
+    notes = []
+    for names in dict.fromkeys(tuple(n) for n in same.values() if len(n) > 1):
+        notes.append(f"identical variants: {' and '.join(names)} train exactly alike with these weights (a DDP "
+                     f"form whose weight is 0 changes nothing); set `weights: config` in {where} and the loss.* "
+                     "weights to tell them apart")
+    return notes
+
+
+def ablation_plan(space: dict[str, Any], weights: dict[str, float], **kwargs: Any) -> Plan:
+    """The ablation stage: registered variants x seeds around the chosen weights (`variant_plan`)."""
+    return variant_plan("ablation", space, weights, **kwargs)
 
 
 def point_key(point: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ same sweep; `--fresh` starts the same config over as a new generation.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import subprocess
@@ -69,7 +70,7 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
                 log.warning(note)
         ray_cluster.check_ray_address(cfg.ray.address)
         tracking.check_reachable(cfg.mlflow.tracking_uri)
-        planning.prepare_data(cfg, progress=progress)
+        planning.prepare_data(cfg, plan, progress=progress)
 
         client = tracking.client(cfg.mlflow.tracking_uri)
         exp_id = tracking.experiment_id(client, experiment_name(cfg), _artifact_location(cfg))
@@ -78,22 +79,33 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
 
         ray_cluster.start(cfg)
         ray_cluster.check_shared_storage(cfg.ray.storage_path)
-        resources = ray_cluster.trial_resources(cfg, ray_cluster.local_resources(cfg)[1])
-        ctx = SweepContext(config_yaml=OmegaConf.to_yaml(cfg, resolve=True), sweep_id=where.sweep_id,
-                           experiment_id=exp_id, parent_run_id=parent_id, tracking_uri=cfg.mlflow.tracking_uri,
-                           stage=cfg.stage, metric=cfg.search.metric, shuffle_protocols=tuple(plan.shuffle_protocols),
-                           flush_timeout_s=cfg.mlflow.flush_timeout_s)
-        calls = tuner.callbacks(cfg, plan, exp_id, where.sweep_id, parent_id, progress=progress,
+        run = functools.partial(_run_trials, cfg, exp_id=exp_id, parent_id=parent_id, progress=progress,
                                 progress_interval_s=progress_interval_s)
-        grid = tuner.build(cfg, plan, where, tuner.trainable(ctx, resources), calls).fit()
+        trials = run(plan, where)
+        confirm = planning.confirm_plan(cfg, plan, parent_id)
+        if confirm is not None:  # the best configurations again, with more seeds, under the same parent run
+            trials += run(confirm, sweep.confirm_location(cfg, confirm, where))
 
         result = StageResult(stage=cfg.stage, sweep_id=where.sweep_id, experiment=experiment_name(cfg),
                              tracking_uri=cfg.mlflow.tracking_uri, storage_dir=where.path, plan=plan,
-                             metric=cfg.search.metric, parent_run_id=parent_id, resumed=where.restore,
-                             trials=tuner.collect(grid, cfg.search.metric))
+                             metric=cfg.search.metric, parent_run_id=parent_id, resumed=where.restore, trials=trials)
         _close_parent(cfg, plan, client, result)
     result.wall_s = time.monotonic() - started
     return result
+
+
+def _run_trials(cfg: DictConfig, plan: Plan, where: sweep.Location, *, exp_id: str, parent_id: str, progress: bool,
+                progress_interval_s: float) -> list[dict[str, Any]]:
+    """One Tuner over `plan`'s trials (new, or continued from `where`): how each ended."""
+    resources = ray_cluster.trial_resources(cfg, ray_cluster.local_resources(cfg)[1])
+    ctx = SweepContext(config_yaml=OmegaConf.to_yaml(cfg, resolve=True), sweep_id=where.sweep_id,
+                       experiment_id=exp_id, parent_run_id=parent_id, tracking_uri=cfg.mlflow.tracking_uri,
+                       stage=cfg.stage, metric=cfg.search.metric, shuffle_protocols=tuple(plan.shuffle_protocols),
+                       flush_timeout_s=cfg.mlflow.flush_timeout_s)
+    calls = tuner.callbacks(cfg, plan, exp_id, where.sweep_id, parent_id, progress=progress,
+                            progress_interval_s=progress_interval_s)
+    grid = tuner.build(cfg, plan, where, tuner.trainable(ctx, resources), calls).fit()
+    return tuner.collect(grid, cfg.search.metric)
 
 
 def _git_commit() -> str:

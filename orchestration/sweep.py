@@ -80,3 +80,12 @@ def locate(cfg: DictConfig, plan: Plan, *, fresh: bool = False, require_resume: 
         raise ConfigError(f"--resume: there is no interrupted {cfg.stage} stage with this config under "
                           f"{experiment_dir(cfg)} (the sweep id is {sweep_id(cfg, plan)}); drop --resume to start it")
     return Location(sweep_id(cfg, plan, generation), generation, path, restore)
+
+
+def confirm_location(cfg: DictConfig, confirm: Plan, main: Location) -> Location:
+    """Where the confirmation re-runs of a stage's generation keep their Tune state: a sweep of their
+    own (`<sweep id>-confirm-<hash of the re-run points>`), under the same parent run."""
+    digest = hashlib.sha1(json.dumps(confirm.points, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    sid = f"{main.sweep_id}-confirm-{digest}"
+    path = f"{experiment_dir(cfg)}/{sid}"
+    return Location(sid, main.generation, path, has_state(path))

@@ -71,7 +71,7 @@ def apply_point(config_yaml: str, point: dict[str, Any]) -> SweepConfig:
     """The sweep config with the trial's values set, as validated dataclasses."""
     cfg = _base_config(config_yaml).copy()
     for key, value in point.items():
-        if key != records.VARIANT_PARAM:  # names the trial; its settings are in the point already
+        if key not in records.META_PARAMS:  # names the trial; its settings are in the point already
             OmegaConf.update(cfg, key, value, merge=False)
     return to_objects(cfg)
 
@@ -83,10 +83,12 @@ def trial_params(cfg: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
         "model.name": m.name, "loss.alpha": w.alpha, "loss.beta": w.beta, "loss.lambda_flow": w.lambda_flow, "loss.lambda_im": w.lambda_im,
         "model.flow_decoder": m.flow_decoder, "model.frame_decoder": m.frame_decoder, "model.ddp": m.ddp,
         "model.decoder_arch": m.decoder_arch, "model.width": m.width, "model.pretrained": m.pretrained,
+        "model.modality": m.modality, "model.segments": m.segments, "model.branches": list(m.branches),
         "data.name": d.name, "data.split": d.split, "data.frames": d.frames, "data.frame_stride": d.frame_stride,
         "data.crop_size": d.crop_size, "data.class_map": d.class_map, "data.eval_name": d.eval_name,
         "trainer.seed": t.seed, "trainer.max_epochs": t.max_epochs, "trainer.lr": t.lr,
-        "trainer.schedule": t.schedule, "data.batch_size": d.batch_size,
+        "trainer.schedule": t.schedule, "data.batch_size": d.batch_size, "adapt.name": cfg.adapt.name,
+        "data.val_fraction": d.val_fraction, "data.val_seed": d.val_seed,
     }
     for key, value in point.items():
         params.setdefault(key, value)
@@ -114,7 +116,7 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     point = trial_point(config)
     cfg = apply_point(ctx.config_yaml, point)
     torch.set_num_threads(max(1, int(cfg.trial.cpus)))
-    spec = TrialSpec(data=cfg.data, model=cfg.model, loss=cfg.loss, trainer=cfg.trainer)
+    spec = TrialSpec(data=cfg.data, model=cfg.model, loss=cfg.loss, trainer=cfg.trainer, adapt=cfg.adapt)
     runner = load_runner(cfg.trial.runner)
     processes = cfg.trial.world_size()
 

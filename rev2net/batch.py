@@ -4,13 +4,17 @@ A data loader yields dicts; everything travels as compactly as possible (uint8 f
 float16 flow) and is turned into model inputs on the device by `to_device`, so that loader
 workers, pinned memory and the host-to-device copy move 4x fewer bytes than float32 would.
 
-Training batch (from the training dataset):
-    frames  uint8    (B, 3, T, H, W)    RGB, 0..255; T = clip length, H = W = crop size
+Training batch (from the training dataset; what a model family declares it needs):
+    frames  uint8    (B, 3, T, H, W)    RGB, 0..255; T = clip length (or one frame per segment),
+                                        H = W = crop size
     flow    float16  (B, 2, T-1, h, w)  optional; TV-L1 flow of the T-1 consecutive frame pairs
                                         of the same clip, channel 0 = x (rightwards), 1 = y
                                         (downwards), in pixels *of its own h x w grid*
-                                        (vectors are rescaled whenever the grid is resized)
-    label   int64    (B,)               class index, 0-based
+                                        (vectors are rescaled whenever the grid is resized):
+                                        the flow decoder's target
+    flow_input float16 (B, 2, T*P, H, W) optional; the flow of P consecutive pairs from each of the
+                                        T frames, at the crop size, in its pixels: a flow stream's input
+    label   int64    (B,)               class index, 0-based (absent from a target domain's clips)
     index   int64    (B,)               position of the video in the dataset's video list
     skipped int64    (B,)               optional; unreadable videos skipped (and replaced) while
                                         producing this sample; the training loop sums it per
@@ -18,9 +22,11 @@ Training batch (from the training dataset):
 
 Evaluation batch (several clips per video, scores averaged over clips):
     frames  uint8    (B, K, 3, T, H, W) K evenly spaced clips per video
-    label, index, skipped as above; no flow
+    flow_input float16 (B, K, 2, T*P, H, W) when the family reads flow
+    label, index, skipped as above; no flow target
 
-`to_device` maps frames to float in [-1, 1] (the I3D convention) and flow to float32.
+`to_device` maps frames to float in [-1, 1] (the I3D convention), flow targets to float32 pixels,
+and the flow input to float in [-1, 1]: pixels / FLOW_BOUND (the bound the stored flow is clipped at).
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ from typing import Any
 
 import torch
 
+from rev2net.data.flow import BOUND as FLOW_BOUND
+
 FRAMES = "frames"
 FLOW = "flow"
+FLOW_INPUT = "flow_input"
 LABEL = "label"
 INDEX = "index"
 SKIPPED = "skipped"
@@ -54,4 +63,6 @@ def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, An
         out[FRAMES] = normalize_frames(out[FRAMES])
     if FLOW in out and isinstance(out[FLOW], torch.Tensor):
         out[FLOW] = out[FLOW].float()
+    if FLOW_INPUT in out and isinstance(out[FLOW_INPUT], torch.Tensor):
+        out[FLOW_INPUT] = (out[FLOW_INPUT].float() / FLOW_BOUND).clamp_(-1.0, 1.0)
     return out

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rev2net.spec import LossConfig
+from rev2net.batch import FLOW_BOUND  # px; stored flow is clipped at +-20 (rev2net.data.flow.BOUND)
 from rev2net.model import Need
 from rev2net.output import ModelOutput
+from rev2net.spec import LossConfig
 
-FLOW_BOUND = 20.0  # px; TV-L1 flow images are clipped at +-20 (the flow-as-JPEG convention of two-stream work)
 TERMS = ("ce", "ddp_high", "ddp_low", "flow", "im")  # in the order they are checked for divergence
 
 
@@ -104,8 +104,11 @@ def objective(
     terms whose weight is > 0, then the model's own auxiliary terms (`out.aux`, already weighted),
     and `total` (the sum). Computed in float32. A multi-stream model's `ce` is the sum of its
     streams' cross-entropies (each stream learns from the labels on its own, as two-stream networks
-    are trained); its fused logits are what evaluation scores."""
-    terms: dict[str, Tensor] = {"ce": sum(F.cross_entropy(logits.float(), label)
+    are trained); its fused logits are what evaluation scores. The labelled samples come first:
+    `label` may be shorter than the batch (a domain-adaptation batch whose unlabelled target clips
+    follow), and the cross-entropy reads only those; the self-supervised terms read every sample."""
+    n = label.shape[0]
+    terms: dict[str, Tensor] = {"ce": sum(F.cross_entropy(logits[:n].float(), label)
                                           for logits in (out.stream_logits or [out.logits]))}
     if cfg.alpha > 0:
         if out.gaussians is None:

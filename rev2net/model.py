@@ -92,6 +92,11 @@ class Rev2Net(nn.Module):
             ddp_high=self.flow_gaussian is not None,
         )
 
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features (`ModelOutput.features`) a domain head reads."""
+        return self.encoder.num_features
+
     def inference_parameters(self) -> int:
         return sum(p.numel() for p in self.encoder.parameters())
 
@@ -168,9 +173,9 @@ class Rev2Net(nn.Module):
 # ------------------------------------------------------------------------------------- factory
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> Rev2Net:
+def build_model(cfg: ModelConfig, num_classes: int, data: Optional[object] = None) -> Rev2Net:
     """Build Rev2Net from its config; load `cfg.pretrained` into the encoder (classifier replaced
-    for `num_classes` when the checkpoint has another count)."""
+    for `num_classes` when the checkpoint has another count). Any clip size works (`data` unused)."""
     model = Rev2Net(cfg, num_classes)
     if cfg.pretrained is not None:
         model.pretrained_report = load_i3d_state(model.encoder, cfg.pretrained)  # what was loaded, key by key

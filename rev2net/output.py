@@ -10,7 +10,7 @@ objective), and Rev2Net's decoder outputs for eq. (3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from torch import Tensor
@@ -28,3 +28,14 @@ class ModelOutput:
     frames: Optional[Tensor] = None  # Rev2Net: (B, 3, T, h, w) in [-1, 1], the reconstruction target's order
     ddp_pairs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # Rev2Net: (flow-, frame-decoder feature)
     gaussians: Optional[tuple[Tensor, Tensor, Tensor, Tensor]] = None  # Rev2Net: mu1, logvar1, mu2, logvar2 (B, L)
+
+    def take(self, index: slice) -> "ModelOutput":
+        """The output of some samples of the batch (e.g. the labelled ones of a mixed source/target
+        batch): every per-sample tensor indexed on its first dimension; `aux` (batch means) is kept."""
+        def part(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t[index]
+
+        return replace(self, logits=self.logits[index], features=part(self.features),
+                       stream_logits=[t[index] for t in self.stream_logits], flow=part(self.flow),
+                       frames=part(self.frames), ddp_pairs=[(a[index], b[index]) for a, b in self.ddp_pairs],
+                       gaussians=None if self.gaussians is None else tuple(t[index] for t in self.gaussians))

@@ -21,14 +21,20 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
+from rev2net.data.config import DataConfig
 from rev2net.spec import DECODER_OUTPUT_STRIDE, DEFAULT_FAMILY, LossConfig, ModelConfig, TrialSpec
 
 # Names (each spelled here only, the default family in the config's schema; everything else refers
 # to these constants or asks the registry).
 REV2NET = DEFAULT_FAMILY
 I3D = "i3d"
+I3D_FLOW = "i3d_flow"
+TWO_STREAM_I3D = "two_stream_i3d"
+DCD = "dcd"
+TSN = "tsn"
+TSM = "tsm"
 NO_FRAME_DECODER = "no_frame_decoder"
 NO_FLOW_DECODER = "no_flow_decoder"
 NO_DDP = "no_ddp"
@@ -40,11 +46,19 @@ DECODER_DEEP = "decoder_deep"
 
 @dataclass(frozen=True)
 class DataNeeds:
-    """What a trial reads from the data besides labelled RGB clips."""
+    """What a trial of a family reads from the data (rev2net.data.datasets.ClipSpec samples it)."""
 
+    rgb: bool = True  # the RGB frames as input
+    flow_pairs: int = 0  # the flow of this many consecutive pairs from each frame, as input (flow streams)
+    segments: int = 0  # 0: a clip of data.frames consecutive frames; K: one frame per segment of K (TSN)
     flow_targets: bool = False  # optical flow of the clip's frame pairs as a training target
     frame_targets: bool = False  # the clip itself as a reconstruction target (its frames, already in the batch)
     target_clips: bool = False  # unlabelled clips of a target domain (domain adaptation)
+
+
+def input_keys(needs: DataNeeds) -> tuple[str, ...]:
+    """The batch keys a family's forward takes, in its order (rev2net.batch)."""
+    return (("frames",) if needs.rgb else ()) + (("flow_input",) if needs.flow_pairs else ())
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,9 @@ class Variant:
     name: str
     family: str
     label: str  # in tables and plots
-    overrides: Mapping[str, Any] = field(default_factory=dict)  # dotted config keys (model.*, loss.*) it sets
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # dotted config keys (model.*, loss.*, data.*) it sets
+    system: str = ""  # the comparison table's row (a system, whatever it reads): e.g. "I3D" for i3d, i3d_flow
+    modality: str = "rgb"  # the comparison table's column: rgb | flow | rgb_flow
 
 
 # --------------------------------------------------------------------------- Rev2Net and I3D
@@ -111,18 +127,61 @@ def _check_i3d(spec: TrialSpec) -> None:
     _check_rev2net(spec)
 
 
+# --------------------------------------------------------------------------- the compared families
+
+def _classifier_check(spec: TrialSpec) -> None:
+    """Families without decoders train on cross-entropy alone: eq. (3)'s weights must be 0."""
+    weighted = [k for k in ("alpha", "beta", "lambda_flow", "lambda_im") if getattr(spec.loss, k) > 0]
+    if weighted:
+        raise ValueError(f"model.name={spec.model.name} trains on cross-entropy alone, but "
+                         + ", ".join(f"loss.{k}={getattr(spec.loss, k)}" for k in weighted)
+                         + " weight Rev2Net's decoders; set them to 0 (loss=zero)")
+
+
+def _flow_check(spec: TrialSpec) -> None:
+    _classifier_check(spec)
+    if data_needs(spec.model, spec.loss).flow_pairs and not spec.data.flow:
+        raise ValueError(f"model.name={spec.model.name} (modality {spec.model.modality}) reads optical flow, but "
+                         "data.flow=false; set data.flow=true (its flow is extracted with python -m rev2net.data.flow)")
+
+
+def _dcd_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
+    return DataNeeds()
+
+
+def _segment_needs(default_segments: int):
+    def needs_(model: ModelConfig, loss: LossConfig) -> DataNeeds:
+        return DataNeeds(rgb=model.modality != "flow", flow_pairs=model.new_length if model.modality != "rgb" else 0,
+                         segments=model.segments or default_segments)
+    return needs_
+
+
+def _i3d_flow_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
+    return DataNeeds(rgb=False, flow_pairs=1)
+
+
+def _two_stream_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
+    return DataNeeds(flow_pairs=1)
+
+
 _NO_DECODERS = {"model.flow_decoder": False, "model.frame_decoder": False, "model.ddp": "none"}
 _ZERO = {"loss.alpha": 0.0, "loss.beta": 0.0, "loss.lambda_flow": 0.0, "loss.lambda_im": 0.0}
+_BASELINE = {**_NO_DECODERS, **_ZERO}  # a compared family: no Rev2Net decoders, cross-entropy alone
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(REV2NET, "Rev2Net", "rev2net.model:build_model", _rev2net_needs, _check_rev2net),
     Family(I3D, "I3D", "rev2net.model:build_model", _rev2net_needs, _check_i3d),
+    Family(I3D_FLOW, "I3D (flow)", "rev2net.families:build_i3d_flow", _i3d_flow_needs, _flow_check),
+    Family(TWO_STREAM_I3D, "two-stream I3D", "rev2net.families:build_two_stream_i3d", _two_stream_needs, _flow_check),
+    Family(DCD, "DCD", "rev2net.families:build_dcd", _dcd_needs, _classifier_check),
+    Family(TSN, "TSN", "rev2net.families:build_tsn", _segment_needs(3), _flow_check),
+    Family(TSM, "TSM", "rev2net.families:build_tsm", _segment_needs(8), _flow_check),
 )}
 
 # In the order the tables list them: the full model, its ablations (the papers' Table 2 and the
 # earlier paper's decoder architectures), the baseline.
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant(REV2NET, REV2NET, "Rev2Net (full)"),
+    Variant(REV2NET, REV2NET, "Rev2Net (full)", system="Rev2Net"),
     Variant(NO_FRAME_DECODER, REV2NET, "w/o frame decoder",
             {"model.frame_decoder": False, "model.ddp": "none", "loss.lambda_im": 0.0, "loss.alpha": 0.0,
              "loss.beta": 0.0}),
@@ -134,7 +193,29 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant(DDP_HIGH_ONLY, REV2NET, "DDP high-level only (α)", {"model.ddp": "high", "loss.beta": 0.0}),
     Variant(DECODER_PLAIN, REV2NET, "plain decoders", {"model.decoder_arch": "plain"}),
     Variant(DECODER_DEEP, REV2NET, "deep decoders", {"model.decoder_arch": "deep"}),
-    Variant(I3D, I3D, "I3D (no decoders)", {"model.name": I3D, **_NO_DECODERS, **_ZERO}),
+    Variant(I3D, I3D, "I3D (no decoders)", {"model.name": I3D, **_BASELINE}, system="I3D"),
+    # The compared systems (the papers' Tables 2, 3, 5; the comparison stage): the rows are systems,
+    # the columns what they read (RGB, flow, both); Rev2Net reads RGB only (its decoders train only).
+    Variant(I3D_FLOW, I3D_FLOW, "I3D (flow)", {"model.name": I3D_FLOW, **_BASELINE}, system="I3D", modality="flow"),
+    Variant(TWO_STREAM_I3D, TWO_STREAM_I3D, "two-stream I3D", {"model.name": TWO_STREAM_I3D, **_BASELINE},
+            system="I3D", modality="rgb_flow"),
+    Variant(TSN, TSN, "TSN (RGB)", {"model.name": TSN, "model.modality": "rgb", **_BASELINE}, system="TSN"),
+    Variant("tsn_flow", TSN, "TSN (flow)", {"model.name": TSN, "model.modality": "flow", **_BASELINE},
+            system="TSN", modality="flow"),
+    Variant("tsn_rgb_flow", TSN, "TSN (RGB + flow)", {"model.name": TSN, "model.modality": "rgb_flow", **_BASELINE},
+            system="TSN", modality="rgb_flow"),
+    Variant(TSM, TSM, "TSM (RGB)", {"model.name": TSM, "model.modality": "rgb", **_BASELINE}, system="TSM"),
+    Variant("tsm_flow", TSM, "TSM (flow)", {"model.name": TSM, "model.modality": "flow", **_BASELINE},
+            system="TSM", modality="flow"),
+    Variant("tsm_rgb_flow", TSM, "TSM (RGB + flow)", {"model.name": TSM, "model.modality": "rgb_flow", **_BASELINE},
+            system="TSM", modality="rgb_flow"),
+    Variant(DCD, DCD, "DCD", {"model.name": DCD, "data.frames": 8, **_BASELINE}, system="DCD"),
+    Variant("dcd_static", DCD, "DCD static appearance only",
+            {"model.name": DCD, "model.branches": ["static"], "data.frames": 8, **_BASELINE}),
+    Variant("dcd_motion", DCD, "DCD apparent motion only",
+            {"model.name": DCD, "model.branches": ["motion"], "data.frames": 8, **_BASELINE}),
+    Variant("dcd_change", DCD, "DCD appearance change only",
+            {"model.name": DCD, "model.branches": ["change"], "data.frames": 8, **_BASELINE}),
 )}
 
 
@@ -178,12 +259,15 @@ def check_spec(spec: TrialSpec) -> None:
     """Cross-group consistency of one trial's config for its family, raised before anything is built
     (the orchestration calls it for every planned trial before the first one starts)."""
     family(spec.model.name).check(spec)
+    if spec.adapt.name != "none" and spec.data.eval_name is None:
+        raise ValueError(f"adapt.name={spec.adapt.name} adapts to a target dataset, but data.eval_name is not set; "
+                         "set data.eval_name, data.eval_root and data.class_map (or adapt=none)")
 
 
-def build(cfg: ModelConfig, num_classes: int) -> Any:
-    """The model of `cfg` (its family's builder; imports torch)."""
+def build(cfg: ModelConfig, num_classes: int, data: Optional[DataConfig] = None) -> Any:
+    """The model of `cfg` for clips of `data` (its family's builder; imports torch)."""
     module, _, function = family(cfg.name).builder.partition(":")
-    return getattr(importlib.import_module(module), function)(cfg, num_classes)
+    return getattr(importlib.import_module(module), function)(cfg, num_classes, data)
 
 
 def identify(params: Mapping[str, Any]) -> str:

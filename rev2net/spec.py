@@ -14,12 +14,15 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from rev2net.data.config import DataConfig
 
 DEFAULT_FAMILY = "rev2net"  # the model family a config builds unless model.name says otherwise (rev2net.registry)
 DDP_FORMS = ("none", "low", "high", "both")
+MODALITIES = ("rgb", "flow", "rgb_flow")  # what a two-stream family reads (TSN, TSM)
+FUSIONS = ("softmax", "logits")  # how a two-stream model fuses its streams' scores
+DCD_BRANCHES = ("static", "motion", "change", "diff")  # rev2net.dcd
 DECODER_ARCHS = ("paper", "plain", "deep")  # rev2net.decoders builds each (DECODER_ARCHS there)
 DECODER_OUTPUT_STRIDE = 2  # the decoders predict on a grid of 1/2 the crop: where flow targets are wanted
 SCHEDULES = ("cosine", "step")
@@ -53,6 +56,12 @@ class ModelConfig:
     latent_dim: int = 64  # dimension of each Gaussian head's latent (ddp high/both)
     bn_momentum: float = 0.01  # BatchNorm running-stats momentum; the port's 0.01 needs ~500 steps: 0.1 in short trials
     pretrained: Optional[str] = None  # local I3D checkpoint in the public port's state-dict layout (needs width 1.0)
+    # Other families (rev2net.registry): what each reads is its `needs` there.
+    modality: str = "rgb"  # tsn, tsm: rgb | flow | rgb_flow (late fusion of both streams)
+    segments: int = 0  # tsn, tsm: segments per video (0: the paper's, TSN 3, TSM 8)
+    new_length: int = 5  # tsn, tsm flow: consecutive flow pairs stacked per segment (TSN's 5)
+    branches: List[str] = field(default_factory=lambda: ["static", "motion", "change"])  # dcd: its components
+    fusion: str = "softmax"  # two-stream families: average the streams' softmax scores | their logits
 
     def __post_init__(self) -> None:
         self.validate()
@@ -71,6 +80,14 @@ class ModelConfig:
             raise ValueError(f"model.bn_momentum={self.bn_momentum!r} must be in (0, 1]")
         if self.latent_dim < 1:
             raise ValueError(f"model.latent_dim={self.latent_dim!r} must be >= 1")
+        _one_of("model.modality", self.modality, MODALITIES)
+        _one_of("model.fusion", self.fusion, FUSIONS)
+        if self.segments < 0 or self.new_length < 1:
+            raise ValueError(f"model.segments={self.segments!r} must be >= 0 (0: the family's own) and "
+                             f"model.new_length={self.new_length!r} >= 1")
+        if not self.branches or any(b not in DCD_BRANCHES for b in self.branches):
+            raise ValueError(f"model.branches={list(self.branches)!r} must be a non-empty list of "
+                             f"{', '.join(DCD_BRANCHES)}")
         if self.ddp != "none" and not (self.flow_decoder and self.frame_decoder):
             off = "model.flow_decoder" if not self.flow_decoder else "model.frame_decoder"
             raise ValueError(f"model.ddp={self.ddp!r} compares the two decoders but {off}=false; set model.ddp=none")
@@ -151,6 +168,25 @@ class TrainerConfig:
             raise ValueError(f"trainer.device={self.device!r} is not auto or a torch device (cpu, cuda, cuda:N)")
 
 
+ADAPT_METHODS = ("none", "dann")
+
+
+@dataclass
+class AdaptConfig:
+    """The `adapt.` config group: domain adaptation towards data.eval_name's unlabelled training
+    videos (the cross-dataset protocol). The papers apply DANN to every model they compare."""
+
+    name: str = "none"  # none (source only) | dann (Ganin & Lempitsky 2015, rev2net.dann)
+    domain_weight: float = 1.0  # weight of the domain classifier's loss in the objective
+    gamma: float = 10.0  # the gradient reversal's schedule: coefficient 2 / (1 + exp(-gamma p)) - 1
+    target_decoders: bool = False  # the target clips also train Rev2Net's self-supervised decoders
+
+    def __post_init__(self) -> None:
+        _one_of("adapt.name", self.name, ADAPT_METHODS)
+        _finite_nonnegative("adapt.domain_weight", self.domain_weight)
+        _finite_nonnegative("adapt.gamma", self.gamma)
+
+
 @dataclass
 class TrialSpec:
     """Everything one trial needs to know; `rev2net.registry.check_spec` checks the combination."""
@@ -159,4 +195,5 @@ class TrialSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 

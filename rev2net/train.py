@@ -53,7 +53,7 @@ import math
 import random
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rev2net.batch import FLOW, FRAMES, LABEL, SKIPPED, to_device
+from rev2net.batch import FLOW, FRAMES, INDEX, LABEL, SKIPPED, to_device
 from rev2net.spec import LossConfig, TrainerConfig
 from rev2net.losses import needs, objective
 from rev2net.output import ModelOutput
@@ -93,6 +93,7 @@ class EpochReport:
     def __init__(self, epoch: int, metrics: dict[str, float], state_fn: Callable[[], dict[str, Any]]) -> None:
         self.epoch = epoch
         self.metrics = metrics
+        self.predictions: dict[str, dict[str, Any]] = {}  # per-video results of final evaluations (rev2net.trial)
         self._state_fn: Optional[Callable[[], dict[str, Any]]] = state_fn
 
     def state_dict(self) -> dict[str, Any]:
@@ -212,14 +213,18 @@ def _sum_over_ranks(values: Tensor) -> Tensor:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], device: Union[str, torch.device, None] = None,
-    *, amp: str = "auto", distributed: bool = False,
-) -> dict[str, float]:
-    """Top-1/top-5 accuracy and loss on clip-averaged scores, in eval mode (I3D only).
+    *, amp: str = "auto", distributed: bool = False, inputs: Sequence[str] = (FRAMES,), predictions: bool = False,
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy and loss on clip-averaged scores, in eval mode (Rev2Net: I3D only).
 
-    Frames may be (B, 3, T, H, W) or (B, K, 3, T, H, W); with K clips per video the softmax scores
-    are averaged over the clips, and `loss` is the cross-entropy of the averaged scores. Returns
-    `loss`, `top1`, `top5` (fractions) and `skipped_videos`. The model's train/eval mode is restored.
-    With `distributed`, each rank evaluates its shard and the results are over all ranks' videos.
+    Each input (`inputs`: the batch keys the model's family reads, in its order) may be
+    (B, C, T, H, W) or (B, K, C, T, H, W); with K clips per video the softmax scores are averaged
+    over the clips, and `loss` is the cross-entropy of the averaged scores. Returns `loss`, `top1`,
+    `top5` (fractions) and `skipped_videos`, and with `predictions` the per-video results as numpy
+    arrays under "predictions": `index` (the batch's index: the video's position in the loader's
+    dataset), `label`, `top5` (the best classes, best first) and `label_score` (the averaged softmax
+    score of the label). The model's train/eval mode is restored. With `distributed`, each rank
+    evaluates its shard and the results are over all ranks' videos (per-video results: this rank's).
     """
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -227,19 +232,26 @@ def evaluate(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device)
     count = skipped = 0
+    per_video: dict[str, list[Tensor]] = {"index": [], "label": [], "top5": [], "label_score": []}
     try:
         for batch in loader:
-            _check_batch(batch, (FRAMES, LABEL))
+            _check_batch(batch, (*inputs, LABEL))
             skipped += _skipped(batch)
             batch = to_device(batch, device)
-            frames, label = batch[FRAMES], batch[LABEL]
-            clips = frames.shape[1] if frames.dim() == 6 else 1
+            label = batch[LABEL]
+            xs = [batch[k] for k in inputs]
+            clips = xs[0].shape[1] if xs[0].dim() == 6 else 1
             with autocast(device, amp):
-                logits = _logits(model(frames.flatten(0, 1) if frames.dim() == 6 else frames))
+                logits = _logits(model(*(x.flatten(0, 1) if x.dim() == 6 else x for x in xs)))
             scores = logits.float().softmax(dim=-1).view(label.shape[0], clips, -1).mean(dim=1)  # (B, classes)
             loss_sum += F.nll_loss(scores.clamp_min(1e-12).log(), label, reduction="sum")
             correct += _topk_correct(scores, label)
             count += label.shape[0]
+            if predictions:
+                per_video["index"].append(batch[INDEX])
+                per_video["label"].append(label)
+                per_video["top5"].append(scores.topk(min(5, scores.shape[-1]), dim=-1).indices)
+                per_video["label_score"].append(scores.gather(1, label[:, None])[:, 0])
     finally:
         model.train(was_training)
     if distributed:  # [loss, correct@1, correct@5, videos, skipped] summed over the ranks
@@ -250,55 +262,111 @@ def evaluate(
     if count == 0:
         raise ValueError("evaluate got an empty loader")
     top1, top5 = (correct / count).tolist()
-    return {"loss": loss_sum.item() / count, "top1": top1, "top5": top5, "skipped_videos": float(skipped)}
+    result: dict[str, Any] = {"loss": loss_sum.item() / count, "top1": top1, "top5": top5,
+                              "skipped_videos": float(skipped)}
+    if predictions:
+        result["predictions"] = {k: torch.cat(v).cpu().numpy() for k, v in per_video.items()}
+    return result
 
 
 # -------------------------------------------------------------------------------------- training
 
 
+class DomainTraining:
+    """Domain-adversarial training (DANN, Ganin & Lempitsky 2015) inside `fit`: each step takes a
+    batch of unlabelled target-domain clips beside the labelled source batch, runs both through the
+    model in one forward (the labelled samples first), and adds the domain classifier's loss on the
+    pooled features, behind a gradient reversal whose coefficient follows the training progress
+    (rev2net.dann). With `target_decoders`, the target clips also feed the self-supervised decoders."""
+
+    def __init__(self, adversary: nn.Module, target: Iterable[Mapping[str, Any]], *, weight: float,
+                 target_decoders: bool = False) -> None:
+        self.adversary, self.target, self.weight, self.target_decoders = adversary, target, weight, target_decoders
+        self._batches: Optional[Iterator] = None
+
+    def start_epoch(self, epoch: int) -> None:
+        for sampler in (getattr(self.target, "sampler", None), getattr(self.target, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        self._batches = iter(self.target)
+
+    def next_batch(self, device: torch.device) -> dict[str, Any]:
+        """The next target batch (the target set cycles when it is shorter than the source)."""
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.target)
+            batch = next(self._batches)
+        if LABEL in batch:
+            raise RuntimeError("a target-domain batch carries labels; domain adaptation must never see them")
+        return to_device(batch, device)
+
+
 def _train_epoch(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
     cfg: TrainerConfig, loss_cfg: LossConfig, device: torch.device, epoch: int, distributed: bool = False,
+    inputs: Sequence[str] = (FRAMES,), adapt: Optional[DomainTraining] = None, progress: tuple[int, int] = (0, 1),
 ) -> tuple[dict[str, float], int, int]:
     """One pass over `loader`; returns (averaged metrics, clips seen, skipped videos), over all
-    ranks when `distributed`."""
+    ranks when `distributed`. `progress` = (steps done before this epoch, steps of the whole run)."""
     model.train()
     need = needs(loss_cfg)
-    keys = (FRAMES, LABEL, FLOW) if need.flow else (FRAMES, LABEL)
-    params = [p for p in model.parameters() if p.requires_grad]
+    flow_key = (FLOW,) if need.flow else ()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     sums: Optional[Tensor] = None
     correct = torch.zeros(2, device=device)
     names: list[str] = []
     count = skipped = 0
+    if adapt is not None:
+        adapt.start_epoch(epoch - 1)
     for step, batch in enumerate(loader, start=1):
-        _check_batch(batch, keys)
+        _check_batch(batch, (*inputs, LABEL, *flow_key))
         skipped += _skipped(batch)
         batch = to_device(batch, device)
-        frames, label = batch[FRAMES], batch[LABEL]
+        label, n = batch[LABEL], batch[LABEL].shape[0]
+        frames, flow = batch.get(FRAMES), batch.get(FLOW)
+        xs = [batch[k] for k in inputs]
+        if adapt is not None:  # the labelled source samples first, then the target's
+            target = adapt.next_batch(device)
+            xs = [torch.cat([x, target[k]]) for x, k in zip(xs, inputs)]
+            if adapt.target_decoders:
+                frames = torch.cat([frames, target[FRAMES]]) if frames is not None else None
+                flow = torch.cat([flow, target[FLOW]]) if need.flow else None
         with autocast(device, cfg.amp):
-            out = model(frames, need=need)
-        terms = objective(out, label, frames, batch.get(FLOW), loss_cfg)
+            out = model(*xs, need=need)
+        learned = out if adapt is None or adapt.target_decoders else out.take(slice(0, n))
+        terms = objective(learned, label, frames, flow, loss_cfg)
+        extra = torch.zeros(0, device=device)
+        if adapt is not None:
+            done = (progress[0] + step - 1) / max(progress[1] - 1, 1)
+            domains = torch.cat([torch.zeros(n, device=device), torch.ones(out.logits.shape[0] - n, device=device)])
+            result = adapt.adversary(out.features.float(), min(done, 1.0), domains)
+            terms = {**{k: v for k, v in terms.items() if k != "total"}, "domain": result.loss,
+                     "total": terms["total"] + adapt.weight * result.loss}
+            extra = result.accuracy.reshape(1).float()
         names = list(terms)
         values = torch.stack([t.detach() for t in terms.values()])
         if distributed:  # a NaN on any rank is a NaN on every rank: all stop at the same step
             seen = _sum_over_ranks(values)
             if not bool(torch.isfinite(seen).all()):
-                bad = [(n, v) for n, v in zip(names, seen.tolist()) if not math.isfinite(v)]
+                bad = [(n_, v) for n_, v in zip(names, seen.tolist()) if not math.isfinite(v)]
                 raise DivergedError(bad[0][0], bad[0][1], epoch, step)
         elif not bool(torch.isfinite(values).all()):  # the step's one host sync
-            bad = [n for n in terms if not math.isfinite(terms[n].item())]
+            bad = [n_ for n_ in terms if not math.isfinite(terms[n_].item())]
             raise DivergedError(bad[0], terms[bad[0]].item(), epoch, step)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        n = label.shape[0]
+        values = torch.cat([values, extra])
         sums = values * n if sums is None else sums + values * n
-        correct += _topk_correct(out.logits.detach(), label)
+        correct += _topk_correct(out.logits[:n].detach(), label)
         count += n
     if count == 0:
         raise ValueError("the training loader yielded no batches")
+    if adapt is not None:
+        names.append("domain_acc")
     if distributed:  # [Σ n·term..., correct@1, correct@5, clips, skipped] over the ranks
         local = torch.tensor([count, skipped], dtype=torch.float32, device=device)
         totals = _sum_over_ranks(torch.cat([sums, correct, local]))
@@ -322,9 +390,13 @@ def fit(
     on_epoch_end: Optional[Callable[[EpochReport], None]] = None,
     device: Union[str, torch.device, None] = None,
     distributed: bool = False,
+    inputs: Sequence[str] = (FRAMES,),
+    adapt: Optional[DomainTraining] = None,
 ) -> list[dict[str, float]]:
     """Train `model` for `trainer_cfg.max_epochs` epochs (continuing `resume`, a state from
-    `EpochReport.state_dict()`); return the history of per-epoch metrics.
+    `EpochReport.state_dict()`); return the history of per-epoch metrics. `inputs` are the batch
+    keys the model's family reads, in its order (rev2net.registry.input_keys); `adapt` trains
+    domain-adversarially (its domain classifier is optimised and checkpointed with the model).
 
     With `distributed` (DDP; every rank calls `fit` with its shard of the data) only rank 0 calls
     `on_epoch_end`. Raises DivergedError as soon as a loss term is NaN or infinite (before the update)."""
@@ -340,12 +412,16 @@ def fit(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not trainer_cfg.deterministic
     model.to(device)
+    trained = nn.ModuleDict({"model": model, **({"adversary": adapt.adversary.to(device)} if adapt else {})})
     net = model  # what trains: the model itself, or its DDP wrapper (checkpoints hold the model itself)
     if distributed:
         # Heads whose loss weight is 0 are not run (needs()): their parameters get no gradient.
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=not all(asdict(needs(loss_cfg)).values()))
-    optimizer = build_optimizer(model, trainer_cfg)
+        if adapt is not None:
+            adapt.adversary = DistributedDataParallel(adapt.adversary, device_ids=[device.index]
+                                                      if device.type == "cuda" else None)
+    optimizer = build_optimizer(trained, trainer_cfg)
     scheduler = build_scheduler(optimizer, trainer_cfg)
     history: list[dict[str, float]] = []
     start = 0
@@ -353,6 +429,8 @@ def fit(
         seed_everything(trainer_cfg.seed)
     else:
         model.load_state_dict(resume["model"])
+        if adapt is not None:
+            trained["adversary"].load_state_dict(resume["adversary"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         history = [dict(m) for m in resume["history"]]
@@ -366,19 +444,23 @@ def fit(
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
+        steps = len(train_loader) if hasattr(train_loader, "__len__") else 1
         metrics, clips, skipped = _train_epoch(net, train_loader, optimizer, trainer_cfg, loss_cfg, device, epoch + 1,
-                                               distributed=distributed)
+                                               distributed=distributed, inputs=inputs, adapt=adapt,
+                                               progress=(epoch * steps, trainer_cfg.max_epochs * steps))
         train_time = time.perf_counter() - started
         if distributed:  # BatchNorm statistics moved per rank in the last step: every rank evaluates rank 0's model
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)
+        evaluated = 0
         if val_loader is not None:
-            val = evaluate(model, val_loader, device, amp=trainer_cfg.amp, distributed=distributed)
+            val = evaluate(model, val_loader, device, amp=trainer_cfg.amp, distributed=distributed, inputs=inputs)
             skipped += int(val.pop("skipped_videos"))
             metrics.update({f"val/{k}": v for k, v in val.items()})
+            evaluated = len(val_loader.dataset) if hasattr(val_loader, "dataset") else 0
         scheduler.step()
         metrics.update(lr=lr, clips_per_s=clips / train_time, epoch_time_s=time.perf_counter() - started,
-                       skipped_videos=float(skipped))
+                       skipped_videos=float(skipped), clips=float(clips + evaluated))
         history.append(metrics)
         ranks_rng: Optional[list] = None
         if distributed:  # every rank takes part; rank 0's checkpoint holds them all
@@ -390,6 +472,7 @@ def fit(
             def state(done: int = epoch + 1, rng: dict[str, Any] = rng) -> dict[str, Any]:
                 out = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    **({"adversary": trained["adversary"].state_dict()} if adapt is not None else {}),
                     "scheduler": scheduler.state_dict(), "epoch": done, "rng": rng,
                     "history": [dict(m) for m in history], "trainer": asdict(trainer_cfg),
                 }

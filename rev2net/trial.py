@@ -4,12 +4,18 @@ No Ray and no MLflow here: whatever runs trials (orchestration/trainable.py, a n
 hands in a `TrialSpec`, an optional state to resume from and an `on_epoch_end` callback, and
 receives every epoch's report (metrics + checkpointable state) through it.
 
-At the end of the last epoch, before that epoch is reported, the model is evaluated under each
-requested frame-shuffle protocol (the 2018 paper's Tables 1 and 3); the accuracies join that
-epoch's metrics as `shuffle/<protocol>/top1` and `shuffle/<protocol>/top5`. Doing it before the
-report matters: a scheduler may stop the trial as soon as its last epoch is reported. With
-`data.eval_name` set (cross-dataset, e.g. UCF101 -> HMDB51 through a class map), the target
-dataset's test accuracy joins them as `cross/top1` and `cross/top5`.
+What a trial reads follows its model family (rev2net.registry: the RGB clip, flow stacks, one
+frame per segment, flow targets). Every epoch it is validated on the split's validation videos
+(`val/*`: selection, early stopping); the test list is scored once, at the end of the last epoch,
+before that epoch is reported (a scheduler may stop the trial as soon as it is): `test/top1`,
+`test/top5`, `test/loss`, then each requested frame-shuffle protocol (the 2018 paper's Tables 1
+and 3) as `shuffle/<protocol>/top1|top5` ("none" is the plain test), and with `data.eval_name`
+(cross-dataset, e.g. UCF101 -> HMDB51 through a class map) the target's test list as
+`cross/top1|top5`. Each of these evaluations' per-video results ride on the final report
+(`EpochReport.predictions`, keyed "test", "shuffle/<protocol>", "cross").
+
+With `adapt.name=dann`, training is domain-adversarial (Ganin & Lempitsky 2015) towards the
+target's unlabelled training clips (rev2net.train.DomainTraining; their labels are never loaded).
 
 Data-parallel trials (`processes=N`, N > 1): one trial trains on N processes of this machine with
 DistributedDataParallel, one GPU each on CUDA (NCCL), or N CPU processes (gloo). The calling
@@ -29,14 +35,15 @@ import tempfile
 from datetime import timedelta
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from rev2net import registry
-from rev2net.spec import TrialSpec
-from rev2net.data import build_eval_loader, build_loaders
-from rev2net.losses import needs
+from rev2net.data.config import DataConfig
+from rev2net.data.datasets import ClipSpec, build_eval_loader, build_loaders, build_target_loader
 from rev2net.registry import check_spec
-from rev2net.train import DivergedError, EpochReport, evaluate, fit, resolve_device, seed_everything
+from rev2net.spec import TrialSpec
+from rev2net.train import DivergedError, DomainTraining, EpochReport, evaluate, fit, resolve_device, seed_everything
 
 DDP_TIMEOUT = timedelta(minutes=10)  # a collective waiting this long means a rank is gone
 
@@ -54,40 +61,92 @@ def run_trial(spec: TrialSpec, *, resume: Optional[dict] = None,
     return _train(spec, resume=resume, on_epoch_end=on_epoch_end, shuffle_protocols=shuffle_protocols)
 
 
+def _clip_spec(spec: TrialSpec) -> ClipSpec:
+    needs = registry.data_needs(spec.model, spec.loss)
+    return ClipSpec.from_config(spec.data, segments=needs.segments, flow_pairs=needs.flow_pairs, rgb=needs.rgb)
+
+
+def _domain_training(spec: TrialSpec, model: torch.nn.Module, data_cfg: DataConfig, clip: ClipSpec,
+                     device: torch.device, rank: int, world: int) -> Optional[DomainTraining]:
+    if spec.adapt.name == "none":
+        return None
+    from rev2net.dann import build_domain_adversary
+
+    flow_targets = spec.adapt.target_decoders and data_cfg.flow
+    target = build_target_loader(data_cfg, seed=spec.trainer.seed, spec=clip, flow_targets=flow_targets,
+                                 device_is_cuda=device.type == "cuda", rank=rank, num_replicas=world)
+    adversary = build_domain_adversary(model.num_features, width=spec.model.width, gamma=spec.adapt.gamma)
+    return DomainTraining(adversary, target, weight=spec.adapt.domain_weight,
+                          target_decoders=spec.adapt.target_decoders)
+
+
+def _predictions(result: dict, loader) -> dict:
+    """evaluate()'s per-video arrays, keyed by the videos' ids (their paths in the dataset); a video
+    that stood in for an unreadable one is counted once."""
+    raw = result.pop("predictions")
+    records = loader.dataset.records
+    _, first = np.unique(raw["index"], return_index=True)
+    keep = np.sort(first)
+    return {"video_id": [records[i].key for i in raw["index"][keep].tolist()], "label": raw["label"][keep],
+            "pred": raw["top5"][keep, 0], "top5": raw["top5"][keep], "label_score": raw["label_score"][keep]}
+
+
+def final_evaluations(model: torch.nn.Module, spec: TrialSpec, clip: ClipSpec, device: torch.device,
+                      shuffle_protocols: Sequence[str]) -> tuple[dict[str, float], dict[str, dict]]:
+    """The evaluations a trial runs once, after its last epoch: metrics and per-video predictions."""
+    metrics: dict[str, float] = {}
+    predictions: dict[str, dict] = {}
+    inputs = registry.input_keys(registry.data_needs(spec.model, spec.loss))
+    cuda = device.type == "cuda"
+
+    def run(name: str, **where) -> dict:
+        loader = build_eval_loader(spec.data, spec=clip, seed=spec.trainer.seed, device_is_cuda=cuda, **where)
+        result = evaluate(model, loader, device, amp=spec.trainer.amp, inputs=inputs, predictions=True)
+        predictions[name] = _predictions(result, loader)
+        return result
+
+    test = run("test")
+    metrics.update({"test/top1": test["top1"], "test/top5": test["top5"], "test/loss": test["loss"]})
+    for protocol in shuffle_protocols:
+        if protocol == "none":  # the plain test
+            scores, predictions["shuffle/none"] = test, predictions["test"]
+        else:
+            scores = run(f"shuffle/{protocol}", protocol=protocol)
+        metrics[f"shuffle/{protocol}/top1"], metrics[f"shuffle/{protocol}/top5"] = scores["top1"], scores["top5"]
+    if spec.data.eval_name:  # cross-dataset: the target dataset's test list, through the class map
+        scores = run("cross", cross_dataset=True)
+        metrics["cross/top1"], metrics["cross/top5"] = scores["top1"], scores["top5"]
+    return metrics, predictions
+
+
 def _train(spec: TrialSpec, *, resume: Optional[dict], on_epoch_end: Optional[Callable[[EpochReport], None]],
            shuffle_protocols: Sequence[str], rank: int = 0, world: int = 1) -> dict[str, float]:
     """One process's part of a trial: all of it, or rank `rank` of a DDP group of `world`."""
-    need = needs(spec.loss)
+    needs = registry.data_needs(spec.model, spec.loss)
     # Flow targets cost loader time; read them only when the flow term is trained.
-    data_cfg = dataclasses.replace(spec.data, flow=spec.data.flow and need.flow)
+    data_cfg = dataclasses.replace(spec.data, flow=spec.data.flow and needs.flow_targets)
+    clip = _clip_spec(spec)
     device = resolve_device(spec.trainer.device)
     if world > 1 and device.type == "cuda":  # one GPU per rank, of those this process sees
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     seed_everything(spec.trainer.seed)  # identical initial weights for every trial with this seed
-    data = build_loaders(data_cfg, seed=spec.trainer.seed, device_is_cuda=device.type == "cuda", rank=rank,
-                         num_replicas=world)
-    model = registry.build(spec.model, data.num_classes)
+    data = build_loaders(data_cfg, seed=spec.trainer.seed, spec=clip, device_is_cuda=device.type == "cuda",
+                         rank=rank, num_replicas=world)
+    model = registry.build(spec.model, data.num_classes, spec.data)
+    adapt = _domain_training(spec, model, data_cfg, clip, device, rank, world)
     max_epochs = spec.trainer.max_epochs
 
     def report(epoch_report: EpochReport) -> None:
         if epoch_report.epoch >= max_epochs:
-            for protocol in shuffle_protocols:
-                loader = build_eval_loader(data_cfg, protocol=protocol, seed=spec.trainer.seed,
-                                           device_is_cuda=device.type == "cuda")
-                scores = evaluate(model, loader, device, amp=spec.trainer.amp)
-                epoch_report.metrics[f"shuffle/{protocol}/top1"] = scores["top1"]
-                epoch_report.metrics[f"shuffle/{protocol}/top5"] = scores["top5"]
-            if data_cfg.eval_name:  # cross-dataset: the target dataset's test list, through the class map
-                loader = build_eval_loader(data_cfg, seed=spec.trainer.seed, cross_dataset=True,
-                                           device_is_cuda=device.type == "cuda")
-                scores = evaluate(model, loader, device, amp=spec.trainer.amp)
-                epoch_report.metrics["cross/top1"], epoch_report.metrics["cross/top5"] = scores["top1"], scores["top5"]
+            metrics, epoch_report.predictions = final_evaluations(model, spec, clip, device, shuffle_protocols)
+            epoch_report.metrics.update(metrics)
         if on_epoch_end is not None:
             on_epoch_end(epoch_report)
 
     history = fit(model, data.train, data.val, spec.trainer, spec.loss, resume=resume,
-                  on_epoch_end=report if rank == 0 else None, device=device, distributed=world > 1)
+                  on_epoch_end=report if rank == 0 else None, device=device, distributed=world > 1,
+                  inputs=registry.input_keys(needs), adapt=adapt)
     return dict(history[-1]) if history else {}
 
 

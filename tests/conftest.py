@@ -12,8 +12,10 @@ import pytest
 
 from rev2net.data.config import SyntheticConfig
 
-# 3 motion classes x 3 videos (one per group: split 1 trains on 2, tests on 1) of 12 frames, 64 px
-TINY_SYNTHETIC = SyntheticConfig(classes=3, videos_per_class=3, frames=12, size=64, seed=0)
+# 3 motion classes x 3 videos (one per group: split 1 trains on 2, tests on 1) of 12 frames, 64 px, and
+# one validation and one more test video per class
+TINY_SYNTHETIC = SyntheticConfig(classes=3, videos_per_class=3, val_videos_per_class=1, test_videos_per_class=1,
+                                 frames=12, size=64, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ def tiny_overrides(tmp: Path, synthetic_root: str, *extra: str) -> list[str]:
     on 8-frame 32-pixel clips, stores in `tmp`."""
     return [
         f"data.root={synthetic_root}", "data.synthetic.classes=3", "data.synthetic.videos_per_class=3",
+        "data.synthetic.val_videos_per_class=1", "data.synthetic.test_videos_per_class=1",
         "data.synthetic.frames=12", "data.synthetic.size=64",
         "data.frames=8", "data.crop_size=32", "data.short_side=40", "data.batch_size=2",
         "model.width=0.125", "trainer.max_epochs=2",

@@ -11,7 +11,7 @@ from rev2net.data.config import DataConfig
 from rev2net.data.flow import pair_files
 from rev2net.data.layouts import load_split
 
-KEYS = {"classes", "train_videos", "test_videos", "unreadable", "missing_flow", "too_short"}
+KEYS = {"classes", "train_videos", "val_videos", "test_videos", "unreadable", "missing_flow", "too_short"}
 
 
 def _run(capsys, *args: str) -> tuple[int, dict]:
@@ -22,7 +22,7 @@ def _run(capsys, *args: str) -> tuple[int, dict]:
 def test_good_dataset_passes(synthetic_root, capsys):
     code, report = _run(capsys, "--root", synthetic_root)
     assert code == 0 and KEYS <= set(report)
-    assert (report["classes"], report["train_videos"], report["test_videos"]) == (3, 6, 3)
+    assert (report["classes"], report["train_videos"], report["val_videos"], report["test_videos"]) == (3, 6, 3, 6)
     assert report["unreadable"] == report["missing_flow"] == report["too_short"] == [] and report["ok"]
     assert _run(capsys, "--root", synthetic_root, "--deep", "--split", "3")[0] == 0
 
@@ -30,7 +30,7 @@ def test_good_dataset_passes(synthetic_root, capsys):
 def test_every_problem_is_listed_and_fails(synthetic_copy, capsys):
     split = load_split("synthetic", synthetic_copy, 1)
     flow_root = os.path.join(synthetic_copy, "flow_tvl1")
-    broken, empty, no_flow, incomplete = split.train[0], split.train[1], split.test[0], split.train[2]
+    broken, empty, no_flow, incomplete = split.train[0], split.train[1], split.train[4], split.train[2]
     with open(broken.path, "wb") as f:
         f.write(b"\x00" * 1000)
     open(empty.path, "wb").close()
@@ -57,8 +57,26 @@ def test_deep_mode_decodes_flow_images(synthetic_copy, capsys):
 
 def test_short_videos_follow_the_policy_unless_strict(synthetic_root, capsys):
     code, report = _run(capsys, "--root", synthetic_root, "--frames", "16")
-    assert code == 0 and len(report["too_short"]) == 9 and report["short_video_policy"] == "loop"
+    assert code == 0 and len(report["too_short"]) == 15 and report["short_video_policy"] == "loop"
     assert _run(capsys, "--root", synthetic_root, "--frames", "16", "--strict-length")[0] == 1
+
+
+def test_flow_is_required_only_where_it_is_read(synthetic_copy, capsys):
+    split = load_split("synthetic", synthetic_copy, 1)
+    flow_root = os.path.join(synthetic_copy, "flow_tvl1")
+    assert not os.path.isdir(os.path.join(flow_root, split.val[0].key)), "evaluation videos get no flow"
+    assert _run(capsys, "--root", synthetic_copy)[0] == 0, "flow targets are read for training videos only"
+    report = check_dataset(DataConfig(name="synthetic", root=synthetic_copy, frames=8), flow_everywhere=True)
+    assert split.val[0].path in report.missing_flow, "a flow stream reads its input flow at evaluation too"
+
+
+def test_a_layout_without_validation_videos_is_refused(synthetic_copy, capsys):
+    for n in (1, 2, 3):
+        os.remove(os.path.join(synthetic_copy, f"vallist0{n}.txt"))
+    code, report = _run(capsys, "--root", synthetic_copy)
+    assert code == 0 and report["val_videos"] == 3, "held out of the training list, one group per class"
+    code, report = _run(capsys, "--root", synthetic_copy, "--val-fraction", "0")
+    assert code == 2 and "data.val_fraction=0" in report["layout_error"] and "never on the test list" in report["layout_error"]
 
 
 def test_broken_layout_exits_2_and_names_the_path(tmp_path, capsys):

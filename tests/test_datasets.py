@@ -291,9 +291,20 @@ def test_cross_dataset_evaluation_relabels_both_sides(synthetic_root, synthetic_
     assert labels == [1, 1, 0], "generic jump -> vertical, run -> sideways"
 
 
-def test_validation_can_hold_out_training_groups(synthetic_root, synthetic_params):
-    cfg = _cfg(synthetic_root, synthetic_params, val_fraction=0.3)
+def test_validation_is_the_layouts_own_list_or_held_out_groups(synthetic_copy, synthetic_params):
+    cfg = _cfg(synthetic_copy, synthetic_params)
+    data = build_loaders(cfg, seed=0)
+    split = load_split("synthetic", synthetic_copy, 1)
+    assert [r.key for r in data.val.dataset.records] == [r.key for r in split.val], "the generated validation list"
+    assert not {r.group for r in data.val.dataset.records} & {r.group for r in split.test}, "never the test list"
+    for n in (1, 2, 3):
+        os.remove(os.path.join(synthetic_copy, f"vallist0{n}.txt"))
     a, b = build_loaders(cfg, seed=0), build_loaders(cfg, seed=1)
     held = {r.group for r in a.val.dataset.records}
     assert held == {r.group for r in b.val.dataset.records}, "the same held-out groups for every trial"
-    assert not held & {r.group for r in a.train.dataset.records} and len(held) == 2
+    assert not held & {r.group for r in a.train.dataset.records}, "groups never straddle train and validation"
+    assert sorted(r.label for r in a.val.dataset.records) == [0, 1, 2], "one group of each class (stratified)"
+    other = {r.group for r in build_loaders(dataclasses.replace(cfg, val_seed=7), seed=0).val.dataset.records}
+    assert len(other) == 3, "data.val_seed picks the groups"
+    with pytest.raises(ValueError, match="data.val_fraction=0"):
+        build_loaders(dataclasses.replace(cfg, val_fraction=0.0), seed=0)

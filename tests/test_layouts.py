@@ -23,13 +23,16 @@ def _write(path, text: str) -> None:
 def test_ucf_layout_follows_class_ind_and_groups(synthetic_root):
     split = load_split("ucf101", synthetic_root, 1)
     assert split.class_names == ["MoveSideways", "MoveUp", "MoveDown"], "classInd.txt order"
-    assert (len(split.train), len(split.test)) == (6, 3), "split 1 tests group 1 of 3 per class"
-    assert {r.group for r in split.test} == {"MoveSideways_g01", "MoveUp_g01", "MoveDown_g01"}
+    assert (len(split.train), len(split.val), len(split.test)) == (6, 3, 6), \
+        "split 1 tests group 1 of the 3 rotating ones per class, and the evaluation videos' test groups"
+    assert {r.group for r in split.test} == {f"{c}_{g}" for c in split.class_names for g in ("g01", "g05")}
+    assert {r.group for r in split.val} == {f"{c}_g04" for c in split.class_names}
     assert not {r.group for r in split.train} & {r.group for r in split.test}, "groups never straddle train and test"
     for record in split.train + split.test:
         assert split.class_names[record.label] in record.key and os.path.isfile(record.path)
         assert record.key == os.path.splitext(os.path.relpath(record.path, synthetic_root))[0]
-    assert len(all_videos("ucf101", synthetic_root)) == 9, "extraction covers every split's videos once"
+    assert len(all_videos("ucf101", synthetic_root)) == 15, "every split's videos once"
+    assert len(all_videos("ucf101", synthetic_root, subsets=("train",))) == 9, "those any split trains on"
 
 
 def test_hmdb_codes_one_train_two_test_zero_unused(synthetic_root, tmp_path):

@@ -70,7 +70,7 @@ def test_deterministic_by_seed(tmp_path):
 def test_ensure_is_idempotent_and_never_overwrites(synthetic_root, synthetic_params, tmp_path):
     marker_path = os.path.join(synthetic_root, MARKER)
     stamp = os.stat(marker_path).st_mtime_ns
-    assert ensure_synthetic(synthetic_root, synthetic_params, progress=False)["videos"] == 9
+    assert ensure_synthetic(synthetic_root, synthetic_params, progress=False)["videos"] == 15
     assert os.stat(marker_path).st_mtime_ns == stamp, "a complete dataset is left alone"
     other = SyntheticConfig(classes=2, videos_per_class=3, frames=12, size=64, seed=0)
     with pytest.raises(ValueError, match=f"data.root={synthetic_root} holds a generated dataset with parameters"):

@@ -63,7 +63,7 @@ def test_metrics_have_the_binding_names() -> None:
     metrics = history[0]
     assert set(metrics) == {
         "train/loss", "train/ce", "train/ddp_high", "train/ddp_low", "train/flow", "train/im", "train/top1",
-        "train/top5", "val/loss", "val/top1", "val/top5", "lr", "clips_per_s", "epoch_time_s", "skipped_videos",
+        "train/top5", "val/loss", "val/top1", "val/top5", "lr", "clips_per_s", "epoch_time_s", "skipped_videos", "clips",
     }
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("train/top1", "train/top5", "val/top1", "val/top5"))

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from rev2net.data.config import DATASETS, DataConfig
 from rev2net.data.flow import count_pairs, flow_dir_of, pair_files, read_pair
 from rev2net.data.jobs import map_with_progress
-from rev2net.data.layouts import LayoutError, VideoRecord, apply_class_map, load_class_map, load_split
+from rev2net.data.layouts import (LayoutError, VideoRecord, apply_class_map, load_class_map, load_split,
+                                  validation_split)
 from rev2net.data.video import UnreadableVideo, open_video
 
 FLOW_TOLERANCE = 1  # frame pairs a flow folder may lack at the end (some extractors drop the last)
@@ -36,7 +37,8 @@ class CheckReport:
     root: str
     split: int
     classes: int = 0
-    train_videos: int = 0
+    train_videos: int = 0  # what trials train on (the validation videos held out of the training list excluded)
+    val_videos: int = 0  # the validation split (the layout's own list, or held out of the training list)
     test_videos: int = 0
     clip_frames: int = 0  # source frames a clip spans
     short_video_policy: str = "loop"
@@ -64,7 +66,8 @@ class CheckReport:
         if self.layout_error:
             return f"FAILED {self.dataset} at {self.root}: {self.layout_error}"
         lines = [f"{self.dataset} split {self.split} at {self.root}: {self.classes} classes, "
-                 f"{self.train_videos} train + {self.test_videos} test videos, clips span {self.clip_frames} frames"]
+                 f"{self.train_videos} train + {self.val_videos} validation + {self.test_videos} test videos, "
+                 f"clips span {self.clip_frames} frames"]
         for name in ("missing_videos", "unreadable", "missing_flow", "too_short"):
             items = getattr(self, name)
             if items:
@@ -78,8 +81,10 @@ class CheckReport:
 
 
 def check_dataset(cfg: DataConfig, *, deep: bool = False, strict_length: bool = False,
-                  workers: int | None = None, progress: bool = False) -> CheckReport:
-    """Check cfg's dataset and split (flow too when cfg.flow). Never raises on bad data: read the report."""
+                  workers: int | None = None, progress: bool = False, flow_everywhere: bool = False) -> CheckReport:
+    """Check cfg's dataset and split, and its validation split. With cfg.flow, the flow of the
+    videos that read it: the training videos (flow targets), and every video with `flow_everywhere`
+    (a flow stream's input is read at evaluation too). Never raises on bad data: read the report."""
     report = CheckReport(cfg.name, os.path.abspath(cfg.root), cfg.split, clip_frames=cfg.clip_span,
                          short_video_policy=cfg.short_video_policy, strict_length=strict_length)
     try:
@@ -91,12 +96,18 @@ def check_dataset(cfg: DataConfig, *, deep: bool = False, strict_length: bool = 
     except (LayoutError, ValueError) as error:
         report.layout_error = str(error)
         return report
-    report.classes, report.train_videos, report.test_videos = len(split.class_names), len(split.train), len(split.test)
+    report.classes, report.test_videos = len(split.class_names), len(split.test)
     report.missing_videos = list(split.missing)
     report.details.update({path: "listed but no file" for path in split.missing})
+    try:
+        report.train_videos, report.val_videos = map(len, validation_split(split, cfg.val_fraction, cfg.val_seed))
+    except ValueError as error:
+        report.layout_error = str(error)
+        return report
     flow_root = cfg.resolved_flow_root() if cfg.flow else None
-    records = split.train + split.test
-    jobs = [(record, flow_root, deep) for record in records]
+    read_flow = {r.key for r in split.train} if not flow_everywhere else None  # None: every video
+    records = split.train + split.val + split.test
+    jobs = [(record, flow_root if read_flow is None or record.key in read_flow else None, deep) for record in records]
     results = list(map_with_progress(_check_video, jobs, desc="check", workers=workers, chunksize=64,
                                      parallel_from=PARALLEL_FROM, progress=progress))
     for record, (length, video_error, flow_error) in zip(records, results):
@@ -161,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-stride", type=int, default=DataConfig.frame_stride)
     parser.add_argument("--short-video-policy", default=DataConfig.short_video_policy, choices=["loop", "pad"])
     parser.add_argument("--strict-length", action="store_true", help="videos shorter than a clip are problems")
+    parser.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction,
+                        help="share of training groups held out for validation when the layout has no list of its own")
     parser.add_argument("--no-flow", action="store_true", help="do not check flow")
     parser.add_argument("--flow-root", help="default: ROOT/flow_tvl1")
     parser.add_argument("--class-map", help="check only the mapped classes")
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = DataConfig(name=args.dataset, root=args.root, split=args.split, frames=args.frames,
                          frame_stride=args.frame_stride, short_video_policy=args.short_video_policy,
-                         flow=not args.no_flow, flow_root=args.flow_root, class_map=args.class_map)
+                         flow=not args.no_flow, flow_root=args.flow_root, class_map=args.class_map, val_fraction=args.val_fraction)
     except ValueError as error:
         parser.error(str(error))
     report = check_dataset(cfg, deep=args.deep, strict_length=args.strict_length, workers=args.workers,
@@ -184,3 +197,34 @@ if __name__ == "__main__":
     from rev2net.data.check import main as _main
 
     raise SystemExit(_main())
+
+
+def check_target(cfg: DataConfig) -> list[str]:
+    """What is wrong with a cross-dataset target (data.eval_name at data.eval_root through
+    data.class_map), one line each: a missing root or split file, a mapped class either dataset
+    lacks, a shared class without training (its unlabelled clips) or test videos in the target, a
+    target whose classes are not the source's when no map is given. Empty when all is well."""
+    if cfg.eval_name is None:
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            source = load_split(cfg.name, cfg.root, cfg.split)
+            target = load_split(cfg.eval_name, cfg.eval_root, cfg.split)
+            if cfg.class_map is not None:
+                mapping = load_class_map(cfg.class_map)
+                source = apply_class_map(source, mapping, cfg.name)
+                target = apply_class_map(target, mapping, cfg.eval_name)
+    except (LayoutError, ValueError) as error:
+        return [f"cross-dataset target: {error}"]
+    if cfg.class_map is None and source.class_names != target.class_names:
+        return [f"cross-dataset target {cfg.eval_name} at {cfg.eval_root} has the classes {target.class_names}, "
+                f"not the source's {source.class_names}: give data.class_map"]
+    problems = []
+    for subset in ("train", "test"):
+        labels = {r.label for r in getattr(target, subset)}
+        empty = [name for i, name in enumerate(target.class_names) if i not in labels]
+        if empty:
+            problems.append(f"cross-dataset target {cfg.eval_name} at {cfg.eval_root}: no {subset} videos of the "
+                            f"shared class(es) {', '.join(empty)} (split {cfg.split})")
+    return problems

@@ -34,6 +34,8 @@ class SyntheticConfig:
 
     classes: int = 8  # motion classes, the first K of rev2net.data.synthetic.MOTIONS (K <= len(MOTIONS))
     videos_per_class: int = 16  # split by group as in UCF101: 2 clips per group, 1/3 of groups test
+    val_videos_per_class: int = 0  # validation videos in groups of their own (vallist0N.txt; never need flow)
+    test_videos_per_class: int = 0  # more test videos, in groups of their own, added to every split's test list
     frames: int = 24  # frames per video: a 16-frame clip with 8 frames of temporal jitter
     size: int = 80  # frame height = width, pixels (even, >= 32, not in rev2net.data.video.DECORD_BAD_WIDTHS)
     seed: int = 0  # everything (textures, trajectories, splits) is a function of the seed
@@ -44,6 +46,9 @@ class SyntheticConfig:
                "an integer >= 1 (and at most the number of motion classes defined)")
         _check(self.videos_per_class >= 3, "data.synthetic.videos_per_class", self.videos_per_class,
                "an integer >= 3 (each of the 3 splits needs a train and a test group)")
+        _check(self.val_videos_per_class >= 0 and self.test_videos_per_class >= 0, "data.synthetic.val_videos_per_class",
+               (self.val_videos_per_class, self.test_videos_per_class),
+               "integers >= 0 (data.synthetic.val_videos_per_class, data.synthetic.test_videos_per_class)")
         _check(self.frames >= 2, "data.synthetic.frames", self.frames, "an integer >= 2")
         _check(self.size >= 32 and self.size % 2 == 0, "data.synthetic.size", self.size, "an even integer >= 32")
         _check(self.domain in SYNTHETIC_DOMAINS, "data.synthetic.domain", self.domain, " | ".join(SYNTHETIC_DOMAINS))
@@ -72,18 +77,26 @@ class DataConfig:
     eval_clips: int = 1  # evenly spaced clips per video at evaluation; scores are averaged
     batch_size: int = 8  # clips per training batch; videos per evaluation batch
     eval_batch_size: Optional[int] = None  # None: batch_size
+    eval_cache_mb: int = 256  # validation clips are kept in memory (per loader process) when they all fit in this
     num_workers: int = 2  # loader processes (persistent); 0 loads in the main process
     prefetch_factor: int = 2  # batches each worker prepares ahead
     short_video_policy: str = "loop"  # videos shorter than a clip: loop (wrap around) | pad (repeat last)
-    val_fraction: float = 0.0  # 0: validate on the split's test list; >0: hold out this share of train groups
-    class_map: Optional[str] = None  # cross-dataset class mapping: a file or a shipped name (ucf101_hmdb51_12)
+    val_fraction: float = 0.1  # share of each class's training groups held out for validation (selection, ASHA),
+                               # when the layout has no validation list of its own; the test list is scored once
+    val_seed: int = 0  # which groups are held out (the same for every trial of a sweep)
+    class_map: Optional[str] = None  # cross-dataset class mapping: a file or a shipped name (ucf101_hmdb51_12);
+                                     # none between two datasets of one layout with the same classes (e.g. two
+                                     # generated domains)
     eval_name: Optional[str] = None  # cross-dataset target dataset (evaluated on its test list)
     eval_root: Optional[str] = None  # its folder
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when name == synthetic
+    eval_synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(domain="shifted"))  # eval_name == synthetic
 
     def __post_init__(self) -> None:
         if isinstance(self.synthetic, dict):  # built from plain keys (e.g. a resolved OmegaConf dict)
             self.synthetic = SyntheticConfig(**self.synthetic)
+        if isinstance(self.eval_synthetic, dict):
+            self.eval_synthetic = SyntheticConfig(**self.eval_synthetic)
         _check(self.name in DATASETS, "data.name", self.name, " | ".join(DATASETS))
         _check(bool(self.root), "data.root", self.root, "a dataset folder")
         n_splits = SPLITS[self.name]
@@ -101,6 +114,7 @@ class DataConfig:
                f"a positive divisor of data.crop_size ({self.crop_size})")
         _check(self.eval_clips >= 1, "data.eval_clips", self.eval_clips, "an integer >= 1")
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.eval_cache_mb >= 0, "data.eval_cache_mb", self.eval_cache_mb, "an integer >= 0 (0: no cache)")
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "data.eval_batch_size",
                self.eval_batch_size, "null or an integer >= 1")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
@@ -112,8 +126,8 @@ class DataConfig:
         if self.eval_name is not None:
             _check(self.eval_name in DATASETS, "data.eval_name", self.eval_name,
                    "null or " + " | ".join(DATASETS))
-            _check(self.class_map is not None, "data.class_map", self.class_map,
-                   "a class mapping (e.g. ucf101_hmdb51_12) whenever data.eval_name is set: "
+            _check(self.class_map is not None or self.eval_name == self.name, "data.class_map", self.class_map,
+                   "a class mapping (e.g. ucf101_hmdb51_12) whenever data.eval_name is another dataset: "
                    "the two datasets need a shared label space")
             _check(bool(self.eval_root), "data.eval_root", self.eval_root,
                    "the target dataset's folder whenever data.eval_name is set")

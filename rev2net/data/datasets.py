@@ -1,10 +1,30 @@
 """Clip datasets and the loaders a trial uses (batch format: `rev2net.batch`).
 
+What a sample holds is a `ClipSpec`, made from what the trial's model family declares it needs
+(rev2net.registry.DataNeeds): one loader path, one augmentation contract for every family.
+
+    sampling   clip      `frames` consecutive frames (every `stride`) from a random start: I3D,
+                         Rev2Net, DCD, the flow I3D
+               segments  the video cut into K equal segments, one anchor frame at a random place in
+                         each (the centre for evaluation): TSN, TSM (Wang et al. 2016, "sparse temporal sampling")
+    frames     the anchor frames, uint8 (3, N, H, W), N = frames or K
+    flow_input the flow of `flow_pairs` consecutive pairs from each anchor, at the crop's size and in
+               its pixels, float16 (2, N * flow_pairs, H, W): the flow streams' input (the I3D flow
+               stream: 1 pair per frame; TSN's: a stack of 5 per segment)
+    flow       the flow between consecutive clip frames at `flow_size`, float16 (2, N - 1, h, w):
+               Rev2Net's flow-decoder target (clip sampling only)
+Every one of them goes through the same crop, resize and flip (flipped flow has its x negated).
+
 Training samples draw their randomness (temporal offset, crop, flip, replacements of unreadable
 videos) from a per-sample seed that `EpochSampler` sends with each index, computed from
 (seed, epoch, position). A worker process therefore needs no state from the main process, and a
 given (seed, epoch) yields the same batches with any number of workers and after a resume: call
 `train_loader.sampler.set_epoch(epoch)` before each epoch.
+
+Validation and test: every trial is selected on the split's validation videos (the layout's own
+validation list, or a held-out share of the training groups: `rev2net.data.layouts.validation_split`)
+and scored once, at its end, on the official test list (`build_eval_loader`). Unlabelled clips of
+a target domain for domain adaptation come from `build_target_loader`: its samples have no label.
 
 A video that cannot be read (missing, empty, not a video, undecodable, or with unreadable flow
 JPEGs) never stops training: it is reported once per file and worker with an
@@ -20,20 +40,20 @@ per-sample seeds (`EpochSampler`), and every N-th validation video (`ShardSample
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rev2net.batch import FLOW, FRAMES, INDEX, LABEL, SKIPPED
+from rev2net.batch import FLOW, FLOW_INPUT, FRAMES, INDEX, LABEL, SKIPPED
 from rev2net.data.config import DataConfig
 from rev2net.data.flow import extraction_command, flow_dir_of, read_pair, stored_grid
-from rev2net.data.layouts import Split, VideoRecord, apply_class_map, load_class_map, load_split
+from rev2net.data.layouts import Split, VideoRecord, apply_class_map, load_class_map, load_split, validation_split
 from rev2net.data.shuffle import PROTOCOLS, shuffle_order
 from rev2net.data.transforms import Crop, centre_crop, crop_flow, crop_frames, flow_window, random_crop
 from rev2net.data.video import UnreadableVideo, clip_indices, eval_starts, open_video, read_frames, train_start
@@ -51,32 +71,65 @@ class FlowMissingError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How clips are cut: shared by training and evaluation datasets."""
+    """What a sample holds and how it is cut: shared by training and evaluation datasets."""
 
-    frames: int = 32
-    stride: int = 1
+    frames: int = 32  # clip sampling: frames per clip
+    stride: int = 1  # clip sampling: every k-th frame
     crop_size: int = 224
     short_side: int = 256
-    policy: str = "loop"
+    policy: str = "loop"  # videos shorter than a clip: loop | pad (rev2net.data.video)
+    segments: int = 0  # 0: clip sampling; K > 0: K segments, one anchor frame each (TSN/TSM)
+    flow_pairs: int = 0  # flow input: the flow of this many consecutive pairs from each anchor (0: none)
+    rgb: bool = True  # deliver the anchor frames (RGB input, reconstruction target)
 
     @classmethod
-    def from_config(cls, cfg: DataConfig) -> "ClipSpec":
-        return cls(cfg.frames, cfg.frame_stride, cfg.crop_size, cfg.short_side, cfg.short_video_policy)
+    def from_config(cls, cfg: DataConfig, **needs) -> "ClipSpec":
+        """The clip of `cfg`, with what a model family needs (segments, flow_pairs, rgb)."""
+        return cls(cfg.frames, cfg.frame_stride, cfg.crop_size, cfg.short_side, cfg.short_video_policy, **needs)
+
+    @property
+    def anchors(self) -> int:
+        """Frames (RGB) per sample: the clip's frames, or one per segment."""
+        return self.segments or self.frames
 
     @property
     def span(self) -> int:
+        """Source frames a clip covers (clip sampling); segments cover the whole video."""
         return (self.frames - 1) * self.stride + 1
+
+    def anchor_indices(self, length: int, rng: Optional[np.random.Generator] = None, *,
+                       position: float = 0.5) -> np.ndarray:
+        """Video frame indices of the anchors: a random clip start / a random place in each segment
+        with `rng`, else the start at `position` of the room (clip) or `position` of each segment."""
+        if not self.segments:
+            room = max(length - self.span, 0)
+            start = train_start(length, self.span, rng) if rng is not None else int(round(room * position))
+            return clip_indices(start, self.frames, self.stride, length, self.policy)
+        need = max(self.flow_pairs, 1)  # an anchor's flow stack must fit inside its segment where it can
+        edges = np.linspace(0, length, self.segments + 1)
+        lows, highs = np.floor(edges[:-1]).astype(int), np.maximum(np.floor(edges[1:]).astype(int) - need, 0)
+        highs = np.maximum(highs, lows)
+        if rng is not None:
+            return np.minimum(lows + (rng.random(self.segments) * (highs - lows + 1)).astype(int), length - 1)
+        return np.minimum(lows + np.round((highs - lows) * position).astype(int), length - 1)
 
 
 class _Videos(Dataset):
-    """Shared by both datasets: the video list, and remembering unreadable files."""
+    """Shared by every dataset: the video list, reading a sample, and remembering unreadable files."""
 
-    def __init__(self, records: list[VideoRecord], spec: ClipSpec):
+    def __init__(self, records: list[VideoRecord], spec: ClipSpec, *, flow_root: str | None = None,
+                 flow_size: int | None = None, flow_input_root: str | None = None):
         if not records:
             raise ValueError("no videos to load (empty split after filtering)")
+        if spec.flow_pairs and flow_input_root is None:
+            raise ValueError("a flow input (ClipSpec.flow_pairs > 0) needs flow_input_root: the stored flow")
         self.records = list(records)
         self.spec = spec
+        self.flow_root = flow_root  # flow targets (clip sampling): None = none
+        self.flow_size = flow_size or spec.crop_size
+        self.flow_input_root = flow_input_root
         self._unreadable: set[str] = set()  # per process: files already reported
+        self._grids: dict[str, tuple[int, int, int]] = {}  # per process: stored flow (h, w, pairs)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -86,17 +139,63 @@ class _Videos(Dataset):
             self._unreadable.add(record.path)
             warnings.warn(f"skipping unreadable video {record.path}: {error}", UnreadableVideoWarning, stacklevel=3)
 
+    def _read(self, record: VideoRecord, anchors_of, crop_of) -> dict[str, np.ndarray]:
+        """The sample's arrays: anchors_of(length) -> anchor indices (one row per clip), crop_of(h, w) -> Crop."""
+        spec = self.spec
+        reader = open_video(record.path)
+        length = len(reader)
+        anchors = anchors_of(length)  # (clips, N)
+        if spec.rgb:
+            frames = read_frames(reader, anchors.reshape(-1), record.path)  # (clips * N, H, W, 3)
+            height, width = frames.shape[1:3]
+        else:  # the geometry of a flow-only sample still comes from the video's frames
+            height, width = read_frames(reader, np.zeros(1, int), record.path).shape[1:3]
+        crop = crop_of(height, width)
+        out: dict[str, np.ndarray] = {}
+        if spec.rgb:
+            out[FRAMES] = crop_frames(frames, crop, spec.crop_size).reshape(
+                3, anchors.shape[0], anchors.shape[1], spec.crop_size, spec.crop_size).transpose(1, 0, 2, 3, 4)
+        if spec.flow_pairs:
+            stacks = [[[a + j] if a + j < length - 1 else [] for a in row for j in range(spec.flow_pairs)]
+                      for row in anchors]  # per clip, per output field: the video pairs summed into it
+            out[FLOW_INPUT] = np.stack([self._flow(self.flow_input_root, record, fields, crop, (height, width),
+                                                   spec.crop_size) for fields in stacks])
+        if self.flow_root is not None:
+            targets = [[list(range(a, b)) if b - a == spec.stride else [] for a, b in zip(row[:-1], row[1:])]
+                       for row in anchors]
+            out[FLOW] = np.stack([self._flow(self.flow_root, record, fields, crop, (height, width), self.flow_size)
+                                  for fields in targets])
+        return out
+
+    def _flow(self, root: str, record: VideoRecord, fields: list[list[int]], crop: Crop, frame_hw: tuple[int, int],
+              size: int) -> np.ndarray:
+        """float32 (2, len(fields), size, size): each field the sum of the listed video frame pairs'
+        flow (zero where none is listed: across a loop's wrap, a padded repeat, the video's end),
+        through `crop`, in pixels of the size x size grid."""
+        flow_dir = flow_dir_of(root, record.key)
+        if flow_dir not in self._grids:
+            try:
+                self._grids[flow_dir] = stored_grid(flow_dir)
+            except (OSError, ValueError, KeyError) as error:
+                raise UnreadableVideo(f"{flow_dir}: cannot read flow ({error})") from error
+        stored_h, stored_w, pairs = self._grids[flow_dir]
+        window = flow_window(crop, frame_hw, (stored_h, stored_w), size)
+        out = np.zeros((2, len(fields), size, size), np.float32)
+        for j, listed in enumerate(fields):
+            for pair in listed:
+                out[:, j] += crop_flow(read_pair(flow_dir, min(pair, pairs - 1), window.reduce), window, size, crop.flip)
+        return out
+
 
 class ClipDataset(_Videos):
-    """Training clips: random temporal offset and crop, horizontal flip, and flow targets through the
-    same window and geometry. Items are `(index, sample_seed)` pairs (a bare index uses seed = index)."""
+    """Training clips: random temporal placement and crop, horizontal flip; frames, flow input and
+    flow targets through the same window and geometry. Items are `(index, sample_seed)` pairs (a bare
+    index uses seed = index). With `labelled=False` (a target domain's clips) a sample has no label."""
 
     def __init__(self, records: list[VideoRecord], spec: ClipSpec, *, flow_root: str | None = None,
-                 flow_size: int | None = None):
-        super().__init__(records, spec)
-        self.flow_root = flow_root
-        self.flow_size = flow_size or spec.crop_size
-        self._grids: dict[str, tuple[int, int, int]] = {}  # per process: stored flow (h, w, pairs)
+                 flow_size: int | None = None, flow_input_root: str | None = None, labelled: bool = True):
+        super().__init__(records, spec, flow_root=flow_root, flow_size=flow_size, flow_input_root=flow_input_root)
+        self.labelled = labelled
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, item)
@@ -105,7 +204,9 @@ class ClipDataset(_Videos):
             if record.path not in self._unreadable:
                 try:
                     sample = self._load(record, np.random.default_rng([seed, attempt, 0]))
-                    sample.update({LABEL: record.label, INDEX: index, SKIPPED: attempt})
+                    if self.labelled:
+                        sample[LABEL] = record.label
+                    sample.update({INDEX: index, SKIPPED: attempt})
                     return sample
                 except UnreadableVideo as error:
                     self._report(record, error)
@@ -115,81 +216,75 @@ class ClipDataset(_Videos):
 
     def _load(self, record: VideoRecord, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         spec = self.spec
-        reader = open_video(record.path)
-        length = len(reader)
-        indices = clip_indices(train_start(length, spec.span, rng), spec.frames, spec.stride, length, spec.policy)
-        frames = read_frames(reader, indices, record.path)  # (T, H, W, 3)
-        height, width = frames.shape[1:3]
-        crop = random_crop(height, width, crop_size=spec.crop_size, short_side=spec.short_side, rng=rng)
-        sample = {FRAMES: torch.from_numpy(crop_frames(frames, crop, spec.crop_size))}
-        if self.flow_root is not None:
-            flow = self._flow(record, indices, crop, (height, width))
-            sample[FLOW] = torch.from_numpy(flow).half()  # torch converts to float16 faster than numpy
-        return sample
-
-    def _flow(self, record: VideoRecord, indices: np.ndarray, crop: Crop, frame_hw: tuple[int, int]) -> np.ndarray:
-        """float32 (2, T-1, s, s): flow between consecutive clip frames (the sum of the video's pairs
-        in between when stride > 1; zero across a loop's wrap or a padded repeat)."""
-        flow_dir = flow_dir_of(self.flow_root, record.key)
-        if record.key not in self._grids:
-            try:
-                self._grids[record.key] = stored_grid(flow_dir)
-            except (OSError, ValueError, KeyError) as error:
-                raise UnreadableVideo(f"{flow_dir}: cannot read flow ({error})") from error
-        stored_h, stored_w, pairs = self._grids[record.key]
-        size = self.flow_size
-        window = flow_window(crop, frame_hw, (stored_h, stored_w), size)
-        out = np.zeros((2, len(indices) - 1, size, size), np.float32)
-        for j, (a, b) in enumerate(zip(indices[:-1], indices[1:])):
-            if b - a != self.spec.stride:
-                continue
-            for pair in range(a, b):
-                quantized = read_pair(flow_dir, min(pair, pairs - 1), window.reduce)
-                out[:, j] += crop_flow(quantized, window, size, crop.flip)
-        return out
+        arrays = self._read(record, lambda length: spec.anchor_indices(length, rng)[None],
+                            lambda h, w: random_crop(h, w, crop_size=spec.crop_size, short_side=spec.short_side,
+                                                     rng=rng))
+        # torch converts to float16 faster than numpy does
+        return {key: torch.from_numpy(value[0]) if key == FRAMES else torch.from_numpy(value[0]).half()
+                for key, value in arrays.items()}
 
 
 class EvalDataset(_Videos):
-    """Evaluation clips: `clips` evenly spaced clips per video, centre crop, frames (K, 3, T, H, W),
-    reordered by the frame-shuffle `protocol` (deterministic by `seed`, video and clip)."""
+    """Evaluation clips: `clips` evenly placed clips per video (clip sampling: evenly spaced starts;
+    segments: evenly spaced places inside each segment), centre crop; frames (K, 3, N, H, W) and the
+    flow input (K, 2, N * P, H, W), reordered by the frame-shuffle `protocol` (deterministic by
+    `seed`, video and clip; a flow stack moves with its anchor frame)."""
 
     def __init__(self, records: list[VideoRecord], spec: ClipSpec, *, clips: int = 1, protocol: str = "none",
-                 seed: int = 0):
-        super().__init__(records, spec)
+                 seed: int = 0, flow_input_root: str | None = None, cache_bytes: int = 0):
+        super().__init__(records, spec, flow_input_root=flow_input_root)
         if protocol not in PROTOCOLS:
             raise ValueError(f"shuffle protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
         self.clips = clips
         self.protocol = protocol
         self.seed = seed
+        # Evaluation samples are the same every epoch: kept (per process) when all of them fit in
+        # `cache_bytes`, so a validation pass after the first costs forwards only.
+        per_sample = clips * spec.anchors * spec.crop_size ** 2 * ((3 if spec.rgb else 0) + 4 * spec.flow_pairs)
+        self._cache: Optional[dict[int, dict]] = {} if per_sample * len(records) <= cache_bytes else None
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         for skipped in range(MAX_REPLACEMENTS + 1):
-            record = self.records[index]
+            record = self.records[(index + skipped) % len(self.records)]
             if record.path not in self._unreadable:
                 try:
-                    return {FRAMES: torch.from_numpy(self._load(record, index)), LABEL: record.label,
-                            INDEX: index, SKIPPED: skipped}
+                    sample = {key: torch.from_numpy(value) for key, value in
+                              self._load(record, (index + skipped) % len(self.records)).items()}
+                    if FLOW_INPUT in sample:
+                        sample[FLOW_INPUT] = sample[FLOW_INPUT].half()
+                    sample = {**sample, LABEL: record.label, INDEX: (index + skipped) % len(self.records),
+                              SKIPPED: skipped}
+                    if self._cache is not None:
+                        self._cache[index] = sample
+                    return sample
                 except UnreadableVideo as error:
                     self._report(record, error)
-            index = (index + 1) % len(self.records)
         raise RuntimeError(f"{MAX_REPLACEMENTS + 1} unreadable videos in a row; "
                            "check the dataset with python -m rev2net.data.check")
 
-    def _load(self, record: VideoRecord, index: int) -> np.ndarray:
+    def _anchors(self, length: int) -> np.ndarray:
         spec = self.spec
-        reader = open_video(record.path)
-        length = len(reader)
-        starts = eval_starts(length, spec.span, self.clips)
-        indices = np.concatenate([clip_indices(s, spec.frames, spec.stride, length, spec.policy) for s in starts])
-        frames = read_frames(reader, indices, record.path)  # (K*T, H, W, 3)
-        crop = centre_crop(*frames.shape[1:3], crop_size=spec.crop_size, short_side=spec.short_side)
-        clips = crop_frames(frames, crop, spec.crop_size).reshape(3, self.clips, spec.frames, spec.crop_size, spec.crop_size)
-        clips = clips.transpose(1, 0, 2, 3, 4)  # (K, 3, T, H, W)
+        if not spec.segments:
+            starts = eval_starts(length, spec.span, self.clips)
+            return np.stack([clip_indices(s, spec.frames, spec.stride, length, spec.policy) for s in starts])
+        return np.stack([spec.anchor_indices(length, position=(k + 0.5) / self.clips) for k in range(self.clips)])
+
+    def _load(self, record: VideoRecord, index: int) -> dict[str, np.ndarray]:
+        spec = self.spec
+        arrays = self._read(record, self._anchors,
+                            lambda h, w: centre_crop(h, w, crop_size=spec.crop_size, short_side=spec.short_side))
         if self.protocol != "none":
-            orders = [shuffle_order(spec.frames, self.protocol, np.random.default_rng([self.seed, index, k]))
+            orders = [shuffle_order(spec.anchors, self.protocol, np.random.default_rng([self.seed, index, k]))
                       for k in range(self.clips)]
-            clips = np.stack([clip[:, order] for clip, order in zip(clips, orders)])
-        return np.ascontiguousarray(clips)
+            if FRAMES in arrays:
+                arrays[FRAMES] = np.stack([clip[:, order] for clip, order in zip(arrays[FRAMES], orders)])
+            if FLOW_INPUT in arrays:
+                p = spec.flow_pairs
+                arrays[FLOW_INPUT] = np.stack([clip.reshape(2, spec.anchors, p, *clip.shape[-2:])[:, order]
+                                               .reshape(clip.shape) for clip, order in zip(arrays[FLOW_INPUT], orders)])
+        return {key: np.ascontiguousarray(value) for key, value in arrays.items()}
 
 
 class EpochSampler(Sampler):
@@ -248,52 +343,94 @@ class ShardSampler(Sampler):
 @dataclass
 class DataBundle:
     train: DataLoader  # training batches; call train.sampler.set_epoch(epoch) each epoch
-    val: DataLoader  # evaluation batches (K clips per video, no shuffle protocol)
+    val: DataLoader  # the validation split's evaluation batches (K clips per video): selection, early stopping
     num_classes: int
     class_names: list[str]
 
 
-def build_loaders(cfg: DataConfig, *, seed: int, device_is_cuda: bool = False, rank: int = 0,
-                  num_replicas: int = 1) -> DataBundle:
-    """The training and validation loaders of a trial (of its DDP rank `rank` of `num_replicas`).
-
-    Raises FlowMissingError (how many, and the extraction command) when cfg.flow is on and listed
-    training videos have no flow; LayoutError when the root or a split file is missing.
-    """
+def training_split(cfg: DataConfig) -> tuple[Split, list[VideoRecord], list[VideoRecord]]:
+    """The split of `cfg` and its (train, validation) videos (rev2net.data.layouts.validation_split)."""
     split = _split(cfg, cfg.name, cfg.root)
-    train, val = _train_val(split, cfg.val_fraction)
-    spec = ClipSpec.from_config(cfg)
-    flow_root = None
-    if cfg.flow:
-        flow_root = cfg.resolved_flow_root()
-        require_flow(train, flow_root, dataset=cfg.name, root=cfg.root, algorithm=cfg.flow_algorithm)
-    train_set = ClipDataset(train, spec, flow_root=flow_root, flow_size=cfg.flow_size)
+    train, val = validation_split(split, cfg.val_fraction, cfg.val_seed)
+    return split, train, val
+
+
+def _flow_roots(cfg: DataConfig, spec: ClipSpec, train: list[VideoRecord],
+                evaluated: list[VideoRecord]) -> tuple[Optional[str], Optional[str]]:
+    """(flow-target root, flow-input root) for `spec`, checked to hold every video that reads it."""
+    target_root = cfg.resolved_flow_root() if cfg.flow and not spec.segments else None
+    input_root = cfg.resolved_flow_root() if spec.flow_pairs else None
+    if target_root is not None:
+        require_flow(train, target_root, dataset=cfg.name, root=cfg.root, algorithm=cfg.flow_algorithm)
+    if input_root is not None:
+        require_flow(train + evaluated, input_root, dataset=cfg.name, root=cfg.root, algorithm=cfg.flow_algorithm)
+    return target_root, input_root
+
+
+def build_loaders(cfg: DataConfig, *, seed: int, spec: Optional[ClipSpec] = None, device_is_cuda: bool = False,
+                  rank: int = 0, num_replicas: int = 1) -> DataBundle:
+    """The training and validation loaders of a trial (of its DDP rank `rank` of `num_replicas`),
+    sampling as `spec` says (default: cfg's clip, RGB).
+
+    Raises FlowMissingError (how many, and the extraction command) when the spec reads flow (targets
+    with cfg.flow, or a flow input) that listed videos lack; LayoutError when the root or a split
+    file is missing; ValueError when there is no validation split.
+    """
+    split, train, val = training_split(cfg)
+    spec = spec or ClipSpec.from_config(cfg)
+    flow_root, input_root = _flow_roots(cfg, spec, train, val)
+    train_set = ClipDataset(train, spec, flow_root=flow_root, flow_size=cfg.flow_size, flow_input_root=input_root)
     sampler = EpochSampler(len(train_set), seed=seed, rank=rank, num_replicas=num_replicas)
     train_loader = _loader(train_set, cfg, batch_size=cfg.batch_size, sampler=sampler, device_is_cuda=device_is_cuda,
                            drop_last=len(sampler) >= cfg.batch_size, persistent=True)
-    val_set = EvalDataset(val, spec, clips=cfg.eval_clips)
+    val_set = EvalDataset(val, spec, clips=cfg.eval_clips, flow_input_root=input_root,
+                          cache_bytes=cfg.eval_cache_mb * 2**20)
     val_sampler = ShardSampler(len(val_set), rank=rank, num_replicas=num_replicas) if num_replicas > 1 else None
     val_loader = _loader(val_set, cfg, batch_size=cfg.eval_batch_size or cfg.batch_size, sampler=val_sampler,
                          device_is_cuda=device_is_cuda, drop_last=False, persistent=True)
     return DataBundle(train_loader, val_loader, len(split.class_names), list(split.class_names))
 
 
-def build_eval_loader(cfg: DataConfig, *, protocol: str = "none", seed: int = 0, cross_dataset: bool = False,
-                      device_is_cuda: bool = False) -> DataLoader:
-    """An evaluation loader over the split's test list under a frame-shuffle `protocol`
-    (none | long_term | short_term | complete), deterministic by `seed`. With `cross_dataset`, the
-    test list of cfg.eval_name at cfg.eval_root, relabelled through cfg.class_map."""
+def build_eval_loader(cfg: DataConfig, *, spec: Optional[ClipSpec] = None, protocol: str = "none", seed: int = 0,
+                      cross_dataset: bool = False, device_is_cuda: bool = False) -> DataLoader:
+    """An evaluation loader over the split's TEST list (scored once, at a trial's end) under a
+    frame-shuffle `protocol` (none | long_term | short_term | complete), deterministic by `seed`.
+    With `cross_dataset`, the test list of cfg.eval_name at cfg.eval_root, relabelled through
+    cfg.class_map. Its dataset's `records` name the videos (`index` in a batch points into them)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"shuffle protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    if cross_dataset:
-        if cfg.eval_name is None:
-            raise ValueError("cross-dataset evaluation needs data.eval_name, data.eval_root and data.class_map")
-        split = _split(cfg, cfg.eval_name, cfg.eval_root)
-    else:
-        split = _split(cfg, cfg.name, cfg.root)
-    dataset = EvalDataset(split.test, ClipSpec.from_config(cfg), clips=cfg.eval_clips, protocol=protocol, seed=seed)
+    spec = spec or ClipSpec.from_config(cfg)
+    name, root = (cfg.eval_name, cfg.eval_root) if cross_dataset else (cfg.name, cfg.root)
+    if cross_dataset and name is None:
+        raise ValueError("cross-dataset evaluation needs data.eval_name, data.eval_root and data.class_map")
+    records = _split(cfg, name, root).test
+    input_root = None
+    if spec.flow_pairs:
+        target_cfg = replace(cfg, name=name, root=root, flow_root=None) if cross_dataset else cfg
+        input_root = target_cfg.resolved_flow_root()
+        require_flow(records, input_root, dataset=name, root=root, algorithm=cfg.flow_algorithm)
+    dataset = EvalDataset(records, spec, clips=cfg.eval_clips, protocol=protocol, seed=seed,
+                          flow_input_root=input_root)
     return _loader(dataset, cfg, batch_size=cfg.eval_batch_size or cfg.batch_size, sampler=None,
                    device_is_cuda=device_is_cuda, drop_last=False, persistent=False)
+
+
+def build_target_loader(cfg: DataConfig, *, seed: int, spec: Optional[ClipSpec] = None, flow_targets: bool = False,
+                        device_is_cuda: bool = False, rank: int = 0, num_replicas: int = 1) -> DataLoader:
+    """Unlabelled training clips of the target domain (domain adaptation): the TRAINING list of
+    cfg.eval_name at cfg.eval_root, through cfg.class_map, sampled like the source's clips (its own
+    epoch order, from `seed`). Its samples carry no label at all: nothing can train on one."""
+    if cfg.eval_name is None:
+        raise ValueError("target-domain clips need data.eval_name, data.eval_root and data.class_map")
+    spec = spec or ClipSpec.from_config(cfg)
+    target = replace(cfg, name=cfg.eval_name, root=cfg.eval_root, flow_root=None, flow=flow_targets)
+    records = _split(cfg, cfg.eval_name, cfg.eval_root).train
+    flow_root, input_root = _flow_roots(target, spec, records, [])
+    dataset = ClipDataset(records, spec, flow_root=flow_root, flow_size=cfg.flow_size, flow_input_root=input_root,
+                          labelled=False)
+    sampler = EpochSampler(len(dataset), seed=seed + 1_000_003, rank=rank, num_replicas=num_replicas)
+    return _loader(dataset, cfg, batch_size=cfg.batch_size, sampler=sampler, device_is_cuda=device_is_cuda,
+                   drop_last=len(sampler) >= cfg.batch_size, persistent=True)
 
 
 def require_flow(records: list[VideoRecord], flow_root: str, *, dataset: str, root: str, algorithm: str = "tvl1") -> None:
@@ -310,20 +447,11 @@ def _split(cfg: DataConfig, name: str, root: str) -> Split:
     if name == "synthetic":
         from rev2net.data.synthetic import ensure_synthetic
 
-        ensure_synthetic(root, cfg.synthetic, progress=False)
+        ensure_synthetic(root, cfg.synthetic if root == cfg.root else cfg.eval_synthetic, progress=False)
     split = load_split(name, root, cfg.split)
     if cfg.class_map is not None:
         split = apply_class_map(split, load_class_map(cfg.class_map), name)
     return split
-
-
-def _train_val(split: Split, val_fraction: float) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    """(train, val): the split's test list, or whole groups held out of train (the same for every trial)."""
-    if val_fraction == 0:
-        return split.train, split.test
-    groups = sorted({r.group for r in split.train})
-    held = set(np.random.default_rng(0).permutation(groups)[: max(1, math.ceil(val_fraction * len(groups)))].tolist())
-    return [r for r in split.train if r.group not in held], [r for r in split.train if r.group in held]
 
 
 def _worker_init(worker_id: int) -> None:

@@ -7,7 +7,8 @@ flow root). Class indices are stable:
 ucf101, synthetic   `root/classInd.txt` order ("1 ApplyEyeMakeup" -> 0), i.e. id - 1
     root/classInd.txt, root/trainlist0N.txt ("Class/v_Class_gGG_cCC.avi 1"), root/testlist0N.txt
     ("Class/v_Class_gGG_cCC.avi"); the split files may also sit in root/ucfTrainTestlist/ and the
-    videos in root/UCF-101/ (the official archives' folders).
+    videos in root/UCF-101/ (the official archives' folders). An optional root/vallist0N.txt (lines
+    as in trainlist) is a validation list of the layout's own (the generated dataset writes one).
 hmdb51              sorted class names (from the split file names)
     root/<class>/<video>.avi, root/testTrainMulti_7030_splits/<class>_test_split{1,2,3}.txt with
     lines "<video>.avi <code>": 1 = train, 2 = test, 0 = unused in that split.
@@ -30,8 +31,10 @@ import glob
 import os
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
+
+import numpy as np
 
 from rev2net.data.config import SPLITS
 
@@ -67,7 +70,8 @@ class Split:
     class_names: list[str]
     train: list[VideoRecord]
     test: list[VideoRecord]
-    missing: list[str]  # listed videos whose file does not exist (dropped from train/test)
+    missing: list[str]  # listed videos whose file does not exist (dropped from train/val/test)
+    val: list[VideoRecord] = field(default_factory=list)  # a validation list of the layout's own (vallist0N.txt), if any
 
 
 def load_split(name: str, root: str, split: int = 1) -> Split:
@@ -87,8 +91,9 @@ def load_split(name: str, root: str, split: int = 1) -> Split:
                      "generic | synthetic")
 
 
-def all_videos(name: str, root: str) -> list[VideoRecord]:
-    """Every video listed by any split (train and test), once: what flow extraction covers."""
+def all_videos(name: str, root: str, *, subsets: tuple[str, ...] = ("train", "val", "test")) -> list[VideoRecord]:
+    """Every video that any split lists in `subsets`, once (sorted by key): what flow extraction
+    covers (subsets=("train",): the videos some split trains on, the only ones whose flow is read)."""
     seen: dict[str, VideoRecord] = {}
     for split in range(1, SPLITS[name] + 1):
         try:
@@ -97,8 +102,9 @@ def all_videos(name: str, root: str) -> list[VideoRecord]:
             if split == 1:
                 raise
             continue  # datasets that ship only split 1 (e.g. a generic layout)
-        for record in parsed.train + parsed.test:
-            seen.setdefault(record.key, record)
+        for subset in subsets:
+            for record in getattr(parsed, subset):
+                seen.setdefault(record.key, record)
     return sorted(seen.values(), key=lambda r: r.key)
 
 
@@ -142,8 +148,10 @@ def _load_ucf(root: str, split: int) -> Split:
         video_root = os.path.join(root, "UCF-101")
     subsets = {}
     missing = []
-    for subset, prefix in (("train", "trainlist"), ("test", "testlist")):
+    for subset, prefix in (("train", "trainlist"), ("val", "vallist"), ("test", "testlist")):
         path = os.path.join(list_dir, f"{prefix}{split:02d}.txt")
+        if subset == "val" and not os.path.isfile(path):
+            continue  # a validation list is optional (the generated dataset writes one)
         if not os.path.isfile(path):
             raise LayoutError(f"{path} does not exist (UCF101 split {split}; layout: {UCF_LAYOUT})")
         records = []
@@ -288,7 +296,32 @@ def _finish(class_names: list[str], subsets: dict[str, list[VideoRecord]], missi
     if missing:
         warnings.warn(f"{len(missing)} listed videos do not exist and are left out, e.g. {missing[0]}",
                       stacklevel=3)
-    return Split(class_names, subsets["train"], subsets["test"], missing)
+    return Split(class_names, subsets["train"], subsets["test"], missing, subsets.get("val", []))
+
+
+# --- the validation split ------------------------------------------------------------------------
+
+def validation_split(split: Split, fraction: float, seed: int = 0) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """(train, val) of a split: its own validation list when the layout has one, else `fraction` of
+    each class's training groups held out (UCF101's `<Class>_gXX`: clips of one group never straddle
+    train and validation; HMDB51's videos and Kinetics' YouTube ids are their own groups), at least
+    one group of every class that has two. Deterministic by `seed`: the same on every node and for
+    every trial of a sweep, so every trial is selected on the same videos. The test list is never
+    touched: hyperparameters are chosen on validation, the test list is scored once."""
+    if split.val:
+        return split.train, split.val
+    if fraction <= 0:
+        raise ValueError("this layout has no validation list and data.val_fraction=0: set data.val_fraction > 0 "
+                         "(hyperparameters must be selected on held-out training videos, never on the test list)")
+    held: set[str] = set()
+    for label in sorted({r.label for r in split.train}):
+        groups = sorted({r.group for r in split.train if r.label == label})
+        if len(groups) < 2:
+            continue  # a class with one group keeps it for training
+        take = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+        order = np.random.default_rng([seed, label]).permutation(len(groups))[:take]
+        held |= {groups[i] for i in order}
+    return [r for r in split.train if r.group not in held], [r for r in split.train if r.group in held]
 
 
 # --- cross-dataset class mapping -----------------------------------------------------------------
@@ -339,4 +372,5 @@ def apply_class_map(split: Split, class_map: ClassMap, dataset: str) -> Split:
     def restrict(records: list[VideoRecord]) -> list[VideoRecord]:
         return [replace(r, label=relabel[r.label]) for r in records if r.label in relabel]
 
-    return Split(list(class_map.shared), restrict(split.train), restrict(split.test), split.missing)
+    return Split(list(class_map.shared), restrict(split.train), restrict(split.test), split.missing,
+                 restrict(split.val))

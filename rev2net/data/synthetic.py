@@ -258,27 +258,42 @@ def write_video(path: str, frames: np.ndarray, fps: int = FPS) -> None:
 
 # --- the dataset ---------------------------------------------------------------------------------
 
-def video_plan(classes: int, videos_per_class: int) -> list[tuple[int, int, int, int]]:
-    """(class index, video index, group, clip) of every video: videos_per_class // 6 clips per group
-    (at least 1; 2 for the default 12), so that each split has test groups."""
+def video_plan(classes: int, videos_per_class: int, val_videos_per_class: int = 0,
+               test_videos_per_class: int = 0) -> list[tuple[int, int, int, int, str]]:
+    """(class index, video index, group, clip, subset) of every video: videos_per_class // 6 clips per
+    group (at least 1; 2 for the default 12), so that each split has test groups. The first
+    `videos_per_class` of a class form the rotating pool (subset "pool": split N tests its groups
+    g % 3 == N - 1 and trains on the others); then `val_videos_per_class` validation videos and
+    `test_videos_per_class` more test videos, each in groups of their own, the same for every split."""
     per_group = max(1, videos_per_class // 6)
-    return [(c, v, v // per_group, v % per_group) for c in range(classes) for v in range(videos_per_class)]
+    val_from = -(-videos_per_class // per_group) * per_group  # the next whole group
+    test_from = val_from + -(-val_videos_per_class // per_group) * per_group
+
+    def subset(v: int) -> str:
+        return "pool" if v < videos_per_class else "val" if v < test_from else "test"
+
+    indices = [*range(videos_per_class), *range(val_from, val_from + val_videos_per_class),
+               *range(test_from, test_from + test_videos_per_class)]
+    return [(c, v, v // per_group, v % per_group, subset(v)) for c in range(classes) for v in indices]
 
 
 def generate_dataset(out: str, *, classes: int, videos_per_class: int, frames: int, height: int, width: int,
-                     seed: int, domain: str = "default", progress: bool = False) -> int:
-    """Write videos, ground-truth flow and UCF101 split files under `out`; returns the video count.
-    Every domain has the same classes, file names and splits; each draws from random streams of
-    its own (the default's are those it always had)."""
+                     seed: int, domain: str = "default", val_videos_per_class: int = 0, test_videos_per_class: int = 0,
+                     progress: bool = False) -> int:
+    """Write videos, ground-truth flow and UCF101 split files under `out` (with a `vallist0N.txt`
+    when there are validation videos); returns the video count. Every domain has the same classes,
+    file names and splits; each draws from random streams of its own (the default's are those it
+    always had)."""
     _check_domain(domain)
     stream = [DOMAIN_STREAMS[domain]] if domain in DOMAIN_STREAMS else []
     motions = MOTIONS[:classes]
-    plan = video_plan(classes, videos_per_class)
+    plan = video_plan(classes, videos_per_class, val_videos_per_class, test_videos_per_class)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "classInd.txt"), "w") as f:
         f.writelines(f"{c + 1} {m.name}\n" for c, m in enumerate(motions))
-    lists = {(kind, split): [] for kind in ("train", "test") for split in (1, 2, 3)}
-    for c, v, group, clip in tqdm(plan, desc="generate", unit="video", disable=not progress):
+    kinds = ("train", "val", "test") if val_videos_per_class else ("train", "test")
+    lists = {(kind, split): [] for kind in kinds for split in (1, 2, 3)}
+    for c, v, group, clip, subset in tqdm(plan, desc="generate", unit="video", disable=not progress):
         name = motions[c].name
         rel = f"{name}/v_{name}_g{group + 1:02d}_c{clip + 1:02d}.avi"
         rng = np.random.default_rng([seed, c, v, *stream])
@@ -291,7 +306,9 @@ def generate_dataset(out: str, *, classes: int, videos_per_class: int, frames: i
         os.makedirs(os.path.dirname(gt), exist_ok=True)
         np.savez_compressed(gt, flow=flow, objects=on_objects)
         for split in (1, 2, 3):
-            if group % 3 == split - 1:
+            if subset == "val":
+                lists["val", split].append(f"{rel} {c + 1}")
+            elif subset == "test" or group % 3 == split - 1:
                 lists["test", split].append(rel)
             else:
                 lists["train", split].append(f"{rel} {c + 1}")
@@ -317,7 +334,7 @@ def flow_epe(root: str, flow_root: str | None = None, *, max_videos: int | None 
     flow_root = flow_root or os.path.join(root, "flow_tvl1")
     sums = dict.fromkeys(("epe", "zero_flow_epe", "object_epe", "object_zero_flow_epe"), 0.0)
     pixels = object_pixels = pairs = 0
-    for record in all_videos("synthetic", root)[:max_videos]:
+    for record in all_videos("synthetic", root, subsets=("train",))[:max_videos]:  # the videos with flow
         gt, objects = ground_truth_flow(root, record.key)
         flow_dir = flow_dir_of(flow_root, record.key)
         height, width = gt.shape[2:]
@@ -382,6 +399,26 @@ def ensure_synthetic(root: str, params: SyntheticConfig | None = None, *, progre
     return marker
 
 
+def ensure_flow(root: str, params: SyntheticConfig | None = None, *, progress: bool = True,
+                workers: int | None = None) -> int:
+    """TV-L1 flow for every video of the generated dataset at `root`, evaluation videos included
+    (a flow stream reads its input flow at evaluation too; the dataset is built with the training
+    videos' only). Extracts what is missing (each video's folder appears only when complete), under
+    the dataset's lock; returns how many videos it extracted."""
+    marker = ensure_synthetic(root, params, progress=progress, workers=workers)
+    root = os.path.abspath(os.path.expanduser(root))
+    flow_root = os.path.join(root, "flow_tvl1")
+    videos = [(r.path, flow_dir_of(flow_root, r.key)) for r in all_videos("synthetic", root)]
+    if all(os.path.isdir(out) for _, out in videos):
+        return 0
+    with FileLock(root + ".lock"):
+        summary = extract_flow(videos, algorithm="tvl1", preset=marker["flow"]["preset"], workers=workers,
+                               progress=progress)
+    if summary.failures:
+        raise RuntimeError("flow extraction failed on generated videos:\n" + summary.report())
+    return summary.done
+
+
 def _read_marker(root: str) -> dict | None:
     path = os.path.join(root, MARKER)
     if not os.path.isfile(path):
@@ -392,6 +429,8 @@ def _read_marker(root: str) -> dict | None:
     with open(path) as f:
         marker = json.load(f)
     marker.get("params", {}).setdefault("domain", "default")  # written before there were domains
+    for key in ("val_videos_per_class", "test_videos_per_class"):
+        marker.get("params", {}).setdefault(key, 0)  # ... or evaluation videos of their own
     return marker
 
 
@@ -401,10 +440,12 @@ def _build(root: str, params: SyntheticConfig, *, progress: bool, workers: int |
     start = time.perf_counter()
     count = generate_dataset(partial, classes=params.classes, videos_per_class=params.videos_per_class,
                              frames=params.frames, height=params.size, width=params.size, seed=params.seed,
-                             domain=params.domain, progress=progress)
+                             domain=params.domain, val_videos_per_class=params.val_videos_per_class,
+                             test_videos_per_class=params.test_videos_per_class, progress=progress)
     generated = time.perf_counter()
     flow_root = os.path.join(partial, "flow_tvl1")
-    summary = extract_flow([(r.path, flow_dir_of(flow_root, r.key)) for r in all_videos("synthetic", partial)],
+    trained_on = all_videos("synthetic", partial, subsets=("train",))  # evaluation videos never need flow
+    summary = extract_flow([(r.path, flow_dir_of(flow_root, r.key)) for r in trained_on],
                            algorithm="tvl1", preset=DEFAULT_PRESET, workers=workers, progress=progress)
     if summary.failures:
         raise RuntimeError("flow extraction failed on generated videos:\n" + summary.report())
@@ -429,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="dataset folder to create")
     parser.add_argument("--classes", type=int, default=defaults.classes)
     parser.add_argument("--videos-per-class", type=int, default=defaults.videos_per_class)
+    parser.add_argument("--val-videos-per-class", type=int, default=defaults.val_videos_per_class,
+                        help="validation videos per class, in groups of their own (vallist0N.txt; no flow)")
+    parser.add_argument("--test-videos-per-class", type=int, default=defaults.test_videos_per_class,
+                        help="more test videos per class, in groups of their own (no flow)")
     parser.add_argument("--frames", type=int, default=defaults.frames)
     parser.add_argument("--size", type=int, default=defaults.size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -438,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        params = SyntheticConfig(args.classes, args.videos_per_class, args.frames, args.size, args.seed,
-                                 domain=args.domain)
+        params = SyntheticConfig(args.classes, args.videos_per_class, frames=args.frames, size=args.size,
+                                 seed=args.seed, domain=args.domain, val_videos_per_class=args.val_videos_per_class,
+                                 test_videos_per_class=args.test_videos_per_class)
         check_params(params)
     except ValueError as error:
         parser.error(str(error))
