@@ -68,12 +68,6 @@ class SearchConfig:
     metric_mode: str = "max"         # max | min
     spaces_dir: Optional[str] = None  # None: the repository's search_spaces/
     coarse_sweep: Optional[str] = None  # fine: the coarse parent run id to refine (None: the latest finished one)
-<<<<<<< HEAD
-    seeds: Optional[int] = None      # ablation: seeds per variant (None: the space's `seeds`)
-    variants: List[str] = field(default_factory=list)  # ablation: run only these variants (empty: all)
-    step_time_s: Optional[float] = None  # --dry-run: seconds per training step (one batch) at this stage's fidelity on
-                                         # the trial's device, measured (benchmarks/step.py), for the GPU-hour estimate
-=======
     seeds: Optional[int] = None      # ablation, compare, cross: seeds per variant (None: the space's `seeds`)
     variants: List[str] = field(default_factory=list)  # ablation, compare, cross: only these variants (empty: all)
     splits: List[int] = field(default_factory=list)  # ablation, compare, cross: run on each of these official
@@ -81,7 +75,8 @@ class SearchConfig:
     confirm_top_k: int = 0           # coarse, fine: re-run the best K configurations ...
     confirm_seeds: int = 0           # ... with this many more seeds, in the same stage; "best" is then the
                                      # configuration with the best mean over its seeds
->>>>>>> main
+    step_time_s: Optional[float] = None  # --dry-run: seconds per training step (one batch) at this stage's fidelity on
+                                         # the trial's device, measured (benchmarks/step.py), for the GPU-hour estimate
 
     def __post_init__(self) -> None:
         _check(self.algorithm in SEARCH_ALGORITHMS, "search.algorithm", self.algorithm, " | ".join(SEARCH_ALGORITHMS))
@@ -90,15 +85,12 @@ class SearchConfig:
         _check(self.max_concurrent >= 0, "search.max_concurrent", self.max_concurrent, "an integer >= 0 (0 = no limit)")
         _check(self.metric_mode in ("max", "min"), "search.metric_mode", self.metric_mode, "max | min")
         _check(self.seeds is None or self.seeds >= 1, "search.seeds", self.seeds, "null or an integer >= 1")
-<<<<<<< HEAD
-        _check(self.step_time_s is None or self.step_time_s > 0, "search.step_time_s", self.step_time_s,
-               "null or seconds per training step > 0 (measure it with benchmarks/step.py)")
-=======
         _check(all(n >= 1 for n in self.splits), "search.splits", list(self.splits), "a list of split numbers >= 1")
         _check(self.confirm_top_k >= 0 and self.confirm_seeds >= 0 and (self.confirm_top_k > 0) == (self.confirm_seeds > 0),
                "search.confirm_top_k", (self.confirm_top_k, self.confirm_seeds),
                "search.confirm_top_k and search.confirm_seeds both 0, or both >= 1")
->>>>>>> main
+        _check(self.step_time_s is None or self.step_time_s > 0, "search.step_time_s", self.step_time_s,
+               "null or seconds per training step > 0 (measure it with benchmarks/step.py)")
         if self.algorithm == "optuna":
             _check(self.mode == "factorial", "search.mode", self.mode,
                    "factorial with search=optuna (TPE samples the product of the value sets)")

@@ -40,13 +40,13 @@ def _resources_line(cfg: DictConfig) -> str:
     return f"resources: {res} · {limit} at once on the cluster at {cfg.ray.address}"
 
 
-def _cost_line(cfg: DictConfig, plan: Plan) -> str:
+def _cost_line(cfg: DictConfig, plan: Plan, extra_epochs: int = 0) -> str:
     """The dry run's cost estimate: GPU-hours from search.step_time_s, and the wall-clock time at the
     concurrency the cluster allows (known on this machine, or from search.max_concurrent)."""
     local = cfg.ray.address is None
     cluster = local_resources(cfg) if local else None
     resources = trial_resources(cfg, cluster[1] if cluster else 1.0 if cfg.trial.gpus is None else cfg.trial.gpus)
-    hours, how = device_hours(cfg, plan.num_trials, resources["gpu"])
+    hours, how = device_hours(cfg, plan.num_trials, resources["gpu"], extra_epochs=extra_epochs)
     if hours is None:
         return f"cost: no estimate: {how}"
     unit = "GPU-hours" if resources["gpu"] > 0 else "device-hours (CPU trials)"
@@ -77,13 +77,9 @@ def format_plan(cfg: DictConfig, plan: Plan) -> str:
                      f"more seed(s): {confirm} trials; best = the best mean over seeds")
     lines.append(_resources_line(cfg))
     total, how = trial_epochs(cfg, plan.num_trials)
-<<<<<<< HEAD
-    lines.append(f"trial-epochs: {total} ({how})")
-    lines.append(_cost_line(cfg, plan))
-=======
     lines.append(f"trial-epochs: {total + confirm * int(cfg.trainer.max_epochs)} ({how}"
                  + (f"; + {confirm} × {cfg.trainer.max_epochs} confirming" if confirm else "") + ")")
->>>>>>> main
+    lines.append(_cost_line(cfg, plan, extra_epochs=confirm * int(cfg.trainer.max_epochs)))
     lines.append(f"sweep id {sweep_id(cfg, plan)} · Tune state under {experiment_dir(cfg)} · "
                  f"MLflow {cfg.mlflow.tracking_uri}, experiment {experiment_name(cfg)}")
     return "\n".join(lines)

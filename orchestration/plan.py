@@ -316,11 +316,13 @@ def steps_per_epoch(cfg: DictConfig) -> tuple[Optional[int], str]:
     return math.ceil(train / per_step), f"{train} training videos / {per_step} per step"
 
 
-def device_hours(cfg: DictConfig, n_trials: int, gpus_per_trial: float) -> tuple[Optional[float], str]:
+def device_hours(cfg: DictConfig, n_trials: int, gpus_per_trial: float, *,
+                 extra_epochs: int = 0) -> tuple[Optional[float], str]:
     """The stage's GPU-hours (CPU trials: device-hours) from a measured step time: trial-epochs
     (`trial_epochs`, the ASHA estimate included) × steps per epoch × search.step_time_s × GPUs per
     trial / 3600 — training steps only (evaluation, forward-only, adds about a tenth). (None, what
-    is missing) without search.step_time_s or a readable split list."""
+    is missing) without search.step_time_s or a readable split list. `extra_epochs`: trial-epochs
+    beyond the plan's (the confirmation re-runs)."""
     step_s = cfg.search.step_time_s
     if step_s is None:
         return None, "pass search.step_time_s=<seconds per training step> (benchmarks/step.py at this fidelity)"
@@ -328,6 +330,7 @@ def device_hours(cfg: DictConfig, n_trials: int, gpus_per_trial: float) -> tuple
     if steps is None:
         return None, how
     epochs, _ = trial_epochs(cfg, n_trials)
+    epochs += int(extra_epochs)
     hours = epochs * steps * float(step_s) / 3600.0
     return hours * (gpus_per_trial if gpus_per_trial > 0 else 1.0), (
         f"{epochs} trial-epochs × {steps} steps ({how}) × {step_s:g} s"
