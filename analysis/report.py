@@ -39,7 +39,7 @@ from orchestration.records import (CROSS, TEST, WEIGHT_SYMBOLS, WEIGHTS, client_
                                    load_runs, rank_trials, stage_runs)
 from rev2net import registry
 
-STAGES = ("coarse", "fine", "ablation", "compare")
+STAGES = ("coarse", "fine", "ablation", "compare", "cross")
 PREDICTION_COLUMNS = ("video_id", "label", "pred")   # what the paired tests read
 HEATMAPS = {"alpha_beta": ("loss.alpha", "loss.beta"), "flow_im": ("loss.lambda_flow", "loss.lambda_im")}
 
@@ -114,27 +114,27 @@ def _grid_verdict(stage: str, table: tables.Table, limit: int = 6) -> list[str]:
     return lines
 
 
-def _variants_verdict(stage: str, table: tables.Table) -> list[str]:
+def _variants_verdict(stage: str, table: tables.Table, label=registry.label) -> list[str]:
     """Which variants (components) differ from Rev2Net at this budget, in words."""
     lines = []
     for dataset, proof in table.evidence.items():
         if proof.versus is None:
             continue
-        where = f" on {tables.DATASET_LABELS.get(dataset, dataset)}" if len(table.evidence) > 1 else ""
-        ref = registry.label(registry.REV2NET)
+        where = f" on {tables.DATASET_LABELS.get(dataset, dataset)}" if len(table.evidence) > 1 and dataset else ""
+        ref = label(proof.reference)
 
         def effect(v: str) -> str:
             r = proof.versus.loc[v]
-            return f"{registry.label(v)} {r['effect']:+.1f} points {tables.ci(r['effect_low'], r['effect_high'])} " \
+            return f"{label(v)} {r['effect']:+.1f} points {tables.ci(r['effect_low'], r['effect_high'])} " \
                    f"(p {tables.p_text(r['p_holm'])})"
 
         differ, same = proof.different(), proof.same()
         what = "components that make a significant difference" if stage == "ablation" else "models that differ"
-        lines.append(f"**{stage.capitalize()}**{where} (against {ref}, Holm over {len(proof.versus)} rows): "
+        lines.append(f"**{stage[0].upper() + stage[1:]}**{where} (against {ref}, Holm over {len(proof.versus)} rows): "
                      + (f"{what} at this budget: " + "; ".join(effect(v) for v in differ) + "." if differ
                         else f"no {what.split(' that')[0]} differs significantly from {ref} at this budget.")
                      + (f" Not distinguishable from {ref}: " + ", ".join(
-                         f"{registry.label(v)} ({proof.versus.at[v, 'effect']:+.1f})" for v in same) + "." if same else ""))
+                         f"{label(v)} ({proof.versus.at[v, 'effect']:+.1f})" for v in same) + "." if same else ""))
     return lines
 
 
@@ -226,7 +226,8 @@ def build(tracking_uri: str, experiment: str, *, stages: Sequence[str] = STAGES,
     if "compare" in stages and (runs["stage"] == "compare").any():
         variant_tables["compare"] = add(tables.compare_table, runs, predictions=predictions)
     cross_ids = runs.loc[runs["data.eval_name"].notna(), "run_id"].tolist() if "data.eval_name" in runs else []
-    add(tables.cross_dataset_table, runs, paper=paper, predictions=_predictions(tracking_uri, cross_ids, CROSS))
+    cross = add(tables.cross_dataset_table, runs, paper=paper, predictions=_predictions(tracking_uri, cross_ids, CROSS))
+
     add(tables.cost_table, runs)
     for stage, fifo, asha in scheduler_pairs(tracking_uri, parents):
         if stage in stages and not everything.empty:
@@ -240,6 +241,11 @@ def build(tracking_uri: str, experiment: str, *, stages: Sequence[str] = STAGES,
     for stage, table in variant_tables.items():
         if table is not None:
             report.verdict += _variants_verdict(stage, table)
+    if cross is not None:
+        for (source, target), proof in cross.evidence.items():
+            name = f"cross-dataset {tables.DATASET_LABELS.get(source, source)} → {tables.DATASET_LABELS.get(target, target)}"
+            report.verdict += _variants_verdict(name, tables.Table("cross", "", cross.data, cross.shown,
+                                                                   evidence={"": proof}), label=tables.adapted_label)
     cost = next((t for t in report.tables if t.name == "cost"), None)
     if cost is not None:
         total = cost.data[cost.data["family"] == "all"]

@@ -211,10 +211,25 @@ def _averaging_note(metric: str, statuses: Sequence[str], unit: str = "trials") 
             "stopped-early, failed and running trials are counted under \"not averaged\", never averaged in")
 
 
+ADAPT_NONE = "none"            # adapt.name of a trial without domain adaptation
+ADAPT_SEP = "+"               # a cross-dataset row of a variant trained with adaptation: "<variant>+<adapt.name>"
+
+
+def adapted_label(row: str) -> str:
+    """"rev2net+dann" -> "Rev2Net (full) + DANN"; a plain variant -> its registry label."""
+    variant, _, adapt = str(row).partition(ADAPT_SEP)
+    return registry.label(variant) + (f" + {adapt.upper()}" if adapt else "")
+
+
 def _order_variants(variants: Sequence[str]) -> list[str]:
-    """Registered variants in the registry's order, then any others by name."""
-    known = [v for v in registry.VARIANTS if v in set(variants)]
-    return known + sorted(set(variants) - set(registry.VARIANTS))
+    """Registered variants in the registry's order (each followed by its adapted rows), then any
+    others by name."""
+    present = set(variants)
+    known = []
+    for v in registry.VARIANTS:
+        known += [v] if v in present else []
+        known += sorted(r for r in present if str(r).startswith(v + ADAPT_SEP))
+    return known + sorted(present - set(known))
 
 
 # --------------------------------------------------------------------------- the statistics of a table
@@ -718,13 +733,19 @@ def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statu
     if "data.eval_name" not in runs or runs["data.eval_name"].isna().all():
         raise LookupError("no cross-dataset trials (data.eval_name set) in these runs")
     pool = runs[runs["data.eval_name"].notna()]
-    pool = pool.assign(_variant=variant_of(pool),
-                       _direction=list(zip(pool["data.name"], pool["data.eval_name"])))
+    variants = variant_of(pool)
+    adapt = pool["adapt.name"].fillna(ADAPT_NONE) if "adapt.name" in pool else pd.Series(ADAPT_NONE, index=pool.index)
+    adapted = (adapt != ADAPT_NONE).any()
+    rows = variants.where(adapt == ADAPT_NONE, variants + ADAPT_SEP + adapt) if adapted else variants
+    pool = pool.assign(_variant=rows.to_numpy(), _direction=list(zip(pool["data.name"], pool["data.eval_name"])))
+    reference = registry.REV2NET
+    if adapted and (rows == registry.REV2NET + ADAPT_SEP + adapt[adapt != ADAPT_NONE].iloc[0]).any():
+        reference = registry.REV2NET + ADAPT_SEP + adapt[adapt != ADAPT_NONE].iloc[0]   # like with like: adapted
     counts = summarize(pool, ["_variant", "_direction"], metric, statuses=statuses)
     directions = list(dict.fromkeys(pool["_direction"]))
     averaged = pool[pool["status"].isin(list(statuses))]
     proof = {d: evidence(averaged[averaged["_direction"] == d], averaged.loc[averaged["_direction"] == d, "_variant"],
-                         metric, reference=registry.REV2NET, predictions=predictions) for d in directions}
+                         metric, reference=reference, predictions=predictions) for d in directions}
     if paper:
         directions += [d for row in published.CROSS_DATASET["rows"].values() for d in row if d not in directions]
         directions = list(dict.fromkeys(directions))
@@ -734,7 +755,7 @@ def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statu
 
     data_rows, shown_rows = [], []
     for variant in _order_variants(counts["_variant"].unique()):
-        shown = {"model": registry.label(variant)}
+        shown = {"model": adapted_label(variant)}
         left, seeds = [], []
         for d in directions:
             match = counts[(counts["_variant"] == variant) & (counts["_direction"] == d)]
@@ -757,7 +778,7 @@ def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statu
         shown["seeds"] = "/".join(seeds)
         shown["not averaged"] = "; ".join(left)
         shown_rows.append(shown)
-    ref_label = registry.label(registry.REV2NET)
+    ref_label = adapted_label(reference)
     notes = [_averaging_note(metric, statuses, "seeds").replace("final-epoch ", "")
              + "; measured once on the target dataset's test list after the last epoch; [95% CI]: percentile "
              f"bootstrap of the mean over seeds (Wilson for one trial); {SAME}: cannot be told apart from {ref_label} "
