@@ -138,10 +138,14 @@ def _variants_verdict(stage: str, table: tables.Table, label=registry.label) -> 
     return lines
 
 
-def _predictions(tracking_uri: str, run_ids: Sequence[str], evaluation: str) -> Optional[pd.DataFrame]:
+def _predictions(tracking_uri: str, runs: pd.DataFrame, run_ids: Sequence[str],
+                 evaluation: str) -> Optional[pd.DataFrame]:
+    """The `evaluation` predictions of `run_ids` (the columns the paired tests read), or None."""
     if not len(run_ids):
         return None
-    frame = load_predictions(tracking_uri, list(run_ids), evaluation, columns=PREDICTION_COLUMNS)
+    roots = runs.set_index("run_id")["artifact_uri"].to_dict() if "artifact_uri" in runs else None
+    frame = load_predictions(tracking_uri, list(run_ids), evaluation, columns=PREDICTION_COLUMNS,
+                             artifact_uri=roots if roots and all(r in roots for r in run_ids) else None)
     return frame if len(frame) else None
 
 
@@ -180,7 +184,7 @@ def build(tracking_uri: str, experiment: str, *, stages: Sequence[str] = STAGES,
     if runs.empty:
         report.skipped.append(f"experiment {experiment!r} has no trials yet")
         return report
-    predictions = _predictions(tracking_uri, runs["run_id"].tolist(), TEST)
+    predictions = _predictions(tracking_uri, runs, runs["run_id"].tolist(), TEST)
     if predictions is None:
         report.skipped.append("per-video predictions: none logged (older runs): intervals and tests use the "
                               "per-run accuracies, single trials have no interval")
@@ -209,24 +213,25 @@ def build(tracking_uri: str, experiment: str, *, stages: Sequence[str] = STAGES,
             report.figures[f"{stage}_importance"] = (f"{stage} stage: hyperparameter importance",
                                                      figures.importance(imp, stage=stage))
         try:
-            ranked, _ = rank_trials(trials, metric=metric, keys=[w for w in WEIGHTS if w in trials])
+            ranked = found.evidence["ranked"] if found is not None else \
+                rank_trials(trials, metric=metric, keys=[w for w in WEIGHTS if w in trials])[0]
             wanted[stage] = ranked["run_id"].head(5).tolist()
         except LookupError as e:
             report.skipped.append(f"{stage} learning curves: {e}")
     if grid_stages:
         add(tables.best_table, {s: runs[runs["stage"] == s] for s in grid_stages}, metric=metric, paper=paper,
-            predictions=predictions)
+            predictions=predictions, tops=tops)
     variant_tables = {}
     if "ablation" in stages and (runs["stage"] == "ablation").any():
         variant_tables["ablation"] = add(tables.ablation_table, runs, paper=paper, predictions=predictions)
         ablation_ids = runs.loc[runs["stage"] == "ablation", "run_id"].tolist()
-        shuffled = {f"shuffle/{p}": _predictions(tracking_uri, ablation_ids, f"shuffle/{p}")
+        shuffled = {f"shuffle/{p}": _predictions(tracking_uri, runs, ablation_ids, f"shuffle/{p}")
                     for p in tables.SHUFFLE_PROTOCOLS if f"shuffle/{p}/top1" in runs}
         add(tables.shuffle_table, runs, paper=paper, predictions={k: v for k, v in shuffled.items() if v is not None})
     if "compare" in stages and (runs["stage"] == "compare").any():
         variant_tables["compare"] = add(tables.compare_table, runs, predictions=predictions)
     cross_ids = runs.loc[runs["data.eval_name"].notna(), "run_id"].tolist() if "data.eval_name" in runs else []
-    cross = add(tables.cross_dataset_table, runs, paper=paper, predictions=_predictions(tracking_uri, cross_ids, CROSS))
+    cross = add(tables.cross_dataset_table, runs, paper=paper, predictions=_predictions(tracking_uri, runs, cross_ids, CROSS))
 
     add(tables.cost_table, runs)
     for stage, fifo, asha in scheduler_pairs(tracking_uri, parents):

@@ -24,6 +24,7 @@ same interval.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -97,14 +98,24 @@ def _bootstrap_mean_interval(values: np.ndarray, *, confidence: float, n_resampl
     if n_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples!r} must be >= 1 (e.g. 10000)")
     lo_q, hi_q = _quantiles(confidence)
-    rng = np.random.default_rng([seed, n])
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)   # (B, n)
+    counts = _resample_counts(n, n_resamples, seed)                                         # (B, n)
     low, high = np.empty(groups), np.empty(groups)
     chunk = max(1, 2_000_000 // n_resamples)      # bounds the (chunk, B) matrix of resampled means
     for start in range(0, groups, chunk):
         means = values[start:start + chunk] @ counts.T / n                                  # (chunk, B)
         low[start:start + chunk], high[start:start + chunk] = np.quantile(means, [lo_q, hi_q], axis=1)
     return low, high
+
+
+@functools.lru_cache(maxsize=8)
+def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """The bootstrap's resamples of n values as multinomial counts (B × n), drawn from a generator
+    seeded by (seed, n): the same for every call with these arguments, so they are drawn once
+    (a report bootstraps many groups of the same size) and kept read-only."""
+    rng = np.random.default_rng([seed, n])
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+    counts.setflags(write=False)
+    return counts
 
 
 @dataclass(frozen=True)

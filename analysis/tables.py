@@ -803,17 +803,23 @@ def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statu
 
 def best_table(stages: dict[str, pd.DataFrame], *, metric: str = SELECTED, mode: str = "max",
                keys: Sequence[str] = WEIGHTS, paper: bool = False, digits: int = 1, reported: str = REPORTED,
-               predictions: Optional[pd.DataFrame] = None) -> Table:
+               predictions: Optional[pd.DataFrame] = None, tops: Optional[dict[str, Table]] = None) -> Table:
     """The best configuration of each stage (`best_config`: the one the next stage starts from),
     with its value (the mean over seeds where it was re-run), its seeds, its reported test accuracy
     with the 95% interval, how many configurations cannot be told apart from it, ties and the trials
-    set aside; with `paper`, the paper's reported optimum."""
+    set aside; with `paper`, the paper's reported optimum. `tops`: the stages' `top_trials` tables
+    (same metric), whose statistics are reused instead of computed again."""
     data_rows, shown_rows, notes_reported = [], [], []
     for stage, runs in stages.items():
         try:
             best = best_config(runs, metric=metric, mode=mode, keys=[k for k in keys if k in runs])
-            _, proof, shown_metric, notes_reported = configurations(runs, metric=metric, reported=reported, mode=mode,
-                                                                    keys=keys, predictions=predictions)
+            top = (tops or {}).get(stage)
+            if top is not None and "top" in top.evidence:
+                proof, shown_metric = top.evidence["top"], top.evidence["reported"]
+                notes_reported = reported_metric(runs, reported, metric)[1]
+            else:
+                _, proof, shown_metric, notes_reported = configurations(runs, metric=metric, reported=reported,
+                                                                        mode=mode, keys=keys, predictions=predictions)
         except LookupError:
             continue
         row = proof.rows.loc[1].to_dict() if 1 in proof.rows.index else {"mean": np.nan, "std": np.nan, "n": 0,

@@ -163,7 +163,9 @@ def main() -> None:
         hist, h = timed(lambda: _histories(uri, ids, ["val/top1", "val/top5"]), args.repeat)
 
     ids = frame["run_id"].tolist()
-    preds, p = timed(lambda: load_predictions(uri, ids, "test", columns=report.PREDICTION_COLUMNS), args.repeat)
+    roots = dict(zip(frame["run_id"], frame["artifact_uri"]))
+    preds, p = timed(lambda: load_predictions(uri, ids, "test", columns=report.PREDICTION_COLUMNS, artifact_uri=roots),
+                     args.repeat)
     out = folder / "report"
     t_build, built = timed(lambda: report.build(uri, EXPERIMENT))
     t_write, paths = timed(lambda: report.write(built, out))
@@ -179,7 +181,7 @@ def main() -> None:
     print(f"  without best-epoch columns:                   {med(no_best):6.2f} s")
     print(f"  search_runs alone, gc running / paused:       {med(gc_on):6.2f} s / {med(gc_off):.2f} s")
     print(f"  best-epoch histories (2 bulk queries):        {med(hist):6.2f} s")
-    print(f"load_predictions, {len(p):,} rows (median of {args.repeat}):  {med(preds):6.2f} s")
+    print(f"load_predictions, {len(p):,} rows (median of {args.repeat}): {med(preds):6.2f} s   (3 columns, roots from load_runs)")
     print(f"report.build (load, predictions, {len(built.tables)} tables, {len(built.figures)} figures): {t_build[0]:6.2f} s")
     print(f"report.write ({len(paths)} files: md/csv/tex/png):        {t_write[0]:6.2f} s   -> {out}")
     whole = t_build[0] + t_write[0]

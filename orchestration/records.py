@@ -112,7 +112,7 @@ BOOL_PARAMS = ("model.flow_decoder", "model.frame_decoder")
 REPO = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 5000   # runs per search_runs page: SQLite answers 1296 runs in one page (servers allow 50000)
 _RUN_COLUMNS = ["run_id", "run_name", "parent_run_id", "stage", "status", "failure_reason", "mlflow_status",
-                "ray_trial_id", "epochs", "start_time", "end_time", "duration_s"]
+                "ray_trial_id", "epochs", "start_time", "end_time", "duration_s", "artifact_uri"]
 
 
 def run_name(point: dict[str, Any]) -> str:
@@ -264,7 +264,7 @@ def _trial_row(r: Any) -> dict[str, Any]:
         "stage": tags.get(TAG_STAGE), "status": tags.get(TAG_STATUS, RUNNING),
         "failure_reason": tags.get(TAG_FAILURE), "mlflow_status": info.status,
         "ray_trial_id": tags.get(TAG_RAY_TRIAL), "epochs": int(tags.get(TAG_LOGGED_EPOCH, "0") or 0),
-        "start_time": info.start_time, "end_time": info.end_time,
+        "start_time": info.start_time, "end_time": info.end_time, "artifact_uri": info.artifact_uri,
     }
     row.update({k: _typed(k, v) for k, v in r.data.params.items()})
     row.update(r.data.metrics)
@@ -278,7 +278,8 @@ def load_runs(tracking_uri: str, experiment: str, *, stage: Optional[str] = None
 
     Columns: run_id, run_name, parent_run_id, stage, status (see the module docstring),
     failure_reason, mlflow_status, ray_trial_id, epochs (the last epoch the run holds),
-    start_time, end_time, duration_s (NaN while running); every param, typed (the four weights
+    start_time, end_time, duration_s (NaN while running), artifact_uri (the run's artifact root:
+    `load_predictions` reads from it); every param, typed (the four weights
     and model.width/trainer.lr float, the decoder switches bool, "None" -> None); every metric's
     final value (its last epoch; the shuffle and cross-dataset accuracies logged with it); and,
     with `best_epoch`, `best_epoch` (the epoch with the best `best_by`, the earliest among equal
@@ -451,10 +452,13 @@ def rank_trials(runs: pd.DataFrame, *, metric: str = "val/top1", mode: str = "ma
     seed = pool[SEED_PARAM] if SEED_PARAM in pool else pd.Series(None, index=pool.index, dtype=object)
     pool["_seed"] = seed
     by_seed = pool.sort_values(["_config", "_seed", "run_id"], kind="mergesort", na_position="last")
-    info = by_seed.groupby("_config", sort=False).agg(
-        **{SEEDS: ("_seed", lambda s: tuple(None if pd.isna(v) else int(v) for v in s)),
-           RUN_IDS: ("run_id", tuple), "_mean": (metric, "mean"), METRIC_STD: (metric, lambda s: s.std(ddof=1)),
-           "_mean_loss": ("_val_loss", "mean")})
+    by_seed["_seed"] = [None if pd.isna(v) else int(v) for v in by_seed["_seed"]]
+    grouped = by_seed.groupby("_config", sort=False)
+    info = grouped.agg(**{"_mean": (metric, "mean"), METRIC_STD: (metric, "std"), "_mean_loss": ("_val_loss", "mean")})
+    members = {code: idx for code, idx in grouped.indices.items()}      # positions in by_seed, in seed order
+    seeds, ids = by_seed["_seed"].to_numpy(dtype=object), by_seed["run_id"].to_numpy(dtype=object)
+    info[SEEDS] = [tuple(seeds[members[c]]) for c in info.index]
+    info[RUN_IDS] = [tuple(ids[members[c]]) for c in info.index]
     first = pool.drop_duplicates("_config").set_index("_config")
     ranked = first.join(info)
     ranked[N_SEEDS] = ranked[RUN_IDS].map(len)
@@ -729,9 +733,9 @@ def load_predictions(tracking_uri: str, run_ids: Sequence[str], evaluation: str 
     tables: dict[str, pa.Table] = {}
 
     def read(pair: tuple[str, Path]) -> tuple[str, Optional[pa.Table]]:
-        run_id, path = pair
+        run_id, path = pair     # read only: the files are checked together below (one pass, not one per file)
         try:
-            return run_id, _read_table(path, columns)
+            return run_id, pq.read_table(path, columns=columns)
         except FileNotFoundError:
             return run_id, None
 
@@ -761,9 +765,32 @@ def load_predictions(tracking_uri: str, run_ids: Sequence[str], evaluation: str 
     missing = [r for r in run_ids if r not in tables]
     if present:
         counts = np.array([tables[r].num_rows for r in present])
-        codes = pa.array(np.repeat(np.arange(len(present), dtype=np.int32), counts))
-        body = pa.concat_tables([tables[r] for r in present])
-        run_col = pa.DictionaryArray.from_arrays(codes, pa.array(present, pa.string()))
+        run_codes = np.repeat(np.arange(len(present), dtype=np.int32), counts)
+        try:
+            body = pa.concat_tables([tables[r] for r in present], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):   # a file of another type: find which, one by one
+            for r in present:
+                _validated(tables[r], f"predictions of run {r} ({evaluation})", columns)
+            raise
+        where = f"predictions {relative} of {len(present)} runs"
+        checked = _validated(body, where, [c for c in columns if c != VIDEO])   # casts and value checks, at once
+        parts = {name: checked.column(name) for name in checked.column_names}
+        if VIDEO in columns:
+            if VIDEO not in body.column_names:
+                raise ValueError(f"{where}: no column {VIDEO!r}")
+            video = body.column(VIDEO).cast(pa.string())
+            if video.null_count:
+                raise ValueError(f"{where}: column {VIDEO!r} has {video.null_count} missing value(s)")
+            video_codes = pc.dictionary_encode(video).combine_chunks().indices.to_numpy().astype(np.int64)
+            span = int(video_codes.max()) + 1 if len(video_codes) else 1
+            pairs = np.sort(run_codes.astype(np.int64) * span + video_codes)
+            repeated = np.flatnonzero(pairs[1:] == pairs[:-1])
+            if len(repeated):
+                raise ValueError(f"{where}: {len(repeated)} duplicated video_id(s), e.g. in run "
+                                 f"{present[int(pairs[repeated[0]] // span)]}; one row per test video")
+            parts[VIDEO] = video
+        body = pa.table({c: parts[c] for c in columns})
+        run_col = pa.DictionaryArray.from_arrays(pa.array(run_codes), pa.array(present, pa.string()))
         frame = body.add_column(0, "run_id", run_col).to_pandas()
     else:
         frame = pd.DataFrame({"run_id": pd.Categorical([]), **{c: pd.Series(dtype=object) for c in columns}})
