@@ -80,7 +80,7 @@ def fill(uri: str, n_runs: int, epochs: int, videos: int) -> float:
             R.PARENT: parent, R.TAG_ROLE: R.ROLE_TRIAL, R.TAG_SWEEP: sweep, R.TAG_TRIAL_KEY: f"bench{i:05d}",
             R.TAG_STAGE: "coarse", R.TAG_RAY_TRIAL: f"bench_{i:05d}", R.TAG_STATUS: R.RUNNING,
             R.TAG_LOGGED_EPOCH: "0"}).info.run_id
-        params = {**weights, "model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both",
+        params = {**weights, "model.flow_decoder": True, "model.frame_decoder": True, "model.frame_target": "reversed",
                   "model.decoder_arch": "paper", "model.width": 0.25, "model.pretrained": None, "data.name": "synthetic",
                   "data.split": 1, "data.frames": 16, "data.frame_stride": 1, "data.crop_size": 64,
                   "data.class_map": None, "data.eval_name": None, "trainer.seed": 0, "trainer.max_epochs": epochs,

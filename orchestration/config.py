@@ -37,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from orchestration.errors import ConfigError
 from orchestration.records import sqlite_path
 from orchestration.spaces import STAGES
-from rev2net.spec import AdaptConfig, LossConfig, ModelConfig, TrainerConfig
+from rev2net.spec import AdaptConfig, LossConfig, ModelConfig, TrainerConfig, parse_pretrained
 from rev2net.data.config import DataConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -277,11 +277,14 @@ def resolve_paths(cfg: DictConfig, cwd: str | None = None) -> DictConfig:
             return p
         return os.path.normpath(os.path.join(cwd, os.path.expanduser(p)))
 
-    for key in ("data.root", "data.flow_root", "data.eval_root", "ray.storage_path", "model.pretrained",
-                "search.spaces_dir", "mlflow.artifact_location"):
+    for key in ("data.root", "data.flow_root", "data.eval_root", "ray.storage_path", "search.spaces_dir",
+                "mlflow.artifact_location"):
         value = OmegaConf.select(cfg, key)
         if value is not None:
             OmegaConf.update(cfg, key, absolute(value), merge=False)
+    if cfg.model.pretrained is not None:  # imagenet:rel/g.pth -> imagenet:/abs/rel/g.pth
+        scheme, path = parse_pretrained(cfg.model.pretrained)
+        cfg.model.pretrained = f"{scheme}:{absolute(path)}" if scheme else absolute(path)
     if cfg.data.class_map and ("/" in cfg.data.class_map or cfg.data.class_map.endswith((".yaml", ".txt", ".csv"))):
         cfg.data.class_map = absolute(cfg.data.class_map)
     uri = cfg.mlflow.tracking_uri

@@ -89,9 +89,11 @@ def _weights(cfg: DictConfig, space: dict[str, Any]) -> tuple[dict[str, float], 
 def _variants_stage(cfg: DictConfig, space: dict[str, Any], axes: Optional[list[dict[str, Any]]] = None) -> Plan:
     weights, source = _weights(cfg, space)
     s = cfg.search
+    defaults = {f"{group}.{k}": v for group in ("model", "loss")
+                for k, v in OmegaConf.to_container(cfg[group], resolve=True).items()}
     return variant_plan(cfg.stage, space, weights, seeds=s.seeds, variants=list(s.variants) or None,
                         splits=list(s.splits), axes=axes, first_seed=int(cfg.trainer.seed), source=source,
-                        model_ddp=str(cfg.model.ddp))
+                        defaults=defaults)
 
 
 def _dataset(name: str, synthetic: dict[str, Any]) -> str:

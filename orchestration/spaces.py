@@ -17,10 +17,11 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
+from orchestration import fine
 from orchestration.errors import ConfigError
 from orchestration.records import META_PARAMS, VARIANT_PARAM
 from orchestration.records import WEIGHTS as WEIGHT_KEYS
@@ -154,8 +155,9 @@ def fine_plan(space: dict[str, Any], coarse_space: dict[str, Any], coarse_best: 
               mode: str, algorithm: str = "grid", num_samples: int = 0, source: str = "") -> Plan:
     """The fine grid: per key, `rule(best, coarse_values, factors)`; axes are centred on the coarse best."""
     where = space["_path"]
-    rule = load_rule(space.get("rule", "orchestration.fine:upper_neighbour"))
-    factors = [float(f) for f in space.get("factors", [0, 0.25, 0.5, 0.75, 1])]
+    rule_spec = space.get("rule", fine.DEFAULT_RULE)
+    rule = load_rule(rule_spec)
+    factors = [float(f) for f in space.get("factors", fine.DEFAULT_FACTORS)]
     keys = list(space.get("keys") or WEIGHT_KEYS)
     coarse_values = coarse_space.get("values") or {}
     values: dict[str, list[Any]] = {}
@@ -168,22 +170,29 @@ def fine_plan(space: dict[str, Any], coarse_space: dict[str, Any], coarse_best: 
         values[key] = rule(float(coarse_best[key]), [float(v) for v in coarse_values[key]], factors)
     _check_values(values, where)
     base = {k: float(coarse_best[k]) for k in keys}
-    notes = [f"fine grid from {source or 'the coarse best'}: " + ", ".join(f"{k}={base[k]:g}" for k in keys)]
+    doc = (rule.__doc__ or "").strip().splitlines()
+    notes = [f"fine grid from {source or 'the coarse best'}: " + ", ".join(f"{k}={base[k]:g}" for k in keys),
+             f"fine values by rule {rule_spec}, factors {', '.join(f'{f:g}' for f in factors)}"
+             + (f": {doc[0].rstrip('.')}" if doc else "")]
     if algorithm == "optuna":
         return Plan("fine", "factorial", [], values, base, algorithm, num_samples, notes=notes)
     return Plan("fine", mode, grid_points(values, base, mode), values, base, notes=notes)
 
 
-def _trains_as(point: dict[str, Any], model_ddp: str) -> tuple:
-    """What a variant's point trains, up to what cannot change training: the low-level DDP form
-    has no parameters, so with beta = 0 asking for it changes nothing (the high-level form does:
-    its Gaussian heads condition the decoders even with alpha = 0)."""
-    ddp = str(point.get("model.ddp", model_ddp))
-    parts = {"low", "high"} if ddp == "both" else set() if ddp == "none" else {ddp}
-    if float(point.get("loss.beta", 0.0)) == 0.0:
-        parts.discard("low")
-    rest = {k: v for k, v in point.items() if k not in (*META_PARAMS, "model.ddp")}
-    return tuple(sorted(parts)), tuple(sorted((k, repr(v)) for k, v in rest.items()))
+# Settings that only a term of eq. (3) reads: with that term's weight at 0 they cannot change training.
+_READ_ONLY_BY = {"model.ddp_layers": "loss.beta", "model.frame_target": "loss.lambda_im"}
+
+
+def _trains_as(point: dict[str, Any], defaults: Mapping[str, Any]) -> tuple:
+    """What a variant's point trains, up to what cannot change training: its settings over the
+    config's (`defaults`), less those only a zero-weighted term reads (the low-level DDP's layer
+    pairs when beta = 0, the frame target's order when lambda_im = 0). Variants that differ only in
+    loss weights (no_ddp, ddp_*_only) are the same network, so equal weights make them equal."""
+    settings = {**defaults, **{k: v for k, v in point.items() if k not in META_PARAMS}}
+    for key, weight in _READ_ONLY_BY.items():
+        if float(settings.get(weight, 1.0)) == 0.0:
+            settings.pop(key, None)
+    return tuple(sorted((k, repr(v)) for k, v in settings.items()))
 
 
 def _variants(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -202,10 +211,12 @@ def _variants(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def variant_plan(stage: str, space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
                  variants: list[str] | None = None, splits: list[int] | tuple[int, ...] = (),
                  axes: list[dict[str, Any]] | None = None, seed_key: str = "trainer.seed", first_seed: int = 0,
-                 source: str = "", model_ddp: str = "both") -> Plan:
+                 source: str = "", defaults: Mapping[str, Any] | None = None) -> Plan:
     """Registered variants x `axes` (partial points, e.g. cross-dataset direction x adaptation) x
     `splits` x seeds. Each point = the chosen weights, then the variant's overrides, then the axis
-    entry's, then the split (data.split, when `splits` are given) and the seed."""
+    entry's, then the split (data.split, when `splits` are given) and the seed. `defaults` (dotted
+    key -> the config's value) fill in what a point does not set when the plan notes the variants
+    that would train alike."""
     where = space["_path"]
     all_variants = _variants(space)
     chosen = list(variants) if variants else list(all_variants)
@@ -235,24 +246,23 @@ def variant_plan(stage: str, space: dict[str, Any], weights: dict[str, float], *
         values["data.split"] = [int(n) for n in splits]
     values[seed_key] = seed_values
     notes = [f"weights from {source or 'the loss config'}: " + ", ".join(f"{k}={v:g}" for k, v in weights.items())]
-    notes += _identical_variants([p for p in points if p[seed_key] == first_seed], model_ddp, where)
+    notes += _identical_variants([p for p in points if p[seed_key] == first_seed], defaults or {}, where)
     protocols = list(space.get("shuffle_protocols") or ["none"])
     return Plan(stage, "variants", points, values, dict(weights), shuffle_protocols=protocols, notes=notes)
 
 
-def _identical_variants(points: list[dict[str, Any]], model_ddp: str, where: str) -> list[str]:
-    """Notes naming variants that train exactly alike with these weights (per axis and split)."""
+def _identical_variants(points: list[dict[str, Any]], defaults: Mapping[str, Any], where: str) -> list[str]:
+    """Notes naming the variants that train exactly alike with these weights (per direction,
+    adaptation and split)."""
     same: dict[tuple, list[str]] = {}
     for p in points:
-        context = tuple(sorted((k, repr(v)) for k, v in p.items() if k in META_PARAMS[1:] or k in ("adapt.name",
-                                                                                                 "data.split")))
-        same.setdefault((context, _trains_as(p, model_ddp)), []).append(p[VARIANT_PARAM])
-    notes = []
-    for names in dict.fromkeys(tuple(n) for n in same.values() if len(n) > 1):
-        notes.append(f"identical variants: {' and '.join(names)} train exactly alike with these weights (a DDP "
-                     f"form whose weight is 0 changes nothing); set `weights: config` in {where} and the loss.* "
-                     "weights to tell them apart")
-    return notes
+        context = tuple(sorted((k, repr(v)) for k, v in p.items() if k in (*META_PARAMS[1:], "adapt.name",
+                                                                          "data.split")))
+        same.setdefault((context, _trains_as(p, defaults)), []).append(p[VARIANT_PARAM])
+    return [f"identical variants: {' and '.join(names)} train exactly alike with these weights (they differ only "
+            "in weights these already set, or in settings that only a zero-weighted term reads); set `weights: "
+            f"config` in {where} and the loss.* weights to tell them apart"
+            for names in dict.fromkeys(tuple(n) for n in same.values() if len(n) > 1)]
 
 
 def ablation_plan(space: dict[str, Any], weights: dict[str, float], **kwargs: Any) -> Plan:

@@ -81,7 +81,8 @@ def trial_params(cfg: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
     m, d, t, w = cfg.model, cfg.data, cfg.trainer, cfg.loss
     params = {
         "model.name": m.name, "loss.alpha": w.alpha, "loss.beta": w.beta, "loss.lambda_flow": w.lambda_flow, "loss.lambda_im": w.lambda_im,
-        "model.flow_decoder": m.flow_decoder, "model.frame_decoder": m.frame_decoder, "model.ddp": m.ddp,
+        "model.flow_decoder": m.flow_decoder, "model.frame_decoder": m.frame_decoder,
+        "model.frame_target": m.frame_target, "model.ddp_layers": ",".join(m.ddp_layers),
         "model.decoder_arch": m.decoder_arch, "model.width": m.width, "model.pretrained": m.pretrained,
         "model.modality": m.modality, "model.segments": m.segments, "model.branches": list(m.branches),
         "data.name": d.name, "data.split": d.split, "data.frames": d.frames, "data.frame_stride": d.frame_stride,

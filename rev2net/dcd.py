@@ -63,7 +63,7 @@ clipping.
 
 Branches (`branches=`): "static", "motion", "change", "diff", any distinct subset; the cost volume
 is computed when "motion" or "change" is built, and conv1 runs at stride 1 only when a branch
-compares frames. `DCD_VARIANTS` names the full model and the single-branch and fusion ablations.
+compares frames. `BRANCH_SETS` lists the full model and the single-branch and fusion ablations.
 """
 
 from __future__ import annotations
@@ -435,7 +435,7 @@ def build_dcd(
         num_classes: size of each branch's classifier.
         frames: clip length T the model takes (8, the paper's choice, Sec. 4.2, Table 2).
         branches: which components to build, among "static", "motion", "change" (warped feature
-            differences) and "diff" (unwarped ones); the default is the full model. See DCD_VARIANTS.
+            differences) and "diff" (unwarped ones); the default is the full model. See BRANCH_SETS.
         width: channel multiplier of the GoogLeNet trunks and the stem (1.0 = published).
         dropout: drop probability before each branch's classifier (the rate is not given).
         max_displacement: d, the cost volume's window is (2d+1) x (2d+1) positions of the stem's grid.
@@ -452,12 +452,13 @@ def build_dcd(
     return model
 
 
-# Named variants: the full model and the branch combinations of Tables 5-6 that need no optical flow.
-DCD_VARIANTS: dict[str, tuple[str, ...]] = {
-    "dcd": DEFAULT_BRANCHES,
-    "dcd_static": ("static",),
-    "dcd_motion": ("motion",),
-    "dcd_change": ("change",),
-    "dcd_static_motion": ("static", "motion"),
-    "dcd_static_motion_diff": ("static", "motion", "diff"),
+# The full model and the branch combinations of Tables 5-6 that need no optical flow (the registry's
+# DCD variants, rev2net.registry, are named after these).
+BRANCH_SETS: dict[str, tuple[str, ...]] = {
+    "+".join(DEFAULT_BRANCHES): DEFAULT_BRANCHES,
+    "static": ("static",),
+    "motion": ("motion",),
+    "change": ("change",),
+    "static+motion": ("static", "motion"),
+    "static+motion+diff": ("static", "motion", "diff"),
 }

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Any, Mapping, Optional, Union
 
 from torch import Tensor
 
 from rev2net.googlenet import INCEPTION_BLOCKS, cross_modality_kernel, read_googlenet_state
 from rev2net.i3d import LoadReport, InceptionI3d, load_i3d_state
-from rev2net.registry import I3D
+from rev2net.spec import IMAGENET_SCHEME, split_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -124,25 +123,15 @@ def inflate_googlenet_into_i3d(
     return report
 
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):(?!\\)(.*)$")  # "imagenet:/p", not "C:\p"
-IMAGENET = "imagenet"
-PRETRAINED_SCHEMES = (IMAGENET, I3D)  # I3D: the I3D family's own checkpoint layout (the public port's)
-
-
 def load_pretrained(model: InceptionI3d, spec: str) -> LoadReport:
-    """Initialise an I3D from `spec`:
+    """Initialise an I3D from `spec` (the value of `model.pretrained`; `rev2net.spec.split_pretrained`
+    reads it):
 
     - `imagenet:/path/googlenet.pth` inflates torchvision's 2D GoogLeNet (`inflate_googlenet_into_i3d`);
     - `i3d:/path/rgb_imagenet.pt` or a bare path loads the public I3D port's checkpoint (`load_i3d_state`).
     Raises ValueError naming the spec for an unknown scheme or a file that does not exist.
     """
-    match = _SCHEME.match(spec)
-    scheme, path = (match.group(1), match.group(2)) if match and not os.path.exists(spec) else (I3D, spec)
-    if scheme not in PRETRAINED_SCHEMES:
-        raise ValueError(f"pretrained={spec!r}: unknown scheme {scheme!r}; use imagenet:/path/googlenet.pth "
-                         "(inflate 2D ImageNet weights), i3d:/path/rgb_imagenet.pt or a bare path (an I3D checkpoint)")
-    if not os.path.isfile(path):
-        raise ValueError(f"pretrained={spec!r}: no file at {path!r}")
-    if scheme == IMAGENET:
+    scheme, path = split_pretrained("pretrained", spec)
+    if scheme == IMAGENET_SCHEME:
         return inflate_googlenet_into_i3d(model, path)
     return load_i3d_state(model, path)

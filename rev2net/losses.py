@@ -9,10 +9,12 @@ Normalisation (the grid values only mean something against a fixed one):
   tensor (all channels, time steps and pixels), then averaged over the batch.
 - `ddp_high`: closed-form KL between the diagonal Gaussians (log-variance parameterisation), summed
   over the latent dimensions, averaged over the batch.
-- `ddp_low`: sum over the compared decoder layers of the per-sample Frobenius distance of the two
-  decoders' features, averaged over the batch.
+- `ddp_low`: sum over the compared decoder layer pairs (model.ddp_layers) of the per-sample
+  Frobenius distance of the two decoders' features, averaged over the batch.
 - `im`: I = the input frames (in [-1, 1]) reversed in time and area-resized to the frame decoder's
-  grid (T, ceil(H/2), ceil(W/2)); I^ is the decoder's output on that grid.
+  grid (T, ceil(H/2), ceil(W/2)); I^ is the decoder's output on that grid, as it comes: its frame i,
+  made at clip position i, is compared with input frame T-1-i (rev2net.decoders says why). The
+  `forward` frame target (model.frame_target, an ablation) compares it with input frame i.
 - `flow`: O = the target flow area-resized to the flow decoder's grid (T-1, ceil(H/2), ceil(W/2)),
   its vectors scaled by the size ratio so they are in pixels of that grid, then divided by
   FLOW_BOUND = 20 px (the TV-L1 clipping bound): targets delivered at the decoder grid lie in [-1, 1],
@@ -35,7 +37,7 @@ from torch import Tensor
 from rev2net.batch import FLOW_BOUND  # px; stored flow is clipped at +-20 (rev2net.data.flow.BOUND)
 from rev2net.model import Need
 from rev2net.output import ModelOutput
-from rev2net.spec import LossConfig
+from rev2net.spec import FRAME_TARGETS, LossConfig
 
 TERMS = ("ce", "ddp_high", "ddp_low", "flow", "im")  # in the order they are checked for divergence
 
@@ -89,9 +91,13 @@ def flow_target(flow: Tensor, size: tuple[int, int, int]) -> Tensor:
     return flow * scale
 
 
-def frame_target(frames: Tensor, size: tuple[int, int, int]) -> Tensor:
-    """Input frames (B, 3, T, H, W) in [-1, 1] -> reversed in time and area-resized to (T, h, w)."""
-    return area_resize(frames.float().flip(2), size)
+def frame_target(frames: Tensor, size: tuple[int, int, int], order: str = "reversed") -> Tensor:
+    """Input frames (B, 3, T, H, W) in [-1, 1] -> area-resized to (T, h, w) and, for the `reversed`
+    order, reversed in time: target frame i is input frame T-1-i (`forward`: input frame i)."""
+    if order not in FRAME_TARGETS:
+        raise ValueError(f"frame target order {order!r} is not one of {', '.join(FRAME_TARGETS)} (model.frame_target)")
+    target = area_resize(frames.float(), size)  # resized first: area averaging commutes with the flip
+    return target.flip(2) if order == "reversed" else target
 
 
 # ------------------------------------------------------------------------------------ objective
@@ -113,12 +119,12 @@ def objective(
     if cfg.alpha > 0:
         if out.gaussians is None:
             raise ValueError(f"loss.alpha={cfg.alpha} > 0 but the model returned no Gaussians "
-                             "(build it with model.ddp=high|both and pass need=needs(loss_cfg))")
+                             "(build both decoders and pass need=needs(loss_cfg))")
         terms["ddp_high"] = kl_diag_gaussians(*out.gaussians).mean()
     if cfg.beta > 0:
         if not out.ddp_pairs:
             raise ValueError(f"loss.beta={cfg.beta} > 0 but the model returned no decoder features "
-                             "(build it with model.ddp=low|both and pass need=needs(loss_cfg))")
+                             "(build both decoders and pass need=needs(loss_cfg))")
         terms["ddp_low"] = torch.stack([frobenius(a, b) for a, b in out.ddp_pairs]).sum()
     if cfg.lambda_flow > 0:
         if out.flow is None:
@@ -131,7 +137,8 @@ def objective(
         if out.frames is None:
             raise ValueError(f"loss.lambda_im={cfg.lambda_im} > 0 but the model returned no frames "
                              "(model.frame_decoder=true and need=needs(loss_cfg))")
-        terms["im"] = frobenius(out.frames, frame_target(frames, tuple(out.frames.shape[2:])))
+        terms["im"] = frobenius(out.frames, frame_target(frames, tuple(out.frames.shape[2:]),
+                                                         out.frame_target or "reversed"))
     total = terms["ce"]
     for name in TERMS[1:]:
         if name in terms:

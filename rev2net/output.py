@@ -25,7 +25,8 @@ class ModelOutput:
     stream_logits: list[Tensor] = field(default_factory=list)  # (B, classes) per stream, each trained by its own CE
     aux: dict[str, Tensor] = field(default_factory=dict)  # named auxiliary loss terms, already weighted by the model
     flow: Optional[Tensor] = None  # Rev2Net: (B, 2, T-1, h, w), in FLOW_BOUND pixels of the h x w grid
-    frames: Optional[Tensor] = None  # Rev2Net: (B, 3, T, h, w) in [-1, 1], the reconstruction target's order
+    frames: Optional[Tensor] = None  # Rev2Net: (B, 3, T, h, w) in [-1, 1], frame i at clip position i
+    frame_target: Optional[str] = None  # Rev2Net: what out.frames is compared with (rev2net.losses.frame_target)
     ddp_pairs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # Rev2Net: (flow-, frame-decoder feature)
     gaussians: Optional[tuple[Tensor, Tensor, Tensor, Tensor]] = None  # Rev2Net: mu1, logvar1, mu2, logvar2 (B, L)
 

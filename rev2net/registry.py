@@ -14,7 +14,7 @@ imported when a model is built), so a dry run validates every planned trial with
     build(cfg, num_classes)        the model of cfg.name (torch is imported here, on first use)
     data_needs(model, loss)        what a trial of this config reads from the data (DataNeeds)
     check_spec(spec)               a trial's config, checked for its family before anything is built
-    identify(params)               the variant a logged run trained (its `variant` param, else its switches)
+    identify(params)               the variant a logged run trained (its `variant` param, else its settings)
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional
 
 from rev2net.data.config import DataConfig
-from rev2net.spec import DECODER_OUTPUT_STRIDE, DEFAULT_FAMILY, LossConfig, ModelConfig, TrialSpec
+from rev2net.spec import DECODER_OUTPUT_STRIDE, DEFAULT_FAMILY, I3D_FAMILY, LossConfig, ModelConfig, TrialSpec
 
-# Names (each spelled here only, the default family in the config's schema; everything else refers
-# to these constants or asks the registry).
+# Names (each spelled here only, the default family and I3D's in the config's schema, where I3D's
+# also names its checkpoints' model.pretrained scheme; everything else refers to these constants or
+# asks the registry).
 REV2NET = DEFAULT_FAMILY
-I3D = "i3d"
+I3D = I3D_FAMILY
 I3D_FLOW = "i3d_flow"
 TWO_STREAM_I3D = "two_stream_i3d"
 DCD = "dcd"
@@ -42,6 +43,7 @@ DDP_LOW_ONLY = "ddp_low_only"
 DDP_HIGH_ONLY = "ddp_high_only"
 DECODER_PLAIN = "decoder_plain"
 DECODER_DEEP = "decoder_deep"
+FORWARD_FRAMES = "forward_frames"
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ def _rev2net_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
 
 def check_compatible(model: ModelConfig, loss: LossConfig) -> None:
     """Raise ValueError for a Rev2Net model/loss combination that cannot train as asked, naming
-    the keys and the fix: a weighted term needs the part that computes it."""
+    the keys and the fix: a weighted term needs the part that computes it, and either DDP form
+    compares the two decoders (their layers, or the Gaussians they decode from)."""
     model.validate()
     loss.validate()
     if loss.lambda_flow > 0 and not model.flow_decoder:
@@ -102,12 +105,12 @@ def check_compatible(model: ModelConfig, loss: LossConfig) -> None:
     if loss.lambda_im > 0 and not model.frame_decoder:
         raise ValueError(f"loss.lambda_im={loss.lambda_im} needs the frame decoder but model.frame_decoder=false; "
                          "set loss.lambda_im=0 or model.frame_decoder=true")
-    if loss.beta > 0 and model.ddp not in ("low", "both"):
-        raise ValueError(f"loss.beta={loss.beta} weights the low-level DDP but model.ddp={model.ddp!r} does not "
-                         "include it; set loss.beta=0 or model.ddp=low|both")
-    if loss.alpha > 0 and model.ddp not in ("high", "both"):
-        raise ValueError(f"loss.alpha={loss.alpha} weights the high-level DDP but model.ddp={model.ddp!r} does not "
-                         "build the Gaussian heads; set loss.alpha=0 or model.ddp=high|both")
+    off = [f"model.{k}=false" for k in ("flow_decoder", "frame_decoder") if not getattr(model, k)]
+    for key, value, what in (("loss.beta", loss.beta, "the two decoders' layers"),
+                             ("loss.alpha", loss.alpha, "the Gaussians the two decoders decode from")):
+        if value > 0 and off:
+            raise ValueError(f"{key}={value} weights a DDP term comparing {what} but {' and '.join(off)}; "
+                             f"set {key}=0 or build both decoders")
 
 
 def _check_rev2net(spec: TrialSpec) -> None:
@@ -120,10 +123,10 @@ def _check_rev2net(spec: TrialSpec) -> None:
 
 
 def _check_i3d(spec: TrialSpec) -> None:
-    if spec.model.has_decoders or spec.model.ddp != "none":
-        raise ValueError(f"model.name={I3D} has no decoders and no DDP, but model.flow_decoder="
-                         f"{spec.model.flow_decoder}, model.frame_decoder={spec.model.frame_decoder}, model.ddp="
-                         f"{spec.model.ddp!r}; choose model={I3D} (which switches them off) or model.name={REV2NET}")
+    if spec.model.has_decoders:
+        raise ValueError(f"model.name={I3D} has no decoders, but model.flow_decoder={spec.model.flow_decoder}, "
+                         f"model.frame_decoder={spec.model.frame_decoder}; choose model={I3D} (which switches them "
+                         f"off) or model.name={REV2NET}")
     _check_rev2net(spec)
 
 
@@ -164,7 +167,7 @@ def _two_stream_needs(model: ModelConfig, loss: LossConfig) -> DataNeeds:
     return DataNeeds(flow_pairs=1)
 
 
-_NO_DECODERS = {"model.flow_decoder": False, "model.frame_decoder": False, "model.ddp": "none"}
+_NO_DECODERS = {"model.flow_decoder": False, "model.frame_decoder": False}
 _ZERO = {"loss.alpha": 0.0, "loss.beta": 0.0, "loss.lambda_flow": 0.0, "loss.lambda_im": 0.0}
 _BASELINE = {**_NO_DECODERS, **_ZERO}  # a compared family: no Rev2Net decoders, cross-entropy alone
 
@@ -178,21 +181,21 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(TSM, "TSM", "rev2net.families:build_tsm", _segment_needs(8), _flow_check),
 )}
 
-# In the order the tables list them: the full model, its ablations (the papers' Table 2 and the
-# earlier paper's decoder architectures), the baseline.
+# In the order the tables list them: the full model, its ablations (the papers' Table 2, the earlier
+# paper's decoder architectures, the frame target's order), the baseline. "w/o DDP" and the one-form
+# rows change only loss weights: the same network, trained without the penalty (Table 2).
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant(REV2NET, REV2NET, "Rev2Net (full)", system="Rev2Net"),
     Variant(NO_FRAME_DECODER, REV2NET, "w/o frame decoder",
-            {"model.frame_decoder": False, "model.ddp": "none", "loss.lambda_im": 0.0, "loss.alpha": 0.0,
-             "loss.beta": 0.0}),
+            {"model.frame_decoder": False, "loss.lambda_im": 0.0, "loss.alpha": 0.0, "loss.beta": 0.0}),
     Variant(NO_FLOW_DECODER, REV2NET, "w/o flow decoder",
-            {"model.flow_decoder": False, "model.ddp": "none", "loss.lambda_flow": 0.0, "loss.alpha": 0.0,
-             "loss.beta": 0.0}),
-    Variant(NO_DDP, REV2NET, "w/o DDP", {"model.ddp": "none", "loss.alpha": 0.0, "loss.beta": 0.0}),
-    Variant(DDP_LOW_ONLY, REV2NET, "DDP low-level only (β)", {"model.ddp": "low", "loss.alpha": 0.0}),
-    Variant(DDP_HIGH_ONLY, REV2NET, "DDP high-level only (α)", {"model.ddp": "high", "loss.beta": 0.0}),
+            {"model.flow_decoder": False, "loss.lambda_flow": 0.0, "loss.alpha": 0.0, "loss.beta": 0.0}),
+    Variant(NO_DDP, REV2NET, "w/o DDP", {"loss.alpha": 0.0, "loss.beta": 0.0}),
+    Variant(DDP_LOW_ONLY, REV2NET, "DDP low-level only (β)", {"loss.alpha": 0.0}),
+    Variant(DDP_HIGH_ONLY, REV2NET, "DDP high-level only (α)", {"loss.beta": 0.0}),
     Variant(DECODER_PLAIN, REV2NET, "plain decoders", {"model.decoder_arch": "plain"}),
     Variant(DECODER_DEEP, REV2NET, "deep decoders", {"model.decoder_arch": "deep"}),
+    Variant(FORWARD_FRAMES, REV2NET, "frames in input order", {"model.frame_target": "forward"}),
     Variant(I3D, I3D, "I3D (no decoders)", {"model.name": I3D, **_BASELINE}, system="I3D"),
     # The compared systems (the papers' Tables 2, 3, 5; the comparison stage): the rows are systems,
     # the columns what they read (RGB, flow, both); Rev2Net reads RGB only (its decoders train only).
@@ -270,17 +273,30 @@ def build(cfg: ModelConfig, num_classes: int, data: Optional[DataConfig] = None)
     return getattr(importlib.import_module(module), function)(cfg, num_classes, data)
 
 
+def _same(logged: Any, value: Any) -> bool:
+    """A logged param equals a variant's setting: as numbers where both are numbers (MLflow logs
+    0.0 as "0.0", a hand-made run may say "0"), else as text."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            return float(logged) == float(value)
+        except (TypeError, ValueError):
+            return False
+    return str(logged) == str(value)
+
+
 def identify(params: Mapping[str, Any]) -> str:
     """The variant a logged run trained: its `variant` param when it has one, else the registered
-    variant whose settings all match its params, the most specific one (ties: registry order);
-    params are compared as logged (MLflow keeps strings) or typed."""
+    variant whose settings (`model.*` and `loss.*`) all match its params, the most specific one
+    (ties: registry order). A setting the params do not hold is not counted either way (runs logged
+    before a key existed), so the variants that differ only in loss weights (no_ddp, ddp_*_only) are
+    told apart only when the loss.* params are logged; params may be logged strings or typed."""
     if params.get("variant") not in (None, ""):
         return str(params["variant"])
     best, matched = params.get("model.name") or REV2NET, -1
     for v in VARIANTS.values():
         if v.family != (params.get("model.name") or v.family):
             continue
-        keys = [k for k in v.overrides if k.startswith("model.") and k != "model.name"]
-        if all(k in params and str(params[k]) == str(v.overrides[k]) for k in keys) and len(keys) > matched:
+        keys = [k for k in v.overrides if k != "model.name" and k in params]
+        if all(_same(params[k], v.overrides[k]) for k in keys) and len(keys) > matched:
             best, matched = v.name, len(keys)
     return best

@@ -19,12 +19,19 @@ from typing import Any, List, Optional
 from rev2net.data.config import DataConfig
 
 DEFAULT_FAMILY = "rev2net"  # the model family a config builds unless model.name says otherwise (rev2net.registry)
-DDP_FORMS = ("none", "low", "high", "both")
+I3D_FAMILY = "i3d"  # the I3D baseline's family (rev2net.registry.I3D), also model.pretrained's scheme of I3D weights
 MODALITIES = ("rgb", "flow", "rgb_flow")  # what a two-stream family reads (TSN, TSM)
 FUSIONS = ("softmax", "logits")  # how a two-stream model fuses its streams' scores
 DCD_BRANCHES = ("static", "motion", "change", "diff")  # rev2net.dcd
 DECODER_ARCHS = ("paper", "plain", "deep")  # rev2net.decoders builds each (DECODER_ARCHS there)
 DECODER_OUTPUT_STRIDE = 2  # the decoders predict on a grid of 1/2 the crop: where flow targets are wanted
+FRAME_TARGETS = ("reversed", "forward")  # what output frame i of the frame decoder is compared with: T-1-i | i
+# Low-level DDP pairs "<flow decoder layer>-<frame decoder layer>" whose features have equal shapes
+# (C x T/2 x H/4 x W/4, every decoder_arch): the first layers of both, and the flow decoder's only
+# hidden layer with the frame decoder's last hidden one (rev2net.decoders: LAYERS there).
+DDP_LAYER_PAIRS = ("trunk-trunk", "trunk-refine")
+IMAGENET_SCHEME = "imagenet"  # model.pretrained=imagenet:/path/googlenet.pth inflates 2D ImageNet weights
+PRETRAINED_SCHEMES = (IMAGENET_SCHEME, I3D_FAMILY)  # rev2net.inflate.load_pretrained reads each
 SCHEDULES = ("cosine", "step")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "off")
@@ -36,6 +43,30 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):(?!\\)(.*)$")  # "imagenet:/p", not "C:\p"
+
+
+def parse_pretrained(value: str) -> tuple[Optional[str], str]:
+    """A pretrained spec -> (its scheme or None for a bare path, the path); nothing is checked."""
+    match = _SCHEME.match(value)
+    return (match.group(1), match.group(2)) if match and not os.path.exists(value) else (None, value)
+
+
+def split_pretrained(key: str, value: str) -> tuple[str, str]:
+    """A pretrained spec -> (scheme, path): `imagenet:/p`, `i3d:/p`, or a bare path (scheme i3d).
+    Raises ValueError naming `key` for an unknown scheme or a file that does not exist."""
+    scheme, path = parse_pretrained(value)
+    scheme = scheme or I3D_FAMILY
+    if scheme not in PRETRAINED_SCHEMES:
+        raise ValueError(f"{key}={value!r}: unknown scheme {scheme!r}; use {IMAGENET_SCHEME}:/path/googlenet.pth "
+                         f"(inflate 2D ImageNet weights), {I3D_FAMILY}:/path/rgb_imagenet.pt or a bare path "
+                         "(an I3D checkpoint)")
+    if not os.path.isfile(path):
+        raise ValueError(f"{key}={value!r} does not exist: no file at {path!r}; give a local checkpoint or "
+                         f"{key}=null")
+    return scheme, path
+
+
 def _finite_nonnegative(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{key}={value!r} must be a finite number >= 0")
@@ -43,19 +74,25 @@ def _finite_nonnegative(key: str, value: Any) -> None:
 
 @dataclass
 class ModelConfig:
-    """The `model.` config group: which family (`name`, a name of rev2net.registry) and its settings."""
+    """The `model.` config group: which family (`name`, a name of rev2net.registry) and its settings.
+
+    DDP is not a `model.` switch: Rev2Net always has both Gaussian heads (each decoder decodes from
+    its sample) and both decoders' layers, and the loss weights say which DDP form trains
+    (`loss.alpha` the KL, `loss.beta` the Frobenius term over `ddp_layers`), so "w/o DDP" is the
+    same network with alpha = beta = 0 (rev2net.registry)."""
 
     name: str = DEFAULT_FAMILY  # model family (rev2net.registry.FAMILIES): rev2net | i3d
     width: float = 1.0  # channel multiplier of I3D and the decoders (1.0 = published I3D; ~0.25 for CPU trials)
     dropout: float = 0.5  # drop probability before the logits conv (the I3D port's 0.5)
     flow_decoder: bool = True  # build the flow decoder (predicts the TV-L1 flow of consecutive frame pairs)
     frame_decoder: bool = True  # build the decoder that reconstructs the frames in reversed order
-    ddp: str = "both"  # DDP forms built: none | low (Frobenius, decoder layers) | high (KL, Gaussian heads) | both
+    frame_target: str = "reversed"  # reversed: output frame i vs input frame T-1-i (the paper) | forward (ablation)
+    ddp_layers: list[str] = field(default_factory=lambda: list(DDP_LAYER_PAIRS))  # low-level DDP's layer pairs
     decoder_arch: str = "paper"  # paper | plain (no background compositing) | deep (on Mixed_3c); rev2net.decoders
     decoder_channels: int = 32  # hidden channels of each decoder at width 1.0 (scaled by width)
-    latent_dim: int = 64  # dimension of each Gaussian head's latent (ddp high/both)
+    latent_dim: int = 64  # dimension of each Gaussian head's latent z, which its decoder decodes from
     bn_momentum: float = 0.01  # BatchNorm running-stats momentum; the port's 0.01 needs ~500 steps: 0.1 in short trials
-    pretrained: Optional[str] = None  # local I3D checkpoint in the public port's state-dict layout (needs width 1.0)
+    pretrained: Optional[str] = None  # imagenet:/p/googlenet.pth (inflated) | i3d:/p/rgb_imagenet.pt or /p (the port's)
     # Other families (rev2net.registry): what each reads is its `needs` there.
     modality: str = "rgb"  # tsn, tsm: rgb | flow | rgb_flow (late fusion of both streams)
     segments: int = 0  # tsn, tsm: segments per video (0: the paper's, TSN 3, TSM 8)
@@ -72,8 +109,19 @@ class ModelConfig:
             raise ValueError(f"model.width={self.width!r} must be in (0, 4]")
         if not (math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"model.dropout={self.dropout!r} must be in [0, 1)")
-        _one_of("model.ddp", self.ddp, DDP_FORMS)
+        _one_of("model.frame_target", self.frame_target, FRAME_TARGETS)
         _one_of("model.decoder_arch", self.decoder_arch, DECODER_ARCHS)
+        layers = list(self.ddp_layers)
+        if not layers:
+            raise ValueError("model.ddp_layers=[] names no layer pair; list some of "
+                             f"{', '.join(DDP_LAYER_PAIRS)} (set loss.beta=0 to switch the low-level DDP off)")
+        for pair in layers:
+            if pair not in DDP_LAYER_PAIRS:
+                raise ValueError(f"model.ddp_layers: {pair!r} is not a pair of decoder layers of equal shape; "
+                                 f"choose from {', '.join(DDP_LAYER_PAIRS)} ('<flow decoder layer>-<frame decoder "
+                                 "layer>'; the other layers differ in channels or grid)")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"model.ddp_layers={layers!r} lists a pair twice")
         if self.decoder_channels < 1:
             raise ValueError(f"model.decoder_channels={self.decoder_channels!r} must be >= 1")
         if not (math.isfinite(self.bn_momentum) and 0.0 < self.bn_momentum <= 1.0):
@@ -88,15 +136,11 @@ class ModelConfig:
         if not self.branches or any(b not in DCD_BRANCHES for b in self.branches):
             raise ValueError(f"model.branches={list(self.branches)!r} must be a non-empty list of "
                              f"{', '.join(DCD_BRANCHES)}")
-        if self.ddp != "none" and not (self.flow_decoder and self.frame_decoder):
-            off = "model.flow_decoder" if not self.flow_decoder else "model.frame_decoder"
-            raise ValueError(f"model.ddp={self.ddp!r} compares the two decoders but {off}=false; set model.ddp=none")
         if self.pretrained is not None:
+            split_pretrained("model.pretrained", self.pretrained)
             if self.width != 1.0:
                 raise ValueError(f"model.pretrained={self.pretrained!r} has the published widths but "
                                  f"model.width={self.width}; set model.width=1.0 or model.pretrained=null")
-            if not os.path.isfile(self.pretrained):
-                raise ValueError(f"model.pretrained={self.pretrained!r} does not exist")
 
     @property
     def has_decoders(self) -> bool:

@@ -25,11 +25,13 @@ for such short from-scratch trials (the embedded default): on the generated data
 chance for 15 epochs where AdamW (lr 1e-3) reached several times chance.
 
 Per-epoch metrics (names are binding; the analysis reads them): `train/loss` (total), `train/ce`,
-`train/ddp_high`, `train/ddp_low`, `train/flow`, `train/im` (only the computed terms), `train/top1`,
-`train/top5`, `val/loss`, `val/top1`, `val/top5` (when there is a validation loader), `lr` (the rate
-used in the epoch), `clips_per_s` (training clips per second of the training phase),
-`epoch_time_s` (training + validation), `skipped_videos` (unreadable videos replaced, training +
-validation). Accuracies are fractions in [0, 1]; losses are averaged over samples.
+`train/ddp_high`, `train/ddp_low`, `train/flow`, `train/im` (only the computed terms), the model's
+own terms (`train/<name>`), `train/domain` and `train/domain_acc` (domain-adversarial training),
+`train/top1`, `train/top5`, `val/loss`, `val/top1`, `val/top5` (when there is a validation loader),
+`lr` (the rate used in the epoch), `clips_per_s` (training clips per second of the training
+phase), `epoch_time_s` (training + validation), `skipped_videos` (unreadable videos replaced,
+training + validation), `clips` (training clips and validation videos processed). Accuracies are
+fractions in [0, 1]; losses are averaged over samples.
 
 The checkpoint (`EpochReport.state_dict()`) holds model, optimizer, scheduler, epoch, RNG states
 (python, numpy, torch, cuda) and `history`, every finished epoch's metrics; it is plain tensors,

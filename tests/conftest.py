@@ -65,16 +65,15 @@ def _log_cross_dataset(uri: str, name: str) -> str:
     exp_id = tracking.experiment_id(c, name)
     parent, _ = tracking.start_parent(c, exp_id, sweep_id="ablation-variants-cross", stage="ablation", mode="variants",
                                       run_name="ablation · variants · cross", params={"stage": "ablation"}, tags={})
-    base = {"model.ddp": "both", "model.decoder_arch": "paper", "model.width": 1.0, "data.name": "hmdb51",
+    base = {"model.frame_target": "reversed", "model.decoder_arch": "paper", "model.width": 1.0, "data.name": "hmdb51",
             "data.eval_name": "ucf101", "data.class_map": "ucf101_hmdb51_12", "data.split": 1, "trainer.max_epochs": 2}
     trials = [("rev2net", 0, "completed", 0.61), ("rev2net", 1, "completed", 0.64), ("rev2net", 2, "failed", None),
               ("rev2net", 3, "completed", None), ("i3d", 0, "completed", 0.55), ("i3d", 1, "completed", 0.58)]
     for variant, seed, status, cross in trials:
         off = variant == "i3d"
         params = {**base, "variant": variant, "trainer.seed": seed, "model.flow_decoder": not off,
-                  "model.frame_decoder": not off, "model.ddp": "none" if off else "both",
-                  **{k: 0.0 if off else v for k, v in {"loss.alpha": 0.01, "loss.beta": 0.1, "loss.lambda_flow": 0.1,
-                                                       "loss.lambda_im": 0.1}.items()}}
+                  "model.frame_decoder": not off, **{k: 0.0 if off else v for k, v in {
+                      "loss.alpha": 0.01, "loss.beta": 0.1, "loss.lambda_flow": 0.1, "loss.lambda_im": 0.1}.items()}}
         run = tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id="ablation-variants-cross",
                                      key=f"{variant}-{seed}", run_name=f"{variant} seed={seed}", params=params,
                                      tags={records.TAG_STAGE: "ablation", records.TAG_RAY_TRIAL: f"x{seed}"})
@@ -96,7 +95,7 @@ def sweep_store(tmp_path_factory, synthetic_root) -> SweepStore:
         (failed, with a reason), ASHA stops some (stopped_early), the rest complete;
       * then a trial left `running` under the coarse parent, with the best val/top1 of all (0.99), as
         a driver that died would leave it: nothing may choose or average it;
-      * fine (21 trials) from the coarse best; ablation (9 variants x 2 seeds, shuffle metrics);
+      * fine (21 trials) from the coarse best; ablation (10 variants x 2 seeds, shuffle metrics);
       * a second experiment with cross-dataset trials (`_log_cross_dataset`)."""
     import ray
     from mlflow import MlflowClient
@@ -124,7 +123,7 @@ def sweep_store(tmp_path_factory, synthetic_root) -> SweepStore:
             c, experiment_id=c.get_experiment_by_name(coarse.experiment).experiment_id, parent_id=coarse.parent_run_id,
             sweep_id=coarse.sweep_id, key="left-running", run_name="α=1 β=1 λf=1 λi=1",
             params={"loss.alpha": 1.0, "loss.beta": 1.0, "loss.lambda_flow": 1.0, "loss.lambda_im": 1.0,
-                    "model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both",
+                    "model.flow_decoder": True, "model.frame_decoder": True, "model.frame_target": "reversed",
                     "model.decoder_arch": "paper", "data.name": "synthetic", "data.eval_name": None, "trainer.seed": 0},
             tags={records.TAG_STAGE: "coarse", records.TAG_RAY_TRIAL: "left-running"})
         running.sync([{"val/top1": 0.99, "val/loss": 0.01, "train/loss": 0.5, "train/ce": 0.5}], raise_errors=True)

@@ -32,7 +32,8 @@ def small_spaces(tmp: Path) -> Path:
     """search_spaces/ with a 2-value coarse grid (axes: 5 trials, factorial: 16) and 2 fine factors."""
     spaces = tmp / "spaces"
     spaces.mkdir(exist_ok=True)
-    shutil.copy(SPACES_DIR / "ablation.yaml", spaces)
+    for name in ("ablation.yaml", "compare.yaml", "cross.yaml"):
+        shutil.copy(SPACES_DIR / name, spaces)
     keys = ["loss.alpha", "loss.beta", "loss.lambda_flow", "loss.lambda_im"]
     (spaces / "coarse.yaml").write_text(yaml.safe_dump({"values": {k: [0.001, 0.1] for k in keys},
                                                         "base": {k: 0.1 for k in keys}}))

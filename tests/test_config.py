@@ -20,7 +20,7 @@ def test_every_group_option_composes_and_validates(group, option):
 
 
 def test_groups_are_one_per_concern():
-    assert GROUPS == ["cluster", "data", "loss", "mlflow", "model", "scheduler", "search", "trainer"]
+    assert GROUPS == ["adapt", "cluster", "data", "loss", "mlflow", "model", "scheduler", "search", "trainer"]
 
 
 def test_embedded_default_is_thin_and_real_datasets_get_the_paper_model():
@@ -39,7 +39,9 @@ def test_embedded_default_is_thin_and_real_datasets_get_the_paper_model():
     (["data=ucf"], "config option 'data/ucf' does not exist; data is one of generic, hmdb51, kinetics400, synthetic, ucf101"),
     (["loss.alpha=-1"], "loss.alpha=-1.0 must be a finite number >= 0"),
     (["loss.beta=nan"], "loss.beta=nan"),
-    (["model.ddp=lowish"], "model.ddp='lowish' is not one of none, low, high, both"),
+    (["model.frame_target=backward"], "model.frame_target='backward' is not one of reversed, forward"),
+    (["model.ddp_layers=[trunk-out]"], "model.ddp_layers: 'trunk-out' is not a pair of decoder layers"),
+    (["model.pretrained=kinetics:/w.pt"], "model.pretrained='kinetics:/w.pt': unknown scheme 'kinetics'"),
     (["data=ucf101"], "data.root='' is not allowed"),
     (["cluster=gpu"], "ray.storage_path='' is not allowed"),
     (["search.mode=grid"], "search.mode='grid' is not allowed: expected factorial | axes"),
@@ -64,5 +66,9 @@ def test_relative_paths_become_absolute(tmp_path):
     assert cfg.data.root == str(tmp_path / "data" / "synthetic")
     assert cfg.ray.storage_path == str(tmp_path / "rr")
     assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'm.db'}"
+    for given, resolved in (("w/g.pth", tmp_path / "w" / "g.pth"), ("imagenet:w/g.pth", f"imagenet:{tmp_path}/w/g.pth"),
+                            ("i3d:/abs/i3d.pt", "i3d:/abs/i3d.pt")):
+        cfg = resolve_paths(compose_config([f"model.pretrained={given}"]), cwd=str(tmp_path))
+        assert cfg.model.pretrained == str(resolved), "a pretrained spec keeps its scheme, its path becomes absolute"
     remote = resolve_paths(compose_config(["mlflow.tracking_uri=http://h:5000", "ray.storage_path=s3://b/p"]))
     assert remote.mlflow.tracking_uri == "http://h:5000" and remote.ray.storage_path == "s3://b/p"

@@ -308,3 +308,55 @@ def test_validation_is_the_layouts_own_list_or_held_out_groups(synthetic_copy, s
     assert len(other) == 3, "data.val_seed picks the groups"
     with pytest.raises(ValueError, match="data.val_fraction=0"):
         build_loaders(dataclasses.replace(cfg, val_fraction=0.0), seed=0)
+
+
+# --- what each model family reads ----------------------------------------------------------------
+
+def test_segment_sampling_takes_one_frame_per_segment(synthetic_root):
+    records = load_split("synthetic", synthetic_root, 1).train[:1]
+    video = _video(records[0])  # 12 frames
+    spec = ClipSpec(frames=8, crop_size=64, short_side=64, segments=3)
+    anchors = [spec.anchor_indices(12, np.random.default_rng(s)) for s in range(20)]
+    for a in anchors:
+        assert [0 <= a[0] <= 3, 4 <= a[1] <= 7, 8 <= a[2] <= 11] == [True] * 3, a
+    assert len({tuple(a) for a in anchors}) > 1, "a random place in each segment"
+    assert spec.anchor_indices(12).tolist() == [2, 6, 10], "evaluation: the segments' centres"
+    sample = ClipDataset(records, spec)[(0, 0)]
+    assert sample["frames"].shape == (3, 3, 64, 64), "(3, K, H, W)"
+    clip = sample["frames"].numpy().transpose(1, 2, 3, 0)
+    chosen = spec.anchor_indices(12, np.random.default_rng([0, 0, 0]))
+    assert any(np.array_equal(clip, v[chosen]) for v in (video, video[:, :, ::-1])), "the anchor frames, cropped"
+
+
+def test_flow_input_is_the_flow_of_each_anchor_through_the_same_crop(synthetic_root):
+    records = load_split("synthetic", synthetic_root, 1).train[:2]
+    flow_root = os.path.join(synthetic_root, "flow_tvl1")
+    stacks = ClipSpec(frames=8, crop_size=32, short_side=40, segments=2, flow_pairs=3, rgb=False)
+    sample = ClipDataset(records, stacks, flow_input_root=flow_root)[(1, 5)]
+    assert set(sample) == {"flow_input", "label", "index", "skipped"}, "a flow-only family decodes no RGB for the model"
+    assert sample["flow_input"].shape == (2, 6, 32, 32) and sample["flow_input"].dtype == torch.float16
+    clip = ClipSpec(frames=8, crop_size=32, short_side=40, flow_pairs=1)
+    both = ClipDataset(records, clip, flow_root=flow_root, flow_size=32, flow_input_root=flow_root)[(0, 3)]
+    assert both["frames"].shape == (3, 8, 32, 32) and both["flow_input"].shape == (2, 8, 32, 32)
+    torch.testing.assert_close(both["flow_input"][:, :7], both["flow"], msg="at stride 1 the input's pair t is the "
+                               "target's pair t (same crop, flip, scale)")
+    with pytest.raises(ValueError, match="flow_input_root"):
+        ClipDataset(records, clip)
+
+
+def test_the_target_domain_loader_never_yields_labels(synthetic_root, synthetic_params, tmp_path):
+    from rev2net.data.datasets import build_target_loader
+
+    cfg = _cfg(synthetic_root, synthetic_params, eval_name="synthetic", eval_root=synthetic_root, batch_size=3)
+    loader = build_target_loader(cfg, seed=0)
+    batches = list(loader)
+    assert batches and all("label" not in b for b in batches), "unlabelled clips: the labels are not even loaded"
+    assert not loader.dataset.labelled and len(loader.dataset) == 6, "the target's training list"
+
+
+def test_validation_clips_are_kept_when_they_fit(synthetic_root, synthetic_params):
+    cached = build_loaders(_cfg(synthetic_root, synthetic_params), seed=0).val.dataset
+    first = [cached[i]["frames"] for i in range(len(cached))]
+    assert cached._cache is not None and all(cached[i]["frames"] is first[i] for i in range(len(cached)))
+    uncached = build_loaders(_cfg(synthetic_root, synthetic_params, eval_cache_mb=0), seed=0).val.dataset
+    assert uncached._cache is None and torch.equal(uncached[0]["frames"], first[0]), "the same clips either way"

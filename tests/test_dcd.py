@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rev2net.dcd import (
     BRANCHES,
-    DCD_VARIANTS,
+    BRANCH_SETS,
     build_dcd,
     cost_volume,
     load_dcd_imagenet,
@@ -153,12 +153,12 @@ def test_temporal_max_pool_pairs_steps_and_keeps_an_odd_last_one() -> None:
     assert steps == 3 and pooled.flatten().tolist() == [1, 3, 4, 6, 8, 9]
 
 
-@pytest.mark.parametrize("variant", sorted(DCD_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(BRANCH_SETS))
 def test_every_variant_gives_features_and_logits_in_train_and_eval(variant: str) -> None:
     torch.manual_seed(0)
-    model = build_dcd(5, branches=DCD_VARIANTS[variant], **TINY)
-    per_branch = model.branches[DCD_VARIANTS[variant][0]].num_features
-    assert model.num_features == len(DCD_VARIANTS[variant]) * per_branch
+    model = build_dcd(5, branches=BRANCH_SETS[variant], **TINY)
+    per_branch = model.branches[BRANCH_SETS[variant][0]].num_features
+    assert model.num_features == len(BRANCH_SETS[variant]) * per_branch
     x = _clip()
     feats = model.forward_features(x)
     assert feats.shape == (2, model.num_features), f"{variant}: features {tuple(feats.shape)}"
@@ -279,10 +279,10 @@ def test_a_step_under_bf16_autocast() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("variant", sorted(DCD_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(BRANCH_SETS))
 def test_flop_counter_runs_every_variant_on_the_meta_device(variant: str) -> None:
     with torch.device("meta"):
-        model = build_dcd(101, branches=DCD_VARIANTS[variant]).eval()
+        model = build_dcd(101, branches=BRANCH_SETS[variant]).eval()
         x = torch.zeros(1, 3, 8, 224, 224)
     with FlopCounterMode(display=False) as counter:
         assert model(x).shape == (1, 101)
@@ -328,4 +328,4 @@ def test_forward_refuses_a_clip_of_another_length() -> None:
     with pytest.raises(ValueError, match=r"T=4 frames .* frames=8"):
         model(_clip(frames=4))
     assert build_dcd(5, frames=1, branches=("static",), **TINY)(_clip(frames=1)).shape == (2, 5)
-    assert set(BRANCHES) >= {b for branches in DCD_VARIANTS.values() for b in branches}
+    assert set(BRANCHES) >= {b for branches in BRANCH_SETS.values() for b in branches}

@@ -4,6 +4,7 @@ failing fast, in one line, before a trial (or Ray) starts."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestration.fine import log_bracket
 from orchestration.grid import main
 from sweep_helpers import SIM, small_spaces, tiny_overrides
 
@@ -56,7 +58,7 @@ def test_dry_run_imports_neither_ray_nor_torch(tmp_path):
 
 
 @pytest.mark.parametrize("stage,mode,trials", [
-    ("coarse", "axes", 21), ("coarse", "factorial", 1296), ("ablation", "axes", 27),
+    ("coarse", "axes", 21), ("coarse", "factorial", 1296), ("ablation", "axes", 30),
 ])
 def test_dry_run_counts_without_earlier_results(capsys, tmp_path, stage, mode, trials):
     code, out, err = _run(capsys, "--stage", stage, "--dry-run", f"search.mode={mode}",
@@ -101,16 +103,24 @@ def test_dry_run_of_fine_and_ablation_read_the_coarse_result(capsys, coarse_stor
     code, out, err = _run(capsys, "--stage", "fine", "--dry-run", "--json", uri, "search.mode=factorial")
     assert code == 0, err
     trials = json.loads(out)
-    assert len(trials) == 6 ** 4, "6 values per weight: 5 factors × the upper neighbour, plus the best"
-    for key in WEIGHTS:
-        values = sorted({t["params"][key] for t in trials})
-        upper = min(v for v in COARSE if v > best[key])
-        assert values == pytest.approx(sorted({f * upper for f in (0, 0.25, 0.5, 0.75, 1)} | {best[key]})), key
+    grid = {key: sorted({t["params"][key] for t in trials}) for key in WEIGHTS}
+    assert len(trials) == math.prod(len(v) for v in grid.values())
+    for key, values in grid.items():
+        assert values == log_bracket(best[key], COARSE, [0, 0.5, 1]), key
+        positive = [v for v in COARSE if v > 0]
+        if best[key] > 0:  # the coarse best bracketed by its neighbours (mirrored past the grid's edge)
+            below, above = [v for v in positive if v < best[key]], [v for v in positive if v > best[key]]
+            assert (min(v for v in values if v > 0), max(values)) == pytest.approx(
+                (below[-1] if below else best[key] ** 2 / above[0], above[0] if above else best[key] ** 2 / below[-1]))
+        assert 0 in values and best[key] in values, key
     code, out, _ = _run(capsys, "--stage", "fine", "--dry-run", uri)
-    assert code == 0 and "21 trials" in out.splitlines()[0] and f"fine grid from coarse sweep {coarse.parent_run_id}" in out
+    assert code == 0 and f"fine grid from coarse sweep {coarse.parent_run_id}" in out
+    assert f"{1 + sum(len(v) - 1 for v in grid.values())} trials" in out.splitlines()[0]
+    assert "fine values by rule orchestration.fine:log_bracket, factors 0, 0.5, 1: Values between the best's lower " \
+           "and upper coarse neighbours, spaced on a log scale, plus 0" in out
     code, out, _ = _run(capsys, "--stage", "ablation", "--dry-run", "--json", uri, "search.seeds=2")
     ablation = json.loads(out)
-    assert len(ablation) == 9 * 2
+    assert len(ablation) == 10 * 2
     full = next(t for t in ablation if t["params"]["variant"] == "rev2net")
     assert {k: full["params"][k] for k in WEIGHTS} == best, "ablation weights default to the latest best"
 

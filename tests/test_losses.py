@@ -11,6 +11,7 @@ from torch.distributions import Normal, kl_divergence
 
 from rev2net.losses import (
     FLOW_BOUND,
+    area_resize,
     flow_target,
     frame_target,
     frobenius,
@@ -114,6 +115,36 @@ def test_frame_target_is_the_clip_reversed_in_time_and_area_resized() -> None:
         expected = torch.full((4, 4), float(t - 1 - step))
         expected[:2, :2] += 0.5
         torch.testing.assert_close(target[0, 0, step], expected, msg=f"target step {step} is input step {t - 1 - step}")
+
+
+def test_frame_target_in_input_order_is_the_clip_resized() -> None:
+    frames = torch.rand(2, 3, 5, 8, 8)
+    torch.testing.assert_close(frame_target(frames, (5, 4, 4), "forward"), area_resize(frames, (5, 4, 4)))
+    with pytest.raises(ValueError, match="'backward' is not one of reversed, forward"):
+        frame_target(frames, (5, 4, 4), "backward")
+
+
+@pytest.mark.parametrize("order", ["reversed", "forward"])
+def test_im_term_compares_output_frame_i_with_input_frame_t_minus_1_minus_i(order: str) -> None:
+    """The default (the paper's reversed order): ||I - I^||_F with output frame i against input
+    frame T-1-i, written out frame by frame; `forward`: against input frame i. The model's output is
+    taken as it comes (nothing reorders it)."""
+    model = tiny_model(frame_target=order)
+    x, flow, label = tiny_batch()
+    cfg = LossConfig(**{**ZERO, "lambda_im": 1.0})
+    out = model(x, need=needs(cfg))
+    t, h, w = out.frames.shape[2:]
+    squared = torch.zeros(x.shape[0])
+    for i in range(t):
+        source = t - 1 - i if order == "reversed" else i
+        target = torch.nn.functional.avg_pool2d(x[:, :, source], 2)  # (B, 3, h, w): the frame at the output grid
+        squared += (out.frames[:, :, i] - target).square().sum(dim=(1, 2, 3))
+    expected = squared.sqrt().mean()
+    terms = objective(out, label, x, flow, cfg)
+    torch.testing.assert_close(terms["im"], expected)
+    other = "forward" if order == "reversed" else "reversed"
+    out.frame_target = other
+    assert not torch.allclose(objective(out, label, x, flow, cfg)["im"], expected), "the order matters"
 
 
 def test_flow_target_resizes_by_area_and_scales_the_vectors() -> None:

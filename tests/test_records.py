@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestration import records as R
-from orchestration.fine import upper_neighbour
+from orchestration.fine import log_bracket
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def frame(sweep_store) -> pd.DataFrame:
 
 def test_one_row_per_trial(frame, logged_trials, sweep_store):
     logged = {r.info.run_id for r in logged_trials[sweep_store.experiment]}
-    assert len(frame) == len(logged) == 21 + 1 + 21 + 18, "coarse + the running one + fine + ablation"
+    assert len(frame) == len(logged) == 21 + 1 + 21 + 20, "coarse + the running one + fine + ablation"
     assert frame["run_id"].is_unique and set(frame["run_id"]) == logged
 
 
@@ -44,7 +44,7 @@ def test_rows_hold_the_logged_values(frame, logged_trials, sweep_store):
         for k in R.WEIGHTS:
             assert row[k] == float(params[k]), f"{k} of {run.info.run_name}"
         assert row["model.flow_decoder"] == (params["model.flow_decoder"] == "True")
-        assert row["model.ddp"] == params["model.ddp"]
+        assert row["model.frame_target"] == params["model.frame_target"]
         for key, value in run.data.metrics.items():
             assert row[key] == value, f"final {key} of {run.info.run_name}"
         if run.info.end_time:
@@ -122,7 +122,7 @@ def test_the_fine_stage_was_built_from_this_best_config(sweep_store, tmp_path):
     plan = json.loads(open(c.download_artifacts(sweep_store.parents["fine"], "plan.json", str(tmp_path))).read())
     coarse_values = [0, 0.0001, 0.001, 0.1, 1, 10]
     for key in R.WEIGHTS:
-        assert plan["values"][key] == upper_neighbour(best.params[key], coarse_values, [0, 0.25, 0.5, 0.75, 1]), key
+        assert plan["values"][key] == log_bracket(best.params[key], coarse_values, [0, 0.5, 1]), key
 
 
 def _toy(rows: list[dict]) -> pd.DataFrame:
@@ -166,18 +166,23 @@ def test_best_epoch_metrics_ties_and_gaps():
 
 
 def test_variant_of_names_every_switch_combination():
+    paper = {"loss.alpha": 0.01, "loss.beta": 0.1, "loss.lambda_flow": 0.1, "loss.lambda_im": 0.1}
+    zero = dict.fromkeys(paper, 0.0)
+    both = {"model.flow_decoder": True, "model.frame_decoder": True, "model.frame_target": "reversed",
+            "model.decoder_arch": "paper"}
     runs = pd.DataFrame([
-        {"model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both", "model.decoder_arch": "paper"},
-        {"model.flow_decoder": False, "model.frame_decoder": False, "model.ddp": "none", "model.decoder_arch": "paper"},
-        {"model.flow_decoder": True, "model.frame_decoder": False, "model.ddp": "none", "model.decoder_arch": "paper"},
-        {"model.flow_decoder": False, "model.frame_decoder": True, "model.ddp": "none", "model.decoder_arch": "paper"},
-        {"model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "low", "model.decoder_arch": "paper"},
-        {"model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both", "model.decoder_arch": "deep"},
-        {"model.flow_decoder": True, "model.frame_decoder": True, "model.ddp": "both", "model.decoder_arch": "paper",
-         "variant": "custom"},
+        {**both, **paper},
+        {**both, "model.flow_decoder": False, "model.frame_decoder": False, **zero},
+        {**both, "model.frame_decoder": False, **paper, "loss.lambda_im": 0.0, "loss.alpha": 0.0, "loss.beta": 0.0},
+        {**both, "model.flow_decoder": False, **paper, "loss.lambda_flow": 0.0, "loss.alpha": 0.0, "loss.beta": 0.0},
+        {**both, **paper, "loss.alpha": 0.0},
+        {**both, **paper, "loss.alpha": 0.0, "loss.beta": 0.0},
+        {**both, **paper, "model.decoder_arch": "deep"},
+        {**both, **paper, "model.frame_target": "forward"},
+        {**both, **paper, "variant": "custom"},
     ])
     assert R.variant_of(runs).tolist() == ["rev2net", "i3d", "no_frame_decoder", "no_flow_decoder", "ddp_low_only",
-                                           "decoder_deep", "custom"]
+                                           "no_ddp", "decoder_deep", "forward_frames", "custom"]
 
 
 def test_ablation_variants_are_logged_as_the_params_say(frame):

@@ -42,7 +42,7 @@ def test_report_writes_every_file(sweep_store, tmp_path, capsys):
     page = (out / "report.md").read_text()
     assert all(f"]({f}.png)" in page for f in FIGURES if f not in importance or f in made)
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 21 + 1 + 21 + 18 and runs["run_id"].is_unique
+    assert len(runs) == 21 + 1 + 21 + 20 and runs["run_id"].is_unique
     assert "paper: UCF101 (%)" in (out / "ablation.md").read_text()
 
 

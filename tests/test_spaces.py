@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 import shutil
 
@@ -9,7 +10,8 @@ import pytest
 import yaml
 
 from orchestration.errors import ConfigError
-from orchestration.fine import best_as_scale, upper_neighbour
+from orchestration import fine as fine_rules
+from orchestration.fine import best_as_scale, log_bracket, upper_neighbour
 from orchestration.spaces import (SPACES_DIR, WEIGHT_KEYS, ablation_plan, coarse_plan, fine_plan, grid_points, load_space,
                                   point_key)
 
@@ -74,16 +76,64 @@ def test_upper_neighbour_rule():
 
 
 def test_fine_plan_from_a_coarse_best():
-    best = {"loss.alpha": 0.001, "loss.beta": 0.1, "loss.lambda_flow": 0.1, "loss.lambda_im": 10}
+    best = {"loss.alpha": 0.001, "loss.beta": 0.1, "loss.lambda_flow": 0, "loss.lambda_im": 10}
     coarse = load_space("coarse")
     factorial = fine_plan(load_space("fine"), coarse, best, mode="factorial")
-    assert factorial.values["loss.alpha"] == [0, 0.001, 0.025, 0.05, 0.075, 0.1]
-    assert factorial.values["loss.beta"] == [0, 0.1, 0.25, 0.5, 0.75, 1]
-    assert factorial.values["loss.lambda_im"] == [0, 2.5, 5, 7.5, 10]
-    assert factorial.num_trials == 6 * 6 * 6 * 5
+    assert factorial.values["loss.alpha"] == [0, 0.0001, 0.000316228, 0.001, 0.01, 0.1]
+    assert factorial.values["loss.beta"] == [0, 0.001, 0.01, 0.1, 0.316228, 1]
+    assert factorial.values["loss.lambda_flow"] == [0, 1e-05, 3.16228e-05, 0.0001]
+    assert factorial.values["loss.lambda_im"] == [0, 1, 3.16228, 10, 31.6228, 100], "one coarse step past the edge"
+    assert factorial.num_trials == 6 * 6 * 4 * 6
     axes = fine_plan(load_space("fine"), coarse, best, mode="axes")
     assert axes.base == best and best in axes.points
-    assert axes.num_trials == 1 + 5 + 5 + 5 + 4
+    assert axes.num_trials == 1 + 5 + 5 + 3 + 5
+    assert "fine values by rule orchestration.fine:log_bracket, factors 0, 0.5, 1: Values between the best's " \
+           "lower and upper coarse neighbours, spaced on a log scale, plus 0" in axes.notes
+
+
+@pytest.mark.parametrize("coarse_best", [0.1, 0.001])
+def test_default_fine_grid_reaches_the_papers_alpha(coarse_best):
+    """The paper reports alpha = 0.01, between the coarse values 0.001 and 0.1: the default rule
+    brackets the coarse best on both sides, so from either neighbour it proposes 0.01."""
+    best = dict.fromkeys(WEIGHT_KEYS, coarse_best)
+    plan = fine_plan(load_space("fine"), load_space("coarse"), best, mode="axes")
+    for key in WEIGHT_KEYS:
+        values = plan.values[key]
+        assert 0.01 in values and 0 in values and coarse_best in values, (key, values)
+        below = max(v for v in COARSE if 0 < v < coarse_best)
+        above = min(v for v in COARSE if v > coarse_best)
+        assert min(v for v in values if v > 0) == below and max(values) == above, "bracketed by both neighbours"
+    # the rule before it looked upwards only, and from these bests never proposed 0.01
+    assert 0.01 not in upper_neighbour(coarse_best, COARSE, [0, 0.25, 0.5, 0.75, 1])
+
+
+def test_log_bracket_rule():
+    assert log_bracket(0.1, COARSE, [0, 0.5, 1]) == [0, 0.001, 0.01, 0.1, 0.316228, 1]
+    assert log_bracket(0.0001, COARSE, [0, 0.5, 1]) == [0, 1e-05, 3.16228e-05, 0.0001, 0.000316228, 0.001]
+    assert log_bracket(0, COARSE, [0, 1]) == [0, 1e-05, 0.0001], "a best of 0: 0 and a coarse step below the grid"
+    assert log_bracket(2.0, [0, 2.0], [0, 1]) == [0, 0.2, 2, 20], "one positive coarse value: a decade each way"
+    assert log_bracket(0.05, [0, 0.1], [0, 1]) == [0, 0.025, 0.05, 0.1], "a best off the grid is its own centre"
+    values = log_bracket(0.1, COARSE, [0, 0.25, 0.5, 0.75, 1])
+    logs = [math.log10(v) for v in values if v > 0]
+    assert logs == pytest.approx([-3 + 0.5 * i for i in range(5)] + [-1 + 0.25 * i for i in range(1, 5)], abs=1e-5), \
+        "evenly spaced on a log scale on both sides"
+
+
+def test_fine_rules_are_doctested():
+    assert doctest.testmod(fine_rules, raise_on_error=False).failed == 0
+
+
+def test_todays_rule_and_the_papers_factors_stay_options(tmp_path):
+    shutil.copy(SPACES_DIR / "coarse.yaml", tmp_path)
+    (tmp_path / "fine.yaml").write_text(yaml.safe_dump({"rule": "orchestration.fine:upper_neighbour",
+                                                        "factors": [0, 0.25, 0.5, 0.75, 1]}))
+    best = {"loss.alpha": 0.001, "loss.beta": 0.1, "loss.lambda_flow": 0.1, "loss.lambda_im": 10}
+    plan = fine_plan(load_space("fine", str(tmp_path)), load_space("coarse", str(tmp_path)), best, mode="factorial")
+    assert plan.values["loss.alpha"] == [0, 0.001, 0.025, 0.05, 0.075, 0.1]
+    assert plan.values["loss.beta"] == [0, 0.1, 0.25, 0.5, 0.75, 1]
+    assert plan.values["loss.lambda_im"] == [0, 2.5, 5, 7.5, 10]
+    assert any(n.startswith("fine values by rule orchestration.fine:upper_neighbour, factors 0, 0.25, 0.5, 0.75, 1")
+               for n in plan.notes)
 
 
 def test_fine_rule_is_swappable(tmp_path):
@@ -128,6 +178,14 @@ def test_ablation_plan_names_variants_that_the_weights_make_identical():
     notes = [n for n in ablation_plan(space, {**paper, "loss.beta": 0.0}, seeds=1).notes if n.startswith("identical")]
     assert len(notes) == 2, notes
     assert any("no_ddp and ddp_low_only" in n for n in notes) and any("rev2net and ddp_high_only" in n for n in notes)
+    # lambda_im = 0: the frame target's order is read by no term, so forward_frames is the full model
+    notes = [n for n in ablation_plan(space, {**paper, "loss.lambda_im": 0.0}, seeds=1).notes
+             if n.startswith("identical")]
+    assert notes == [n for n in notes if "rev2net and forward_frames" in n] and len(notes) == 1, notes
+    # the config's own value counts where a point does not set the key
+    defaults = {"model.frame_target": "forward"}
+    notes = [n for n in ablation_plan(space, paper, seeds=1, defaults=defaults).notes if n.startswith("identical")]
+    assert len(notes) == 1 and "rev2net and forward_frames" in notes[0], notes
 
 
 def test_grid_points_dedupes_and_keeps_order():

@@ -20,7 +20,10 @@ def test_importing_the_specs_imports_no_torch() -> None:
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(ddp="lowish"), "model.ddp='lowish' is not one of none, low, high, both"),
+        (dict(frame_target="backward"), "model.frame_target='backward' is not one of reversed, forward"),
+        (dict(ddp_layers=["trunk-head"]), "model.ddp_layers: 'trunk-head' is not a pair of decoder layers of equal"),
+        (dict(ddp_layers=[]), r"model.ddp_layers=\[\] names no layer pair.*set loss.beta=0"),
+        (dict(ddp_layers=["trunk-trunk", "trunk-trunk"]), "lists a pair twice"),
         (dict(decoder_arch="unet"), "model.decoder_arch='unet' is not one of paper, plain, deep"),
         (dict(width=0.0), "model.width=0.0"),
         (dict(width=float("nan")), "model.width=nan"),
@@ -28,9 +31,11 @@ def test_importing_the_specs_imports_no_torch() -> None:
         (dict(latent_dim=0), "model.latent_dim=0"),
         (dict(decoder_channels=0), "model.decoder_channels=0"),
         (dict(bn_momentum=0.0), "model.bn_momentum=0.0"),
-        (dict(flow_decoder=False), "model.ddp='both'.*model.flow_decoder=false; set model.ddp=none"),
-        (dict(frame_decoder=False, ddp="low"), "model.frame_decoder=false; set model.ddp=none"),
         (dict(pretrained="/nonexistent/i3d.pt"), "model.pretrained='/nonexistent/i3d.pt' does not exist"),
+        (dict(pretrained="imagenet:/nonexistent/g.pth"), "model.pretrained='imagenet:/nonexistent/g.pth' does not "
+                                                         "exist: no file at '/nonexistent/g.pth'"),
+        (dict(pretrained="kinetics:/w.pt"), r"^model.pretrained='kinetics:/w.pt': unknown scheme 'kinetics'; use "
+                                            r"imagenet:/path/googlenet.pth [^\n]*$"),
     ],
 )
 def test_model_config_names_the_bad_key(overrides: dict, message: str) -> None:
@@ -41,8 +46,16 @@ def test_model_config_names_the_bad_key(overrides: dict, message: str) -> None:
 def test_pretrained_needs_the_published_width(tmp_path) -> None:
     path = tmp_path / "i3d.pt"
     path.write_bytes(b"")
-    with pytest.raises(ValueError, match="model.width=0.25; set model.width=1.0"):
-        ModelConfig(width=0.25, pretrained=str(path))
+    for spec in (str(path), f"i3d:{path}", f"imagenet:{path}"):
+        with pytest.raises(ValueError, match="model.width=0.25; set model.width=1.0"):
+            ModelConfig(width=0.25, pretrained=spec)
+        assert ModelConfig(pretrained=spec).pretrained == spec
+
+
+def test_model_config_defaults_are_the_papers_reading() -> None:
+    cfg = ModelConfig()
+    assert cfg.frame_target == "reversed" and cfg.ddp_layers == ["trunk-trunk", "trunk-refine"]
+    assert cfg.flow_decoder and cfg.frame_decoder and cfg.decoder_arch == "paper"
 
 
 @pytest.mark.parametrize("key", ["alpha", "beta", "lambda_flow", "lambda_im"])

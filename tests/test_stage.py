@@ -188,3 +188,42 @@ def test_three_stages_end_to_end_with_real_training(ray_session, tmp_path, synth
         for protocol in ("none", "long_term", "short_term", "complete"):
             assert f"shuffle/{protocol}/top1" in r.data.metrics, f"{variant} lacks the {protocol} shuffle accuracy"
     assert "train/flow" not in runs["i3d"].data.metrics and runs["i3d"].data.params["model.flow_decoder"] == "False"
+
+
+def test_compare_and_cross_stages_end_to_end_with_real_training(ray_session, tmp_path, synthetic_root):
+    """Every compared family is a real training from its registry entry, one child run per trial;
+    the cross stage runs both directions with and without DANN, each trial scoring the target."""
+    compare = _stage(tmp_path, synthetic_root, "compare", "trainer.max_epochs=1", "search.seeds=1",
+                     "search.variants=[rev2net,two_stream_i3d,tsn_flow,dcd]", "search.splits=[1,2]")
+    runs = child_runs(compare.tracking_uri, parent=compare.parent_run_id)
+    assert sorted((r.data.params["variant"], r.data.params["data.split"]) for r in runs) == sorted(
+        (v, s) for v in ("rev2net", "two_stream_i3d", "tsn_flow", "dcd") for s in ("1", "2")), "variants x splits"
+    for r in runs:
+        assert r.data.tags[records.TAG_STATUS] == "completed", r.data.tags.get(records.TAG_FAILURE)
+        assert {"val/top1", "test/top1", "shuffle/complete/top1"} <= set(r.data.metrics), r.info.run_name
+    assert {r.data.params["variant"]: r.data.params["model.name"] for r in runs}["tsn_flow"] == "tsn"
+
+    cross = _stage(tmp_path, synthetic_root, "cross", "trainer.max_epochs=1", "search.seeds=1")
+    runs = child_runs(cross.tracking_uri, parent=cross.parent_run_id)
+    cells = sorted((r.data.params["variant"], r.data.params["direction"], r.data.params["adapt.name"]) for r in runs)
+    directions = ("synthetic (default) → synthetic (shifted)", "synthetic (shifted) → synthetic (default)")
+    assert cells == sorted((v, d, a) for v in ("rev2net", "i3d") for d in directions for a in ("none", "dann"))
+    for r in runs:
+        assert r.data.tags[records.TAG_STATUS] == "completed", r.data.tags.get(records.TAG_FAILURE)
+        assert {"cross/top1", "val/top1", "test/top1"} <= set(r.data.metrics), r.info.run_name
+        assert ("train/domain" in r.data.metrics) == (r.data.params["adapt.name"] == "dann"), r.info.run_name
+    assert os.path.isfile(os.path.join(synthetic_root + "-shifted", "synthetic.json")), "the target, made on first use"
+
+
+def test_confirmation_reruns_leave_one_run_per_configuration_and_seed(ray_session, tmp_path, synthetic_root):
+    result = _stage(tmp_path, synthetic_root, "coarse", SIM, "search.confirm_top_k=2", "search.confirm_seeds=2")
+    runs = child_runs(result.tracking_uri, parent=result.parent_run_id)
+    assert len(runs) == 5 + 2 * 2, "the plan's trials, then the best 2 again with 2 more seeds, under one parent"
+    keys = ("loss.alpha", "loss.beta", "loss.lambda_flow", "loss.lambda_im", "trainer.seed")
+    cells = [tuple(r.data.params[k] for k in keys) for r in runs]
+    assert len(set(cells)) == len(cells), "one child run per (configuration, seed)"
+    confirmed = {c[:4] for c in cells if c[4] != "0"}
+    assert len(confirmed) == 2 and all(sum(c[:4] == conf for c in cells) == 3 for conf in confirmed)
+    again = _stage(tmp_path, synthetic_root, "coarse", SIM, "search.confirm_top_k=2", "search.confirm_seeds=2")
+    assert again.parent_run_id == result.parent_run_id
+    assert len(child_runs(result.tracking_uri, parent=result.parent_run_id)) == 9, "run again: nothing twice"

@@ -461,8 +461,11 @@ def _worker_init(worker_id: int) -> None:
 
 def _loader(dataset: Dataset, cfg: DataConfig, *, batch_size: int, sampler: Sampler | None, device_is_cuda: bool,
             drop_last: bool, persistent: bool) -> DataLoader:
+    """Loader processes are started fresh ("forkserver"), never forked from the trial: a fork of a
+    process whose OpenMP threads or CUDA context are running can hang in the child."""
     workers = cfg.num_workers
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
                       num_workers=workers, pin_memory=device_is_cuda, worker_init_fn=_worker_init if workers else None,
                       persistent_workers=persistent and workers > 0,
-                      prefetch_factor=cfg.prefetch_factor if workers else None)
+                      prefetch_factor=cfg.prefetch_factor if workers else None,
+                      multiprocessing_context="forkserver" if workers else None)
