@@ -9,6 +9,10 @@ trials are counted in the figure's footnote, never drawn.
 
 Weights span 0 and 1e-4..10: their axes are logarithmic, with 0 on a narrow axis of its own to
 the left (a broken axis), since log(0) does not exist.
+
+Statistics are drawn as the tables compute them (analysis/tables.py): 95% intervals as error bars
+(the bootstrap of a mean over trials or seeds, Wilson's for a single trial), and, in the comparison
+figures, rows that cannot be told apart from the reference drawn hollow and grey, labelled ≈.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.tables import (METRIC_LABELS, PROTOCOL_LABELS, WEIGHT_NAMES, WEIGHT_SYMBOLS,
+from analysis import stats
+from analysis.tables import (METRIC_LABELS, PROTOCOL_LABELS, SAME, WEIGHT_NAMES, WEIGHT_SYMBOLS, Table,
                              shuffle_table, weight_value)
 from orchestration.records import AVERAGED, RANKED, SHUFFLE_PROTOCOLS, STATUSES, WEIGHTS, rank_trials
 from rev2net import registry
@@ -86,9 +91,17 @@ def marginal_effects(runs: pd.DataFrame, *, metric: str = "val/top1", keys: Sequ
             grid = sorted(w[part].dropna().unique())
             means = [values[part & (w == v) & runs["status"].isin(AVERAGED) & np.isfinite(values)].mean() for v in grid]
             bests = [values[part & (w == v) & shown].max() for v in grid]
+            avg = part & runs["status"].isin(AVERAGED) & np.isfinite(values)
+            if avg.any():
+                band = stats.summarize_seeds(pd.DataFrame({"v": w[avg].to_numpy(), "y": values[avg].to_numpy()}),
+                                             ["v"], "y").set_index("v").reindex(grid)
+                for v, low, high in zip(grid, band["low"], band["high"]):   # the 95% interval of the mean
+                    if np.isfinite(low):
+                        axis.plot([v, v], [low, high], color="black", lw=1, zorder=3)
             axis.plot(grid, means, color="black", marker="_", markersize=12, lw=1.2, zorder=3)
             axis.scatter(grid, bests, marker="^", color="tab:red", s=30, zorder=4)
-        ax.set_xscale("log")
+        if (w > 0).any():   # a weight searched at 0 only has nothing to put on a log axis
+            ax.set_xscale("log")
         ax0.set_xlim(-1, 1)
         ax0.set_xticks([0], ["0"])
         ax0.spines["right"].set_visible(False)
@@ -105,7 +118,7 @@ def marginal_effects(runs: pd.DataFrame, *, metric: str = "val/top1", keys: Sequ
         zero_axes[0].set_ylabel(f"{label} (%)")
     handles = [Line2D([], [], marker="o", ls="none", color="tab:blue", alpha=0.6, label="trial (completed)"),
                Line2D([], [], marker="o", ls="none", mfc="none", color="tab:gray", label="trial (stopped early)"),
-               Line2D([], [], marker="_", color="black", markersize=12, label="mean of completed trials"),
+               Line2D([], [], marker="_", color="black", markersize=12, label="mean of completed trials (95% CI)"),
                Line2D([], [], marker="^", ls="none", color="tab:red", label="best trial")]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
     note = _left_out(runs)
@@ -270,4 +283,85 @@ def shuffle_bars(runs: pd.DataFrame, *, statuses: Sequence[str] = AVERAGED, pape
     fig.suptitle("Frame-shuffle robustness: top-1 when the evaluation clip's frames are shuffled\n"
                  "(long-term: 8-frame blocks reordered; short-term: frames within each block; complete: all frames)"
                  + (f"\nnot averaged: {', '.join(left)} trial(s)" if left else ""), fontsize=10)
+    return fig
+
+
+def _rows_of(table: Table) -> pd.DataFrame:
+    """label, mean, low, high, mark (reference | ≈ | differs | "") of a comparison table's rows."""
+    d = table.data
+    if "rank" in d:            # a top-k table: configurations against the best
+        reported = f"{table.evidence['reported']}_pct"
+        labels = [f"{r}. {n}" + (f" ({k} seeds)" if k > 1 else "") for r, n, k in zip(d["rank"], d["run_name"], d["n_seeds"])]
+        mark = [table.evidence["top"].mark(r) for r in d["rank"]]
+        mean = d[reported]
+    else:                      # a variants table: models against Rev2Net
+        labels = [f"{lab}" + (f" · {ds}" if d["dataset"].nunique() > 1 else "") for lab, ds in zip(d["label"], d["dataset"])]
+        mark = ["reference" if t == "reference" else (SAME if same else "differs") if t else ""
+                for t, same in zip(d["test"], d["indistinguishable"])]
+        mean = d["mean_pct"]
+    return pd.DataFrame({"label": labels, "mean": mean.astype(float).to_numpy(),
+                         "low": d["ci_low_pct"].astype(float).to_numpy(), "high": d["ci_high_pct"].astype(float).to_numpy(),
+                         "mark": mark})
+
+
+def comparison(table: Table, *, stage: str = "") -> Figure:
+    """A comparison table as a figure: each row's accuracy with its 95% interval, the reference's
+    interval as a band; rows that cannot be told apart from the reference hollow and grey (≈), rows
+    that differ filled. Works on `tables.top_trials` (against the best configuration) and on
+    `tables.variants_table` (ablation, compare: against Rev2Net)."""
+    rows = _rows_of(table)
+    fig = Figure(figsize=(8.5, 0.42 * len(rows) + 2.0), layout="constrained")
+    ax = fig.add_subplot()
+    ys = np.arange(len(rows))[::-1]
+    ref = rows[rows["mark"] == "reference"]
+    if not ref.empty and np.isfinite(ref["low"].iloc[0]):
+        ax.axvspan(ref["low"].iloc[0], ref["high"].iloc[0], color="tab:blue", alpha=0.12, lw=0)
+    if not ref.empty:
+        ax.axvline(ref["mean"].iloc[0], color="tab:blue", lw=1, ls="--")
+    styles = {"reference": dict(color="tab:blue", mfc="tab:blue"), "differs": dict(color="tab:red", mfc="tab:red"),
+              SAME: dict(color="tab:gray", mfc="white"), "": dict(color="black", mfc="black")}
+    for y, r in zip(ys, rows.itertuples()):
+        err = [[max(0.0, r.mean - r.low)], [max(0.0, r.high - r.mean)]] if np.isfinite(r.low) else None
+        ax.errorbar([r.mean], [y], xerr=err, fmt="o", capsize=3, markersize=6, **styles[r.mark])
+        if r.mark == SAME:
+            ax.annotate(SAME, (r.high if np.isfinite(r.high) else r.mean, y), xytext=(6, -3),
+                        textcoords="offset points", color="tab:gray", fontsize=10)
+    ax.set_yticks(ys, rows["label"], fontsize=8)
+    metric = table.evidence["reported"] if "rank" in table.data else table.data["metric"].iloc[0]
+    ax.set_xlabel(f"{METRIC_LABELS.get(metric, metric)} (%), with 95% interval")
+    ax.grid(True, axis="x", alpha=0.3)
+    reference = "the best configuration" if "rank" in table.data else "Rev2Net"
+    handles = [Line2D([], [], marker="o", ls="none", color="tab:blue", label=f"reference: {reference}"),
+               Line2D([], [], marker="o", ls="none", color="tab:red", label="differs (Holm p < 0.05)"),
+               Line2D([], [], marker="o", ls="none", color="tab:gray", mfc="white",
+                      label=f"{SAME} cannot be told apart from the reference")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    fig.suptitle(f"{table.title} — {_stage(stage)}\nagainst {reference}: paired tests on the same test videos "
+                 "(or seeds × splits), Holm-corrected", fontsize=10)
+    return fig
+
+
+def importance(table: Table, *, stage: str = "") -> Figure:
+    """`tables.importance_table` as bars: each term's share of the variance (± its spread over the
+    forest's trees for fANOVA); terms the design cannot estimate are listed as such."""
+    d = table.data
+    fig = Figure(figsize=(7.5, 0.35 * len(d) + 2.0), layout="constrained")
+    ax = fig.add_subplot()
+    ys = np.arange(len(d))[::-1]
+    values = d["importance_pct"].astype(float).to_numpy()
+    std = d["std_pct"].astype(float).to_numpy()
+    colors = ["tab:blue" if o == 1 else "tab:orange" if o == 2 else "tab:gray" for o in d["order"]]
+    ax.barh(ys, np.nan_to_num(values), xerr=np.where(np.isfinite(std), std, 0), color=colors, capsize=2)
+    for y, v in zip(ys, values):
+        if not np.isfinite(v):
+            ax.text(0.5, y, "not estimable from this design", va="center", fontsize=7, color="tab:gray")
+    ax.set_yticks(ys, [" × ".join(WEIGHT_SYMBOLS.get(p, p) for p in t.split(" × ")) for t in d["term"]], fontsize=8)
+    ax.set_xlabel("share of the variance of the objective (%)")
+    ax.set_xlim(0, max(100.0, float(np.nanmax(np.r_[values + np.nan_to_num(std), 0]))))
+    ax.grid(True, axis="x", alpha=0.3)
+    handles = [Line2D([], [], color=c, lw=6, label=l) for c, l in
+               (("tab:blue", "one weight"), ("tab:orange", "a pair"), ("tab:gray", "three or more"))]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    fig.suptitle(f"{table.title} — {_stage(stage)}\n({d['design'].iloc[0]} design, {int(d['trials'].iloc[0])} trials)",
+                 fontsize=10)
     return fig

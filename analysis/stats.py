@@ -7,14 +7,15 @@ fANOVA); nothing here reads MLflow.
 
     intervals      wilson_interval (one accuracy: k correct of n videos), seed_summary and
                    summarize_seeds (mean, sample std and a bootstrap interval over seeds and splits)
-    predictions    the per-video artifact each evaluation of a trial logs (PREDICTIONS_SCHEMA,
-                   predictions_path, write_predictions, read_predictions), correct, top5_correct
+    predictions    correct, top5_correct on the per-video artifact each evaluation of a trial logs
+                   (its schema, writer and readers live with the record's names in
+                   orchestration/records.py: PREDICTION_COLUMNS, write_predictions, load_predictions)
     comparisons    mcnemar_exact (two single trials on the same videos), paired_seed_test (per-seed
                    accuracies), holm (Holm-Bonferroni), compare_to_reference (a whole table at once)
     importance     design_of (what a grid can tell: Design.statement), marginals (mean objective per
                    weight value), grid_anova (exact functional ANOVA of a full factorial grid),
                    fanova (Optuna's random-forest fANOVA, with the pairwise terms added)
-    cost           sweep_cost (device-seconds, GPU-hours and clips per stage or family), gpu_hours
+    cost           sweep_cost (device-seconds, GPU- and CPU-hours, clips per stage or family), gpu_hours
 
 Accuracies go in as fractions in [0, 1]; functions that print into tables take `scale` (100: percent,
 so that an effect reads in accuracy points). Randomness (bootstrap) is seeded: the same call gives the
@@ -23,20 +24,18 @@ same interval.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Hashable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from scipy import stats as sps
 
-from orchestration.records import SHUFFLE_PROTOCOLS, WEIGHTS
+from orchestration.records import (COST_CLIPS, COST_DEVICE_S, COST_GPU_FRACTION, LABEL, PRED, TOP5, VIDEO,
+                                   WEIGHTS)
 
 ArrayLike = Union[float, int, np.ndarray, pd.Series, Sequence[float]]
 
@@ -99,14 +98,24 @@ def _bootstrap_mean_interval(values: np.ndarray, *, confidence: float, n_resampl
     if n_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples!r} must be >= 1 (e.g. 10000)")
     lo_q, hi_q = _quantiles(confidence)
-    rng = np.random.default_rng([seed, n])
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)   # (B, n)
+    counts = _resample_counts(n, n_resamples, seed)                                         # (B, n)
     low, high = np.empty(groups), np.empty(groups)
     chunk = max(1, 2_000_000 // n_resamples)      # bounds the (chunk, B) matrix of resampled means
     for start in range(0, groups, chunk):
         means = values[start:start + chunk] @ counts.T / n                                  # (chunk, B)
         low[start:start + chunk], high[start:start + chunk] = np.quantile(means, [lo_q, hi_q], axis=1)
     return low, high
+
+
+@functools.lru_cache(maxsize=8)
+def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """The bootstrap's resamples of n values as multinomial counts (B × n), drawn from a generator
+    seeded by (seed, n): the same for every call with these arguments, so they are drawn once
+    (a report bootstraps many groups of the same size) and kept read-only."""
+    rng = np.random.default_rng([seed, n])
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+    counts.setflags(write=False)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -193,122 +202,6 @@ def summarize_seeds(frame: pd.DataFrame, by: Sequence[str], value: str, *, confi
 
 
 # --------------------------------------------------------------------------- per-video predictions
-
-@dataclass(frozen=True)
-class PredictionColumn:
-    """One column of the per-video predictions artifact."""
-
-    name: str
-    type: pa.DataType
-    meaning: str
-
-
-# One row per test video, one file per evaluation of a trial. The columns, in this order, no others:
-PREDICTION_COLUMNS = (
-    PredictionColumn("video_id", pa.string(),
-                     "the video's id in its dataset (its path relative to the dataset root, as the split "
-                     "lists name it); unique within a file, the key two trials' predictions are paired on"),
-    PredictionColumn("label", pa.int64(), "the true class index (>= 0)"),
-    PredictionColumn("pred", pa.int64(), "the predicted class (the top-1 of the evaluated clips' scores); = top5[0]"),
-    PredictionColumn("top5", pa.list_(pa.int64()),
-                     "the five highest-scoring classes, best first, distinct (min(5, classes) of them: "
-                     "the same length in every row)"),
-    PredictionColumn("label_score", pa.float64(),
-                     "the model's probability of the true label (softmax of the evaluated score), in [0, 1]"),
-)
-PREDICTIONS_SCHEMA = pa.schema([pa.field(c.name, c.type, nullable=False) for c in PREDICTION_COLUMNS])
-VIDEO, LABEL, PRED, TOP5, LABEL_SCORE = (c.name for c in PREDICTION_COLUMNS)
-# The evaluations a trial writes predictions for, named like the prefix of their metrics
-# (val/top1, shuffle/<protocol>/top1, cross/top1): the plain evaluation on the test split, each
-# frame-shuffle protocol, and the cross-dataset evaluation.
-EVALUATIONS = ("val", *(f"shuffle/{p}" for p in SHUFFLE_PROTOCOLS), "cross")
-
-
-def predictions_path(evaluation: str) -> str:
-    """The artifact path (relative to a trial's artifact root) of one evaluation's predictions:
-    "val" -> "predictions/val.parquet", "shuffle/long_term" -> "predictions/shuffle/long_term.parquet",
-    "cross" -> "predictions/cross.parquet". Raises ValueError for an evaluation not in EVALUATIONS."""
-    if evaluation not in EVALUATIONS:
-        raise ValueError(f"evaluation {evaluation!r} is not one of {', '.join(EVALUATIONS)}")
-    return f"predictions/{evaluation}.parquet"
-
-
-def _validated(table: pa.Table, where: str) -> pa.Table:
-    """`table` cast to PREDICTIONS_SCHEMA, or ValueError naming the column, the problem and `where`."""
-    names = [c.name for c in PREDICTION_COLUMNS]
-    missing = [n for n in names if n not in table.column_names]
-    unknown = [n for n in table.column_names if n not in names]
-    if missing or unknown:
-        raise ValueError(f"{where}: predictions need exactly the columns {', '.join(names)}"
-                         + (f"; missing {', '.join(missing)}" if missing else "")
-                         + (f"; unknown {', '.join(unknown)}" if unknown else ""))
-    table = table.select(names)
-    for column in PREDICTION_COLUMNS:
-        nulls = table.column(column.name).null_count
-        if nulls:
-            raise ValueError(f"{where}: column {column.name!r} has {nulls} missing value(s)")
-        try:
-            table = table.set_column(names.index(column.name), pa.field(column.name, column.type, nullable=False),
-                                     table.column(column.name).cast(column.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
-            raise ValueError(f"{where}: column {column.name!r} of type {table.column(column.name).type} cannot "
-                             f"be read as {column.type} ({column.meaning}): {err}") from None
-    n = table.num_rows
-    if pc.count_distinct(table.column(VIDEO)).as_py() != n:
-        raise ValueError(f"{where}: {n - pc.count_distinct(table.column(VIDEO)).as_py()} duplicated video_id(s); "
-                         "one row per test video")
-    label = table.column(LABEL).to_numpy()
-    pred = table.column(PRED).to_numpy()
-    if n and (label.min() < 0 or pred.min() < 0):
-        raise ValueError(f"{where}: class indices must be >= 0 (label min {label.min()}, pred min {pred.min()})")
-    top5 = table.column(TOP5).combine_chunks()
-    lengths = pc.list_value_length(top5).to_numpy(zero_copy_only=False)
-    if n and (lengths.min() != lengths.max() or not 1 <= lengths[0] <= 5):
-        raise ValueError(f"{where}: every row's top5 must list the same number (1 to 5) of classes; "
-                         f"lengths {lengths.min()} to {lengths.max()}")
-    if n:
-        classes = top5.flatten().to_numpy().reshape(n, int(lengths[0]))
-        if classes.min() < 0:
-            raise ValueError(f"{where}: top5 holds a negative class index")
-        bad = int((classes[:, 0] != pred).sum())
-        if bad:
-            raise ValueError(f"{where}: in {bad} row(s) pred is not top5[0] (top5 lists classes best first)")
-        ordered = np.sort(classes, axis=1)
-        repeats = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
-        if repeats:
-            raise ValueError(f"{where}: {repeats} row(s) list a class twice in top5")
-    score = table.column(LABEL_SCORE).to_numpy()
-    out_of_range = int((~np.isfinite(score) | (score < 0) | (score > 1)).sum())
-    if out_of_range:
-        raise ValueError(f"{where}: {out_of_range} label_score value(s) outside [0, 1] (a probability)")
-    return table
-
-
-def write_predictions(df: pd.DataFrame, path: Union[str, Path]) -> Path:
-    """Validate `df` against PREDICTION_COLUMNS and write it as Parquet (pyarrow) to `path`,
-    creating its folder. Raises ValueError naming the column and the problem: a missing or unknown
-    column, a missing value, a type that does not convert, a duplicated video_id, pred != top5[0],
-    top5 rows of different lengths or with a repeated class, a label_score outside [0, 1].
-    Returns the path written."""
-    path = Path(path)
-    names = [c.name for c in PREDICTION_COLUMNS]
-    try:
-        table = pa.Table.from_pandas(df, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise ValueError(f"predictions for {path}: not convertible to Arrow ({err}); "
-                         f"columns: {', '.join(names)}") from None
-    table = _validated(table, f"predictions for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.replace_schema_metadata(None), path)
-    return path
-
-
-def read_predictions(path: Union[str, Path]) -> pd.DataFrame:
-    """One evaluation's predictions, validated like `write_predictions`: the columns of
-    PREDICTION_COLUMNS in order, one row per test video, `top5` as a column of integer arrays."""
-    table = _validated(pq.read_table(path), f"predictions file {path}")
-    return table.to_pandas()
-
 
 def correct(df: pd.DataFrame) -> pd.Series:
     """Per video: top-1 correct (pred == label). A boolean Series with `df`'s own index (so it can be
@@ -1008,15 +901,6 @@ def fanova(trials: pd.DataFrame, objective: str, *, weights: Sequence[str] = WEI
 
 # --------------------------------------------------------------------------- cost
 
-# The metrics a trial logs once, at its end, so a sweep's cost can be read back from MLflow:
-COST_DEVICE_S = "cost/device_s"          # wall-clock seconds the trial held its resources (training and
-                                         # evaluation, every retry of the trial included)
-COST_CLIPS = "cost/clips"                # clips the trial processed (training and evaluation)
-COST_GPU_FRACTION = "cost/gpu_fraction"  # GPUs the trial held: 0.25 when four trials share one GPU, 1,
-                                         # 2 for a two-GPU data-parallel trial, 0 on CPU (trial.gpus)
-COST_METRICS = (COST_DEVICE_S, COST_CLIPS, COST_GPU_FRACTION)
-
-
 def _cost_values(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """device_s, clips, gpu_fraction as float arrays (NaN where absent) and the mask of trials that
     logged all three as finite numbers."""
@@ -1031,11 +915,12 @@ def _cost_values(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def gpu_hours(runs: pd.DataFrame) -> float:
-    """GPU-hours a set of trials held: Σ cost/device_s × cost/gpu_fraction / 3600 over the trials
-    that logged the COST_METRICS (the others are not counted: the total is then a lower bound;
-    `sweep_cost` says how many)."""
+    """GPU-hours a set of trials used: Σ cost/device_s / 3600 over the trials that logged the cost
+    metrics with a GPU (cost/gpu_fraction > 0; their device-seconds are GPU-seconds, see
+    orchestration.records.COST_DEVICE_S). Trials without the metrics are not counted (the total is
+    then a lower bound; `sweep_cost` says how many)."""
     device_s, _, fraction, costed = _cost_values(runs)
-    return float((device_s[costed] * fraction[costed]).sum() / 3600.0)
+    return float(device_s[costed & (fraction > 0)].sum() / 3600.0)
 
 
 def sweep_cost(runs: pd.DataFrame, by: Sequence[str] = ("stage",)) -> pd.DataFrame:
@@ -1043,10 +928,12 @@ def sweep_cost(runs: pd.DataFrame, by: Sequence[str] = ("stage",)) -> pd.DataFra
 
     `runs` is a `load_runs` frame (one row per trial, every status: a failed or stopped-early trial
     held its device too). Returns one row per group (in order of first appearance) with:
-    `*by`, trials, costed (trials that logged all three COST_METRICS; the sums count only them, so
+    `*by`, trials, costed (trials that logged all three cost metrics; the sums count only them, so
     where costed < trials they are lower bounds), device_s (Σ cost/device_s), device_hours,
-    gpu_hours (Σ cost/device_s × cost/gpu_fraction / 3600: a trial on a quarter of a GPU for an hour
-    is 0.25 GPU-hours), clips (Σ cost/clips), clips_per_device_s (clips / device_s).
+    gpu_hours (Σ cost/device_s / 3600 over the trials with a GPU: a trial on a quarter of a GPU for
+    an hour logged 900 device-seconds, 0.25 GPU-hours), cpu_hours (the same over the trials without
+    a GPU, whose device-seconds are CPU-seconds), clips (Σ cost/clips), clips_per_device_s.
+    The definitions are orchestration.records.COST_DEVICE_S's.
     """
     by = list(by)
     missing = [c for c in by if c not in runs]
@@ -1057,10 +944,11 @@ def sweep_cost(runs: pd.DataFrame, by: Sequence[str] = ("stage",)) -> pd.DataFra
     frame["trials"] = 1
     frame["costed"] = costed.astype(int)
     frame["device_s"] = np.where(costed, device_s, 0.0)
-    frame["gpu_hours"] = np.where(costed, device_s * fraction, 0.0) / 3600.0
+    frame["gpu_hours"] = np.where(costed & (fraction > 0), device_s, 0.0) / 3600.0
+    frame["cpu_hours"] = np.where(costed & ~(fraction > 0), device_s, 0.0) / 3600.0
     frame["clips"] = np.where(costed, clips, 0.0)
-    out = frame.groupby(by, sort=False, dropna=False)[["trials", "costed", "device_s", "gpu_hours", "clips"]].sum()
-    out = out.reset_index()
+    sums = ["trials", "costed", "device_s", "gpu_hours", "cpu_hours", "clips"]
+    out = frame.groupby(by, sort=False, dropna=False)[sums].sum().reset_index()
     out.insert(out.columns.get_loc("device_s") + 1, "device_hours", out["device_s"] / 3600.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         out["clips_per_device_s"] = np.where(out["device_s"] > 0, out["clips"] / out["device_s"], np.nan)

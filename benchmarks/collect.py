@@ -1,20 +1,24 @@
-"""Reading a 1296-trial coarse sweep back from MLflow: how long `load_runs` and the report take.
+"""Reading a 1296-trial coarse sweep back from MLflow: how long `load_runs`, the per-video
+predictions and the whole report (statistics included) take.
 
-    .venv/bin/python benchmarks/collect.py [--runs 1296] [--epochs 10] [--store DIR] [--repeat 3]
+    .venv/bin/python benchmarks/collect.py [--runs 1296] [--epochs 10] [--videos 1000] [--store DIR] [--repeat 3]
 
 Fills a fresh SQLite store through MLflow's own client, laid out as the sweep writes it (a parent
 run, then per trial: `create_run` with the trial's tags, one `log_batch` with its params, every
-epoch's metrics and its final status, `set_terminated`): the factorial coarse grid, 15 metrics per
-epoch (the loss terms only where their weight is > 0), values from orchestration.simulate.score.
-Filling is not timed against a target (about 1 min). With --store DIR an existing filled store there
-is reused.
+epoch's metrics, its test and cost metrics and its final status, its per-video test predictions
+(`records.write_predictions`, `--videos` rows, logged with `log_artifacts`), `set_terminated`):
+the factorial coarse grid, 15 metrics per epoch (the loss terms only where their weight is > 0),
+values from orchestration.simulate.score. Filling is not timed against a target (a few minutes).
+With --store DIR an existing filled store there is reused.
 
 Then it times, in this process:
   * load_runs: the DataFrame with final and best-epoch metrics (first call: with MLflow's engine
     and schema check; then warm calls), the target being < 5 s for 1296 runs on 2 cores;
   * its parts: search_runs alone with the garbage collector running and paused, and the bulk
     val/top1 + val/top5 histories;
-  * analysis.report: build (tables, figures) and write (md/csv/tex/png) for the experiment.
+  * load_predictions: every trial's test predictions (the columns the paired tests read);
+  * analysis.report: build (load, predictions, tables with their statistics, figures) and write
+    (md/csv/tex/png) for the experiment: the target is load + build + write < 10 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -37,7 +41,21 @@ EXPERIMENT = "rev2net-synthetic"
 TERMS = {"ddp_high": "loss.alpha", "ddp_low": "loss.beta", "flow": "loss.lambda_flow", "im": "loss.lambda_im"}
 
 
-def fill(uri: str, n_runs: int, epochs: int) -> float:
+def predictions(i: int, target: float, videos: int, classes: int = 101):
+    """A trial's per-video test predictions at about `target` accuracy (deterministic in i)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(i)
+    label = np.arange(videos) % classes
+    right = rng.random(videos) < target
+    pred = np.where(right, label, (label + 1 + rng.integers(0, classes - 1, videos)) % classes)
+    top5 = (pred[:, None] + np.arange(5)[None, :]) % classes
+    return pd.DataFrame({"video_id": [f"v_{k:05d}.avi" for k in range(videos)], "label": label, "pred": pred,
+                         "top5": list(top5), "label_score": np.where(right, 0.7, 0.05)})
+
+
+def fill(uri: str, n_runs: int, epochs: int, videos: int) -> float:
     """The coarse factorial sweep's MLflow layout, `n_runs` trials of `epochs` epochs; returns seconds."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
@@ -47,7 +65,7 @@ def fill(uri: str, n_runs: int, epochs: int) -> float:
 
     started = time.perf_counter()
     c = MlflowClient(tracking_uri=uri)
-    exp = c.create_experiment(EXPERIMENT)
+    exp = c.create_experiment(EXPERIMENT, artifact_location=str(Path(R.sqlite_path(uri)).parent / "mlartifacts"))
     sweep = "coarse-factorial-bench"
     parent = c.create_run(exp, run_name="coarse · factorial · bench", tags={
         R.TAG_ROLE: R.ROLE_STAGE, R.TAG_STAGE: "coarse", R.TAG_MODE: "factorial", R.TAG_SWEEP: sweep,
@@ -79,8 +97,15 @@ def fill(uri: str, n_runs: int, epochs: int) -> float:
                       "epoch_time_s": 12.0, "skipped_videos": 0.0}
             values.update({f"train/{t}": 1.0 / e for t, k in TERMS.items() if weights[k] > 0})
             metrics.extend(Metric(k, v, now + e, e) for k, v in values.items())
+        cost = R.trial_cost(wall_s=600.0 + i % 7, gpu_fraction=0.25, cpu_s=1800.0, clips=4000.0)
+        test = {"test/top1": target, "test/top5": min(1.0, target + 0.1), "test/loss": 2.0 - target, **cost}
+        metrics.extend(Metric(k, v, now + epochs, epochs) for k, v in test.items())
         c.log_batch(run, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
                     tags=[RunTag(R.TAG_LOGGED_EPOCH, str(epochs)), RunTag(R.TAG_STATUS, R.COMPLETED)])
+        if videos:
+            with tempfile.TemporaryDirectory() as tmp:
+                R.write_predictions(predictions(i, target, videos), Path(tmp) / R.predictions_path(R.TEST))
+                c.log_artifacts(run, tmp)
         c.set_terminated(run, "FINISHED")
     c.set_terminated(parent, "FINISHED")
     return time.perf_counter() - started
@@ -99,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1296, help="child runs (1296 = the factorial coarse grid)")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--videos", type=int, default=1000, help="test videos per trial's predictions (0: none)")
     parser.add_argument("--store", help="folder for mlflow.db (kept; reused when already filled); default: a temp dir")
     parser.add_argument("--repeat", type=int, default=3, help="warm repetitions of each timing")
     args = parser.parse_args()
@@ -113,11 +139,11 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from analysis import report
-    from orchestration.records import ROLE_TRIAL, _gc_paused, _histories, load_runs, trial_filter
+    from orchestration.records import ROLE_TRIAL, _gc_paused, _histories, load_predictions, load_runs, trial_filter
     t_import = time.perf_counter() - t
 
     filled = db.exists()
-    t_fill = 0.0 if filled else fill(uri, args.runs, args.epochs)
+    t_fill = 0.0 if filled else fill(uri, args.runs, args.epochs, args.videos)
 
     cold, frame = timed(lambda: load_runs(uri, EXPERIMENT))
     warm, frame = timed(lambda: load_runs(uri, EXPERIMENT), args.repeat)
@@ -136,6 +162,10 @@ def main() -> None:
     with _gc_paused():
         hist, h = timed(lambda: _histories(uri, ids, ["val/top1", "val/top5"]), args.repeat)
 
+    ids = frame["run_id"].tolist()
+    roots = dict(zip(frame["run_id"], frame["artifact_uri"]))
+    preds, p = timed(lambda: load_predictions(uri, ids, "test", columns=report.PREDICTION_COLUMNS, artifact_uri=roots),
+                     args.repeat)
     out = folder / "report"
     t_build, built = timed(lambda: report.build(uri, EXPERIMENT))
     t_write, paths = timed(lambda: report.write(built, out))
@@ -151,8 +181,12 @@ def main() -> None:
     print(f"  without best-epoch columns:                   {med(no_best):6.2f} s")
     print(f"  search_runs alone, gc running / paused:       {med(gc_on):6.2f} s / {med(gc_off):.2f} s")
     print(f"  best-epoch histories (2 bulk queries):        {med(hist):6.2f} s")
-    print(f"report.build (load, {len(built.tables)} tables, {len(built.figures)} figures):   {t_build[0]:6.2f} s")
+    print(f"load_predictions, {len(p):,} rows (median of {args.repeat}): {med(preds):6.2f} s   (3 columns, roots from load_runs)")
+    print(f"report.build (load, predictions, {len(built.tables)} tables, {len(built.figures)} figures): {t_build[0]:6.2f} s")
     print(f"report.write ({len(paths)} files: md/csv/tex/png):        {t_write[0]:6.2f} s   -> {out}")
+    whole = t_build[0] + t_write[0]
+    print(f"whole report (build + write):                   {whole:6.2f} s   target < 10 s -> "
+          f"{'met' if whole < 10 else 'MISSED'}")
     gc.collect()
     if tmp is not None:
         tmp.cleanup()

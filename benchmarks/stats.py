@@ -29,6 +29,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import stats  # noqa: E402
+from orchestration import records  # noqa: E402
 from orchestration.records import WEIGHTS  # noqa: E402
 
 GRID = (0.0, 0.0001, 0.001, 0.1, 1.0, 10.0)
@@ -102,12 +103,12 @@ def main() -> None:
                                         "pred": top5[:, 0], "top5": list(top5),
                                         "label_score": rng.random(args.videos)}))
         start = time.perf_counter()
-        paths = [stats.write_predictions(f, Path(tmp) / f"t{i}" / stats.predictions_path("val"))
+        paths = [records.write_predictions(f, Path(tmp) / f"t{i}" / records.predictions_path("test"))
                  for i, f in enumerate(frames)]
         t_write = time.perf_counter() - start
         start = time.perf_counter()
         for p in paths:
-            df = stats.read_predictions(p)
+            df = records.read_predictions(p)
             stats.correct(df), stats.top5_correct(df)
         t_read = time.perf_counter() - start
     line(f"write_predictions, {args.files} files × {args.videos} rows", t_write,

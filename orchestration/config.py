@@ -75,6 +75,8 @@ class SearchConfig:
     confirm_top_k: int = 0           # coarse, fine: re-run the best K configurations ...
     confirm_seeds: int = 0           # ... with this many more seeds, in the same stage; "best" is then the
                                      # configuration with the best mean over its seeds
+    step_time_s: Optional[float] = None  # --dry-run: seconds per training step (one batch) at this stage's fidelity on
+                                         # the trial's device, measured (benchmarks/step.py), for the GPU-hour estimate
 
     def __post_init__(self) -> None:
         _check(self.algorithm in SEARCH_ALGORITHMS, "search.algorithm", self.algorithm, " | ".join(SEARCH_ALGORITHMS))
@@ -87,6 +89,8 @@ class SearchConfig:
         _check(self.confirm_top_k >= 0 and self.confirm_seeds >= 0 and (self.confirm_top_k > 0) == (self.confirm_seeds > 0),
                "search.confirm_top_k", (self.confirm_top_k, self.confirm_seeds),
                "search.confirm_top_k and search.confirm_seeds both 0, or both >= 1")
+        _check(self.step_time_s is None or self.step_time_s > 0, "search.step_time_s", self.step_time_s,
+               "null or seconds per training step > 0 (measure it with benchmarks/step.py)")
         if self.algorithm == "optuna":
             _check(self.mode == "factorial", "search.mode", self.mode,
                    "factorial with search=optuna (TPE samples the product of the value sets)")
@@ -163,6 +167,10 @@ class MlflowConfig:
     experiment: Optional[str] = None  # None: rev2net-<data.name>
     artifact_location: Optional[str] = None  # for a new experiment (None: the server's default)
     flush_timeout_s: float = 600.0   # at a trial's end, how long to keep retrying metrics the server missed
+    system_metrics: Optional[bool] = None  # MLflow system metrics (CPU, memory, GPU) per trial; None: on where
+                                           # the trial uses a GPU (GPU figures need the nvidia-ml-py package)
+    system_metrics_interval_s: float = 10.0  # their sampling interval
+    log_report: bool = True          # grid.py: after a stage, its report (python -m analysis.report) into its parent run
 
     def __post_init__(self) -> None:
         _check(bool(re.match(r"^[a-z][a-z0-9+.-]*:", self.tracking_uri)) or "/" in self.tracking_uri,
@@ -172,6 +180,8 @@ class MlflowConfig:
                              "credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a tracking server) "
                              "or PGPASSWORD / ~/.pgpass (a database URI) instead")
         _check(self.flush_timeout_s >= 0, "mlflow.flush_timeout_s", self.flush_timeout_s, "a number >= 0")
+        _check(self.system_metrics_interval_s > 0, "mlflow.system_metrics_interval_s", self.system_metrics_interval_s,
+               "a number of seconds > 0")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orchestration import records
 from orchestration.config import experiment_name, to_objects
-from orchestration.plan import trial_epochs
+from orchestration.plan import device_hours, trial_epochs
 from orchestration.ray_cluster import local_resources, max_concurrency, trial_resources
 from orchestration.spaces import Plan
 from orchestration.sweep import experiment_dir, sweep_id
@@ -40,6 +40,26 @@ def _resources_line(cfg: DictConfig) -> str:
     return f"resources: {res} · {limit} at once on the cluster at {cfg.ray.address}"
 
 
+def _cost_line(cfg: DictConfig, plan: Plan, extra_epochs: int = 0) -> str:
+    """The dry run's cost estimate: GPU-hours from search.step_time_s, and the wall-clock time at the
+    concurrency the cluster allows (known on this machine, or from search.max_concurrent)."""
+    local = cfg.ray.address is None
+    cluster = local_resources(cfg) if local else None
+    resources = trial_resources(cfg, cluster[1] if cluster else 1.0 if cfg.trial.gpus is None else cfg.trial.gpus)
+    hours, how = device_hours(cfg, plan.num_trials, resources["gpu"], extra_epochs=extra_epochs)
+    if hours is None:
+        return f"cost: no estimate: {how}"
+    unit = "GPU-hours" if resources["gpu"] > 0 else "device-hours (CPU trials)"
+    line = f"cost: ≈ {hours:.2f} {unit} ({how}; training steps only)"
+    concurrency = max_concurrency(cfg, resources, cluster) if cluster else (cfg.search.max_concurrent or 0)
+    if concurrency:
+        trial_hours = hours / (resources["gpu"] if resources["gpu"] > 0 else 1.0)
+        waves = max(1.0, plan.num_trials / concurrency)
+        line += (f"; ≈ {trial_hours / min(concurrency, plan.num_trials):.2f} h wall-clock at {min(concurrency, plan.num_trials)} "
+                 f"trials at once" + (f" ({waves:.1f} waves)" if waves > 1 else ""))
+    return line
+
+
 def format_plan(cfg: DictConfig, plan: Plan) -> str:
     """The dry run: trials, the exact values, resources, concurrency and trial-epochs."""
     lines = [f"stage {cfg.stage} · mode {plan.mode} · {plan.algorithm} search · {plan.num_trials} trials"]
@@ -59,6 +79,7 @@ def format_plan(cfg: DictConfig, plan: Plan) -> str:
     total, how = trial_epochs(cfg, plan.num_trials)
     lines.append(f"trial-epochs: {total + confirm * int(cfg.trainer.max_epochs)} ({how}"
                  + (f"; + {confirm} × {cfg.trainer.max_epochs} confirming" if confirm else "") + ")")
+    lines.append(_cost_line(cfg, plan, extra_epochs=confirm * int(cfg.trainer.max_epochs)))
     lines.append(f"sweep id {sweep_id(cfg, plan)} · Tune state under {experiment_dir(cfg)} · "
                  f"MLflow {cfg.mlflow.tracking_uri}, experiment {experiment_name(cfg)}")
     return "\n".join(lines)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the package, not this folder's files
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         from orchestration.stage import run_stage
         result = run_stage(cfg, fresh=args.fresh, require_resume=args.resume)
         print(format_summary(result, args.overrides))
+        if cfg.mlflow.log_report:
+            log_report(result)
         return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -86,11 +90,37 @@ def _pipeline(stages: list[str], args: argparse.Namespace) -> int:
                   f"{step.parent_run_id}): nothing to do", flush=True)
         else:
             print(format_summary(step.result, stage_overrides(args.overrides, step.stage)), flush=True)
+            from orchestration.config import compose_config
+            if step.result.parent_run_id and compose_config(stage_overrides(args.overrides, step.stage),
+                                                            stage=step.stage).mlflow.log_report:
+                log_report(step.result)
             if step.outcome == "unfinished":
                 print(f"{step.stage} stage unfinished: run the same command again to continue it", flush=True)
 
     run_pipeline(stages, args.overrides, fresh=args.fresh, require_resume=args.resume, report=report)
     return 0
+
+
+def log_report(result, timeout_s: float = 900.0) -> bool:
+    """The stage's report (`python -m analysis.report --log-to-parent`: its verdict, tables and
+    figures) into its parent run's artifacts, in a subprocess: orchestration never imports
+    analysis. A report that fails is a warning, never a failed stage. Returns whether it was logged."""
+    with tempfile.TemporaryDirectory(prefix="rev2net-report-") as out:
+        command = [sys.executable, "-m", "analysis.report", "--tracking-uri", result.tracking_uri, "--experiment",
+                   result.experiment, "--out", out, "--log-to-parent", result.parent_run_id, "--quiet"]
+        try:
+            proc = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            print(f"warning: the {result.stage} stage's report was not logged to MLflow: {e}", file=sys.stderr)
+            return False
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"warning: the {result.stage} stage's report was not logged to MLflow ({last}); run "
+              f"{' '.join(command[:3])} ... by hand", file=sys.stderr)
+        return False
+    print(f"report: MLflow parent run {result.parent_run_id}, artifacts report/report.md", flush=True)
+    return True
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
         can make (rev2net.data.synthetic.check_params)
     prepare_data(cfg)      the embedded dataset generated on first use, the dataset checked
     trial_epochs(cfg, n)   how many trial-epochs the stage will train (the dry run prints it)
+    device_hours(cfg, n, gpus_per_trial)   what they cost in GPU-hours, from search.step_time_s
 
 Imports neither Ray nor torch: `grid.py --dry-run` runs this module and the console alone.
 """
@@ -294,3 +295,47 @@ def trial_epochs(cfg: DictConfig, n_trials: int) -> tuple[int, str]:
         alive = max(1.0, alive / eta)
     return int(round(total)), (f"asha: rungs at epochs {', '.join(map(str, rungs))}, keeping 1/{eta} at each "
                                f"(≈ estimate; {n_trials * R} without early stopping)")
+
+
+def steps_per_epoch(cfg: DictConfig) -> tuple[Optional[int], str]:
+    """Training steps (batches) per epoch of one trial: its training videos (the split's train list,
+    less the held-out validation share) / (data.batch_size × data-parallel processes); (None, why)
+    when the split list cannot be read yet (the embedded dataset is generated on first use)."""
+    import math
+
+    from rev2net.data.layouts import load_split
+
+    data = to_objects(cfg).data
+    try:
+        train = len(load_split(data.name, data.root, data.split).train)
+    except Exception as e:  # noqa: BLE001 - no dataset yet, or another layout problem: no estimate
+        if data.name != "synthetic":
+            return None, f"the {data.name} split list at {data.root} cannot be read ({str(e).splitlines()[0][:80]})"
+        from rev2net.data.synthetic import video_plan   # not generated yet: its plan says what it will list
+
+        syn = data.synthetic
+        train = sum(1 for _, _, group, _ in video_plan(syn.classes, syn.videos_per_class) if group % 3 != data.split - 1)
+    train = int(round(train * (1.0 - float(getattr(data, "val_fraction", 0.0) or 0.0))))
+    per_step = int(data.batch_size) * to_objects(cfg).trial.world_size()
+    return math.ceil(train / per_step), f"{train} training videos / {per_step} per step"
+
+
+def device_hours(cfg: DictConfig, n_trials: int, gpus_per_trial: float, *,
+                 extra_epochs: int = 0) -> tuple[Optional[float], str]:
+    """The stage's GPU-hours (CPU trials: device-hours) from a measured step time: trial-epochs
+    (`trial_epochs`, the ASHA estimate included) × steps per epoch × search.step_time_s × GPUs per
+    trial / 3600 — training steps only (evaluation, forward-only, adds about a tenth). (None, what
+    is missing) without search.step_time_s or a readable split list. `extra_epochs`: trial-epochs
+    beyond the plan's (the confirmation re-runs)."""
+    step_s = cfg.search.step_time_s
+    if step_s is None:
+        return None, "pass search.step_time_s=<seconds per training step> (benchmarks/step.py at this fidelity)"
+    steps, how = steps_per_epoch(cfg)
+    if steps is None:
+        return None, how
+    epochs, _ = trial_epochs(cfg, n_trials)
+    epochs += int(extra_epochs)
+    hours = epochs * steps * float(step_s) / 3600.0
+    return hours * (gpus_per_trial if gpus_per_trial > 0 else 1.0), (
+        f"{epochs} trial-epochs × {steps} steps ({how}) × {step_s:g} s"
+        + (f" × {gpus_per_trial:g} GPU per trial" if gpus_per_trial > 0 else ", on CPU"))

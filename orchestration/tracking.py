@@ -48,9 +48,9 @@ from tenacity import (RetryError, Retrying, retry_if_exception, retry_if_result,
                       wait_exponential)
 
 from orchestration.errors import ConfigError, SweepBusy
-from orchestration.records import (FAILED, PARENT, ROLE_STAGE, ROLE_TRIAL, RUNNING, TAG_DRIVER, TAG_FAILURE,
-                                   TAG_HEARTBEAT, TAG_LOGGED_EPOCH, TAG_MODE, TAG_ROLE, TAG_STAGE, TAG_STATUS, TAG_SWEEP,
-                                   TAG_TRIAL_KEY)
+from orchestration.records import (EXPERIMENT_KIND, FAILED, PARENT, ROLE_STAGE, ROLE_TRIAL, RUNNING, TAG_DRIVER,
+                                   TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_HEARTBEAT, TAG_LOGGED_EPOCH, TAG_MODE, TAG_ROLE,
+                                   TAG_STAGE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_KEY, cost_totals)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,15 +164,22 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 
 def experiment_id(c: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The experiment's id, created if needed; new and existing experiments are tagged as model
+    training (`TAG_EXPERIMENT_KIND`), so MLflow's UI opens them on the runs table, not the GenAI
+    traces overview."""
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or set mlflow.experiment")
-        return exp.experiment_id
-    try:
-        return c.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:  # created concurrently by another driver
-        return c.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            return c.create_experiment(name, artifact_location=artifact_location,
+                                       tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        except MlflowException:  # created concurrently by another driver
+            exp = c.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or set mlflow.experiment")
+    if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+        retry(lambda: c.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND),
+              what="experiment tag")
+    return exp.experiment_id
 
 
 def find_runs(c: MlflowClient, exp_id: str, tags: dict[str, str], timeout_s: float = 0.0) -> list:
@@ -334,3 +341,41 @@ def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = No
     retry(lambda: c.log_batch(run_id, tags=tags), what="status tags", attempts=attempts)
     retry(lambda: c.set_terminated(run_id, "FAILED" if status == FAILED else "FINISHED"), what="set_terminated",
           attempts=attempts)
+
+
+def log_cost_totals(c: MlflowClient, parent_id: str, runs: Any) -> dict[str, float]:
+    """Write a stage's cost onto its parent run: `records.cost_totals(runs)` (runs: the stage's
+    trials as `records.load_runs(..., parent_run_id=parent_id)` reads them, every status) as the
+    parent's metrics records.COST_TOTALS, one `log_batch` (a later call overwrites them: step 0).
+    Returns the totals written."""
+    totals = cost_totals(runs)
+    now = int(time.time() * 1000)
+    retry(lambda: c.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in totals.items()]),
+          what="cost totals")
+    return totals
+
+
+@contextlib.contextmanager
+def system_metrics(tracking_uri: str, run_id: str, *, enabled: bool, interval_s: float = 10.0) -> Iterator[None]:
+    """MLflow's system metrics for a trial while the block runs: CPU and memory, disk, network and,
+    where NVIDIA's management library is importable (the `nvidia-ml-py` package), GPU utilisation
+    and memory, every `interval_s` seconds as `system/...` metrics of the run (the UI's "System
+    metrics" tab). A retried trial continues the run's steps. Uses MLflow's own
+    `SystemMetricsMonitor` on this run id (no fluent active run); a monitor that cannot start is a
+    warning, never a failed trial. `enabled=False`: nothing."""
+    monitor = None
+    if enabled:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True,
+                                           tracking_uri=tracking_uri)
+            monitor.start()
+        except Exception as e:  # noqa: BLE001 - optional instrumentation (psutil missing, store away)
+            log.warning("no system metrics for run %s: %s", run_id, str(e).splitlines()[0] if str(e) else e)
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()

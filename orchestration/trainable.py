@@ -149,10 +149,14 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    uses_gpu = bool(cfg.trial.gpus) if cfg.trial.gpus is not None else torch.cuda.is_available()
+    monitor = tracking.system_metrics(ctx.tracking_uri, run.run_id, interval_s=cfg.mlflow.system_metrics_interval_s,
+                                      enabled=uses_gpu if cfg.mlflow.system_metrics is None else cfg.mlflow.system_metrics)
     try:
-        runner(spec, resume=saved["runner"] if saved else None, on_epoch_end=on_epoch_end,
-               shuffle_protocols=list(ctx.shuffle_protocols), **dict(cfg.trial.runner_args),
-               **({"processes": processes} if processes > 1 else {}))
+        with monitor:
+            runner(spec, resume=saved["runner"] if saved else None, on_epoch_end=on_epoch_end,
+                   shuffle_protocols=list(ctx.shuffle_protocols), **dict(cfg.trial.runner_args),
+                   **({"processes": processes} if processes > 1 else {}))
     except DivergedError as e:
         # Deterministic: a retry would diverge again. End the trial (no Tune retry); the driver's
         # StatusCallback marks the run failed with this reason.

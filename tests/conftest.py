@@ -156,3 +156,13 @@ def logged_trials(sweep_store) -> dict:
                 break
         out[name] = runs
     return out
+
+
+@pytest.fixture(scope="session")
+def planted_store(tmp_path_factory):
+    """A constructed store whose statistical answer is known (tests/planted.py): coarse settings with
+    one planted difference and confirmation re-runs, an ablation and a compare stage, each with one
+    planted variant; logged through the sweep's writer, a few seconds, no Ray."""
+    from planted import build
+
+    return build(tmp_path_factory.mktemp("planted"))

@@ -210,3 +210,74 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
     assert R.resolve_tracking_uri("sqlite:///m.db") == f"sqlite:///{R.REPO / 'm.db'}"
     (tmp_path / "m.db").touch()
     assert R.resolve_tracking_uri("sqlite:///m.db") == f"sqlite:///{tmp_path / 'm.db'}"
+
+
+# --------------------------------------------------------------------------- seeds, predictions, cost (a constructed store)
+
+def test_confirmation_reruns_aggregate_in_best_config(planted_store):
+    c = MlflowClient(tracking_uri=planted_store.tracking_uri)
+    runs = R.load_runs(planted_store.tracking_uri, planted_store.experiment, parent_run_id=planted_store.parents["coarse"])
+    best = R.best_config(runs)
+    mean_c = np.mean([c.get_run(planted_store.runs[("coarse", "C", s)]).data.metrics["val/top1"] for s in range(3)])
+    assert best.params == planted_store.configs["C"] and best.value == pytest.approx(mean_c)
+    assert best.aggregated and best.seeds == [0, 1, 2]
+    assert set(best.run_ids) == {planted_store.runs[("coarse", "C", s)] for s in range(3)}
+    assert best.std == pytest.approx(np.std([c.get_run(r).data.metrics["val/top1"] for r in best.run_ids], ddof=1))
+    done = runs[runs["status"] == R.COMPLETED]
+    single = done[done["val/top1"] == done["val/top1"].max()]          # A's first seed has the best single value
+    assert single["run_id"].item() == planted_store.runs[("coarse", "A", 0)] != best.run_id
+    ranked, _ = R.rank_trials(runs)
+    assert list(ranked[R.N_SEEDS]) == [3, 3, 1, 1, 1, 1], "configurations, the confirmed ones first"
+    assert planted_store.failed_run not in set(ranked["run_id"]) and planted_store.running_run not in set(ranked["run_id"])
+    first_seeds = runs[runs["trainer.seed"] == 0]                      # without the re-runs: one row per trial, as before
+    plain, _ = R.rank_trials(first_seeds)
+    assert (plain[R.N_SEEDS] == 1).all() and plain["run_id"].iloc[0] == planted_store.runs[("coarse", "A", 0)]
+    assert R.best_config(first_seeds).params == planted_store.configs["A"]
+
+
+def test_load_predictions_equals_the_artifacts(planted_store, tmp_path, monkeypatch):
+    runs = R.load_runs(planted_store.tracking_uri, planted_store.experiment)
+    ids = runs["run_id"].tolist()
+    frame = R.load_predictions(planted_store.tracking_uri, ids, R.TEST)
+    assert list(frame.columns) == ["run_id", *(col.name for col in R.PREDICTION_COLUMNS)]
+    assert set(frame.attrs["missing"]) == set(ids) - set(planted_store.correct), "runs without the file are listed"
+    c = MlflowClient(tracking_uri=planted_store.tracking_uri)
+    for run_id in list(planted_store.correct)[:4]:
+        own = pd.read_parquet(c.download_artifacts(run_id, R.predictions_path(R.TEST), str(tmp_path / run_id)))
+        mine = frame[frame["run_id"] == run_id].drop(columns="run_id").reset_index(drop=True)
+        assert mine["video_id"].tolist() == own["video_id"].tolist() and (mine["pred"] == own["pred"]).all()
+        assert ((mine["pred"] == mine["label"]).to_numpy() == planted_store.correct[run_id]).all()
+    few = R.load_predictions(planted_store.tracking_uri, ids, R.TEST, columns=["video_id", "pred", "label"])
+    assert list(few.columns) == ["run_id", "video_id", "label", "pred"] and len(few) == len(frame)
+    monkeypatch.setattr(R, "_local_artifact_dir", lambda uri: None)      # as for a tracking server: download
+    remote = R.load_predictions(planted_store.tracking_uri, ids[:6], R.TEST, columns=["video_id", "pred", "label"])
+    local = few[few["run_id"].isin(ids[:6])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(remote.astype({"run_id": str}), local.astype({"run_id": str}))
+    with pytest.raises(ValueError, match="not one of"):
+        R.load_predictions(planted_store.tracking_uri, ids, "val")
+
+
+def test_cost_totals_on_the_parent_equal_the_trials_sums(planted_store):
+    from orchestration import tracking
+
+    c = MlflowClient(tracking_uri=planted_store.tracking_uri)
+    parent = planted_store.parents["ablation"]
+    runs = R.load_runs(planted_store.tracking_uri, planted_store.experiment, parent_run_id=parent)
+    tracking.log_cost_totals(c, parent, runs)
+    held = c.get_run(parent).data.metrics
+    trials = [r for r in R.child_runs(c, c.get_run(parent).info.experiment_id, parent)]
+    device = [r.data.metrics[R.COST_DEVICE_S] for r in trials]
+    gpu = [r.data.metrics[R.COST_DEVICE_S] for r in trials if r.data.metrics[R.COST_GPU_FRACTION] > 0]
+    assert held[R.COST_DEVICE_S] == pytest.approx(sum(device))
+    assert held[R.COST_CLIPS] == pytest.approx(sum(r.data.metrics[R.COST_CLIPS] for r in trials))
+    assert held[R.COST_GPU_HOURS] == pytest.approx(sum(gpu) / 3600)
+    assert held[R.COST_CPU_HOURS] == pytest.approx((sum(device) - sum(gpu)) / 3600)
+    assert held[R.COST_TRIALS] == held[R.COST_COSTED] == len(trials) == 12
+
+
+def test_trial_cost_definition():
+    gpu = R.trial_cost(wall_s=3600, gpu_fraction=0.25, cpu_s=9000, clips=10)
+    cpu = R.trial_cost(wall_s=3600, gpu_fraction=0.0, cpu_s=9000, clips=10)
+    assert gpu[R.COST_DEVICE_S] == 900 and cpu[R.COST_DEVICE_S] == 9000 and cpu[R.COST_GPU_FRACTION] == 0
+    with pytest.raises(ValueError):
+        R.trial_cost(wall_s=-1, gpu_fraction=1, cpu_s=0, clips=0)

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis import stats
+from orchestration import records
 
 
 # --------------------------------------------------------------------------- intervals
@@ -100,10 +101,10 @@ def _predictions(n: int = 6, classes: int = 8, seed: int = 0) -> pd.DataFrame:
 
 def test_predictions_round_trip_and_correctness(tmp_path):
     df = _predictions(40)
-    path = stats.write_predictions(df, tmp_path / stats.predictions_path("shuffle/long_term"))
+    path = records.write_predictions(df, tmp_path / records.predictions_path("shuffle/long_term"))
     assert path.relative_to(tmp_path).as_posix() == "predictions/shuffle/long_term.parquet"
-    back = stats.read_predictions(path)
-    assert list(back.columns) == [c.name for c in stats.PREDICTION_COLUMNS]
+    back = records.read_predictions(path)
+    assert list(back.columns) == [c.name for c in records.PREDICTION_COLUMNS]
     assert back["video_id"].tolist() == df["video_id"].tolist()
     assert back["label"].tolist() == df["label"].tolist()
     np.testing.assert_array_equal(np.stack(back["top5"].to_numpy()), np.stack(df["top5"].to_numpy()))
@@ -113,7 +114,7 @@ def test_predictions_round_trip_and_correctness(tmp_path):
     assert 0 < sum(expected) < sum(expected5) < len(df)            # the data exercises both outcomes
     assert (stats.correct(back) <= stats.top5_correct(back)).all()
     with pytest.raises(ValueError, match="not one of"):
-        stats.predictions_path("test")
+        records.predictions_path("val")
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -129,7 +130,7 @@ def test_predictions_round_trip_and_correctness(tmp_path):
 ])
 def test_write_predictions_rejects_malformed(tmp_path, damage, message):
     with pytest.raises(ValueError, match=message):
-        stats.write_predictions(damage(_predictions()), tmp_path / "p.parquet")
+        records.write_predictions(damage(_predictions()), tmp_path / "p.parquet")
     assert not (tmp_path / "p.parquet").exists()
 
 
@@ -140,7 +141,7 @@ def test_read_predictions_validates(tmp_path):
     df = _predictions()
     pq.write_table(pa.Table.from_pandas(df.assign(label_score=2.0), preserve_index=False), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match=r"bad.parquet: 6 label_score"):
-        stats.read_predictions(tmp_path / "bad.parquet")
+        records.read_predictions(tmp_path / "bad.parquet")
 
 
 # --------------------------------------------------------------------------- paired comparisons
@@ -455,25 +456,33 @@ def test_marginals_per_design():
 # --------------------------------------------------------------------------- cost
 
 def test_sweep_cost_sums_per_stage_and_counts_the_uncosted():
+    # device_s are GPU-seconds where gpu_fraction > 0 (fraction × wall time), CPU-seconds where it is 0
     runs = pd.DataFrame({
-        "stage": ["coarse"] * 4 + ["ablation"] * 3,
-        "variant": [None] * 4 + ["rev2net", "rev2net", "i3d"],
-        "status": ["completed", "completed", "stopped_early", "failed", "completed", "completed", "completed"],
-        "cost/device_s": [3600.0, 1800.0, 900.0, 60.0, 7200.0, 7200.0, np.nan],
-        "cost/clips": [1e5, 5e4, 2.5e4, 1e3, 4e5, 4e5, 3e5],
-        "cost/gpu_fraction": [0.25, 0.25, 0.25, 0.25, 1.0, 2.0, 1.0],
+        "stage": ["coarse"] * 4 + ["ablation"] * 4,
+        "variant": [None] * 4 + ["rev2net", "rev2net", "i3d", "i3d"],
+        "status": ["completed", "completed", "stopped_early", "failed", "completed", "completed", "completed",
+                   "completed"],
+        "cost/device_s": [900.0, 450.0, 225.0, 15.0, 7200.0, 14400.0, np.nan, 3600.0],
+        "cost/clips": [1e5, 5e4, 2.5e4, 1e3, 4e5, 4e5, 3e5, 1e3],
+        "cost/gpu_fraction": [0.25, 0.25, 0.25, 0.25, 1.0, 2.0, 1.0, 0.0],
     })
     out = stats.sweep_cost(runs).set_index("stage")
     assert list(out.index) == ["coarse", "ablation"]
     assert out.loc["coarse", "trials"] == 4 and out.loc["coarse", "costed"] == 4
-    assert out.loc["coarse", "device_s"] == 6360.0
-    assert out.loc["coarse", "gpu_hours"] == pytest.approx(6360.0 * 0.25 / 3600)
+    assert out.loc["coarse", "device_s"] == 1590.0
+    assert out.loc["coarse", "gpu_hours"] == pytest.approx(1590.0 / 3600) and out.loc["coarse", "cpu_hours"] == 0
     assert out.loc["coarse", "clips"] == 176_000
-    assert out.loc["ablation", "costed"] == 2 and out.loc["ablation", "gpu_hours"] == pytest.approx(2 + 4)
-    assert out.loc["ablation", "device_hours"] == pytest.approx(4.0)
-    assert out.loc["ablation", "clips_per_device_s"] == pytest.approx(8e5 / 14400)
+    assert out.loc["ablation", "costed"] == 3 and out.loc["ablation", "gpu_hours"] == pytest.approx(2 + 4)
+    assert out.loc["ablation", "cpu_hours"] == pytest.approx(1.0)
+    assert out.loc["ablation", "device_hours"] == pytest.approx(7.0)
+    assert out.loc["ablation", "clips_per_device_s"] == pytest.approx(801e3 / 25200)
     assert stats.gpu_hours(runs) == pytest.approx(out["gpu_hours"].sum())
     per_variant = stats.sweep_cost(runs[runs["stage"] == "ablation"], by=["stage", "variant"])
-    assert per_variant[["variant", "costed"]].values.tolist() == [["rev2net", 2], ["i3d", 0]]
-    bare = stats.sweep_cost(runs.drop(columns=list(stats.COST_METRICS)))
+    assert per_variant[["variant", "costed"]].values.tolist() == [["rev2net", 2], ["i3d", 1]]
+    bare = stats.sweep_cost(runs.drop(columns=list(records.COST_METRICS)))
     assert (bare["costed"] == 0).all() and (bare["device_s"] == 0).all() and bare["clips_per_device_s"].isna().all()
+    totals = records.cost_totals(runs)     # what the parent run holds: the same sums
+    assert totals[records.COST_GPU_HOURS] == pytest.approx(out["gpu_hours"].sum())
+    assert totals[records.COST_CPU_HOURS] == pytest.approx(out["cpu_hours"].sum())
+    assert totals[records.COST_DEVICE_S] == pytest.approx(out["device_s"].sum())
+    assert (totals[records.COST_TRIALS], totals[records.COST_COSTED]) == (8, 7)

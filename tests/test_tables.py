@@ -8,6 +8,7 @@ import io
 import statistics
 from collections import defaultdict
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -207,3 +208,137 @@ def test_markdown_formatter():
     assert tables.pm(93.14, 0.44, 3) == "93.1 ± 0.4" and tables.pm(93.14, float("nan"), 1) == "93.1"
     assert tables.pm(float("nan"), float("nan"), 0) == "—"
     assert tables.latex_escape("λ_flow 50% α→β") == "$\\lambda$\\_flow 50\\% $\\alpha$$\\rightarrow$$\\beta$"
+
+
+# --------------------------------------------------------------------------- statistics on a store with a known answer
+
+def _downloaded(planted, run_id: str, tmp_path) -> pd.DataFrame:
+    """A trial's test predictions as MlflowClient hands them out (not through records)."""
+    from mlflow import MlflowClient
+
+    path = MlflowClient(tracking_uri=planted.tracking_uri).download_artifacts(
+        run_id, "predictions/test.parquet", str(tmp_path / run_id))
+    return pd.read_parquet(path)
+
+
+def _holm(p: list[float]) -> list[float]:
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (len(p) - rank) * p[i])
+        out[i] = min(1.0, running)
+    return out
+
+
+@pytest.fixture(scope="module")
+def planted_frame(planted_store):
+    from orchestration.records import load_predictions
+
+    runs = load_runs(planted_store.tracking_uri, planted_store.experiment)
+    return runs, load_predictions(planted_store.tracking_uri, runs["run_id"].tolist())
+
+
+def test_top_table_marks_exactly_the_planted_configuration(planted_store, planted_frame, tmp_path):
+    from scipy import stats as sps
+
+    runs, predictions = planted_frame
+    coarse = runs[runs["stage"] == "coarse"]
+    table = tables.top_trials(coarse, k=10, stage="coarse", predictions=predictions)
+    data = table.data.set_index("rank")
+    names = {tuple(float(w[k]) for k in WEIGHTS): name for name, w in planted_store.configs.items()}
+    order = [names[tuple(float(r[k]) for k in WEIGHTS)] for _, r in data.iterrows()]
+    assert order[:2] == ["C", "A"], "the confirmed configurations first, by their mean val/top1 over seeds"
+    correct = {rid: (lambda d: (d["pred"] == d["label"]).to_numpy())(_downloaded(planted_store, rid, tmp_path))
+               for rid in planted_store.correct}
+    best = [correct[planted_store.runs[("coarse", "C", s)]] for s in range(3)]
+    raw = {}
+    for rank, name in enumerate(order[1:], start=2):
+        seeds = [s for s in range(3) if ("coarse", name, s) in planted_store.runs]
+        mine = [correct[planted_store.runs[("coarse", name, s)]] for s in seeds]
+        if len(seeds) == 1:      # one trial each: McNemar's exact test on the discordant videos
+            a_only = int((mine[0] & ~best[0]).sum())
+            b_only = int((~mine[0] & best[0]).sum())
+            raw[rank] = sps.binomtest(a_only, a_only + b_only, 0.5).pvalue
+            k, n = int(mine[0].sum()), len(mine[0])
+            wilson = sps.binomtest(k, n).proportion_ci(0.95, method="wilson")
+            assert data.loc[rank, "interval"] == "Wilson" and data.loc[rank, "n_videos"] == n
+            assert data.loc[rank, "ci_low_pct"] == pytest.approx(100 * wilson.low)
+            assert data.loc[rank, "ci_high_pct"] == pytest.approx(100 * wilson.high)
+        else:                    # several seeds: paired t over videos, the seeds' differences averaged per video
+            d = np.mean([m.astype(float) - b.astype(float) for m, b in zip(mine, best)], axis=0)
+            raw[rank] = sps.ttest_1samp(d, 0.0).pvalue
+            assert data.loc[rank, "effect_pts"] == pytest.approx(100 * d.mean())
+            values = [100 * m.mean() for m in mine]
+            boot = sps.bootstrap((np.array(values),), np.mean, method="percentile", n_resamples=20000, random_state=0)
+            assert data.loc[rank, "ci_low_pct"] == pytest.approx(boot.confidence_interval.low, abs=0.35)
+            assert data.loc[rank, "ci_high_pct"] == pytest.approx(boot.confidence_interval.high, abs=0.35)
+            assert data.loc[rank, "test/top1_pct"] == pytest.approx(np.mean(values))
+        assert data.loc[rank, "p_value"] == pytest.approx(raw[rank], rel=1e-6, abs=1e-12), name
+    adjusted = dict(zip(raw, _holm(list(raw.values()))))
+    for rank, p in adjusted.items():
+        assert data.loc[rank, "p_holm"] == pytest.approx(p, rel=1e-6, abs=1e-12)
+        assert data.loc[rank, "indistinguishable"] == (p >= 0.05)
+    differ = [order[r - 1] for r in data.index if r > 1 and not data.loc[r, "indistinguishable"]]
+    assert differ == ["B"], "exactly the planted configuration differs from the best"
+    md, tex = table.to_markdown(), table.to_latex()
+    assert md.count("≈ best") == 4 and md.count("differs") == 1 and "$\\approx$ best" in tex
+    assert any("MEAN of val/top1 over its seeds" in n for n in table.notes)
+    assert any(n.startswith("vs best") and "Holm" in n for n in table.notes)
+
+
+def test_ablation_and_compare_mark_exactly_the_planted_variants(planted_store, planted_frame, tmp_path):
+    from scipy import stats as sps
+
+    from rev2net import registry
+
+    runs, predictions = planted_frame
+    ablation = tables.ablation_table(runs, predictions=predictions)
+    assert "test top-1" in ablation.title and ablation.data["metric"].eq("test/top1").all()
+    data = ablation.data.set_index("variant")
+    assert [v for v in data.index if not data.loc[v, "indistinguishable"] and v != registry.REV2NET] == [registry.NO_DDP]
+    ref = [(_downloaded(planted_store, planted_store.runs[("ablation", registry.REV2NET, s)], tmp_path)) for s in range(3)]
+    raw = {}
+    for variant in (registry.NO_FLOW_DECODER, registry.NO_DDP, registry.I3D):
+        mine = [_downloaded(planted_store, planted_store.runs[("ablation", variant, s)], tmp_path) for s in range(3)]
+        d = np.mean([(m["pred"] == m["label"]).to_numpy(float) - (r["pred"] == r["label"]).to_numpy(float)
+                     for m, r in zip(mine, ref)], axis=0)
+        raw[variant] = sps.ttest_1samp(d, 0.0).pvalue
+        assert data.loc[variant, "effect_pts"] == pytest.approx(100 * d.mean())
+        assert data.loc[variant, "p_value"] == pytest.approx(raw[variant], rel=1e-6, abs=1e-300)
+    for variant, p in zip(raw, _holm(list(raw.values()))):
+        assert data.loc[variant, "p_holm"] == pytest.approx(p, rel=1e-6, abs=1e-300)
+    assert "≈ Rev2Net (full)" in ablation.to_markdown() and "differs" in ablation.to_markdown()
+
+    compare = tables.compare_table(runs, predictions=predictions).data.set_index("variant")
+    part = runs[runs["stage"] == "compare"]
+    acc = part.pivot_table(index=["trainer.seed", "data.split"], columns="variant", values="test/top1")
+    raw = {v: sps.ttest_rel(acc[v], acc[registry.REV2NET]).pvalue for v in (registry.NO_DDP, registry.I3D)}
+    for v, p in zip(raw, _holm(list(raw.values()))):
+        assert compare.loc[v, "p_value"] == pytest.approx(raw[v]) and compare.loc[v, "p_holm"] == pytest.approx(p)
+        assert compare.loc[v, "test"] == "paired t over seeds × splits" and compare.loc[v, "paired_runs"] == 4
+    assert compare.loc[registry.I3D, "effect_pts"] == pytest.approx(100 * (acc[registry.I3D] - acc[registry.REV2NET]).mean())
+    assert not compare.loc[registry.I3D, "indistinguishable"] and compare.loc[registry.NO_DDP, "indistinguishable"]
+    boot = sps.bootstrap((100 * acc[registry.REV2NET].to_numpy(),), np.mean, method="percentile", n_resamples=20000,
+                         random_state=0)
+    assert compare.loc[registry.REV2NET, "ci_low_pct"] == pytest.approx(boot.confidence_interval.low, abs=0.3)
+    assert compare.loc[registry.REV2NET, "mean_pct"] == pytest.approx(100 * acc[registry.REV2NET].mean())
+
+
+def test_importance_and_cost_tables(planted_store, planted_frame):
+    from orchestration import records
+
+    runs, _ = planted_frame
+    coarse = runs[runs["stage"] == "coarse"]
+    imp = tables.importance_table(coarse, stage="coarse")
+    assert imp.data["design"].iloc[0] == "axes" and imp.data.loc[imp.data["order"] == 2, "importance"].isna().all()
+    assert any("no interaction between weights can be estimated" in n for n in imp.notes)
+    cost = tables.cost_table(runs).data
+    total = cost[cost["family"] == "all"].set_index("stage")
+    for stage in ("coarse", "ablation", "compare"):
+        part = runs[runs["stage"] == stage]
+        gpu = part[records.COST_GPU_FRACTION] > 0
+        assert total.loc[stage, "gpu_hours"] == pytest.approx(part.loc[gpu, records.COST_DEVICE_S].sum() / 3600)
+        assert total.loc[stage, "cpu_hours"] == pytest.approx(part.loc[~gpu & part[records.COST_DEVICE_S].notna(),
+                                                                       records.COST_DEVICE_S].sum() / 3600)
+    families = cost[(cost["stage"] == "ablation") & (cost["family"] != "all")]
+    assert families["gpu_hours"].sum() == pytest.approx(total.loc["ablation", "gpu_hours"])

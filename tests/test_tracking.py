@@ -152,3 +152,28 @@ def test_a_send_whose_answer_was_lost_is_not_logged_twice(store, monkeypatch):
     assert run.sync(_history(2))
     for key in ("val/top1", "train/loss"):
         assert [m.step for m in c.get_metric_history(run.run_id, key)] == [1, 2], key
+
+
+def test_experiments_are_tagged_as_model_training_new_and_existing(store, tmp_path):
+    uri, c, exp_id, _ = store
+    assert c.get_experiment(exp_id).tags[records.TAG_EXPERIMENT_KIND] == records.EXPERIMENT_KIND == \
+        "custom_model_development", "a new experiment"
+    old = c.create_experiment("made-before", tags={records.TAG_EXPERIMENT_KIND: "genai_development"})
+    bare = c.create_experiment("made-bare")
+    for name, made in (("made-before", old), ("made-bare", bare)):
+        assert tracking.experiment_id(c, name) == made
+        assert c.get_experiment(made).tags[records.TAG_EXPERIMENT_KIND] == records.EXPERIMENT_KIND, name
+
+
+def test_system_metrics_are_logged_while_the_runner_runs(store, monkeypatch):
+    uri, c, exp_id, parent = store
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    run = _open(c, exp_id, parent)
+    with tracking.system_metrics(uri, run.run_id, enabled=True, interval_s=0.2):
+        time.sleep(1.0)
+    logged = c.get_run(run.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in logged and "system/system_memory_usage_megabytes" in logged
+    other = _open(c, exp_id, parent, key="k2")
+    with tracking.system_metrics(uri, other.run_id, enabled=False):
+        time.sleep(0.3)
+    assert not [k for k in c.get_run(other.run_id).data.metrics if k.startswith("system/")]
