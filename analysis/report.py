@@ -12,7 +12,8 @@ parent's trials) and writes into --out:
   status.{md,csv,tex}                      trials per stage and status
   best.{md,csv,tex}                        the best configuration of each grid stage (orchestration.records.best_config)
   <stage>_marginals, <stage>_top, <stage>_importance .{md,csv,tex}     coarse and fine grids
-  ablation, shuffle, compare .{md,csv,tex}                            ablation (Table 2, 3 layouts), compare stage
+  ablation, shuffle, compare, compare_systems .{md,csv,tex}          ablation (Table 2, 3 layouts), compare stage
+                                           (per variant; per system x RGB/flow/RGB + flow, Table 2/5 layout)
   cross_dataset.{md,csv,tex}               when trials with data.eval_name exist (Table 5 layout)
   cost.{md,csv,tex}, <stage>_scheduler.{md,csv,tex}    GPU-hours per stage and family; ASHA against FIFO
   <stage>_marginals.png, <stage>_alpha_beta.png, <stage>_flow_im.png, <stage>_curves.png, <stage>_top.png,
@@ -224,12 +225,16 @@ def build(tracking_uri: str, experiment: str, *, stages: Sequence[str] = STAGES,
     variant_tables = {}
     if "ablation" in stages and (runs["stage"] == "ablation").any():
         variant_tables["ablation"] = add(tables.ablation_table, runs, paper=paper, predictions=predictions)
-        ablation_ids = runs.loc[runs["stage"] == "ablation", "run_id"].tolist()
-        shuffled = {f"shuffle/{p}": _predictions(tracking_uri, runs, ablation_ids, f"shuffle/{p}")
-                    for p in tables.SHUFFLE_PROTOCOLS if f"shuffle/{p}/top1" in runs}
-        add(tables.shuffle_table, runs, paper=paper, predictions={k: v for k, v in shuffled.items() if v is not None})
     if "compare" in stages and (runs["stage"] == "compare").any():
         variant_tables["compare"] = add(tables.compare_table, runs, predictions=predictions)
+        add(tables.systems_table, runs, paper=paper, predictions=predictions)
+    shuffle_stages = [s for s in ("ablation", "compare") if s in stages and (runs["stage"] == s).any()]
+    if shuffle_stages:   # every family of the ablation and compare stages, under the four protocols (Table 3)
+        shuffle_ids = runs.loc[runs["stage"].isin(shuffle_stages), "run_id"].tolist()
+        shuffled = {f"shuffle/{p}": _predictions(tracking_uri, runs, shuffle_ids, f"shuffle/{p}")
+                    for p in tables.SHUFFLE_PROTOCOLS if f"shuffle/{p}/top1" in runs}
+        add(tables.shuffle_table, runs[runs["stage"].isin(shuffle_stages)], paper=paper,
+            predictions={k: v for k, v in shuffled.items() if v is not None})
     cross_ids = runs.loc[runs["data.eval_name"].notna(), "run_id"].tolist() if "data.eval_name" in runs else []
     cross = add(tables.cross_dataset_table, runs, paper=paper, predictions=_predictions(tracking_uri, runs, cross_ids, CROSS))
 

@@ -505,6 +505,90 @@ def variants_table(runs: pd.DataFrame, *, stage: str, metric: str = REPORTED, st
     return Table(stage, title, pd.DataFrame(data_rows), pd.DataFrame(shown_rows).fillna(""), notes, evidence=proof)
 
 
+MODALITY_LABELS = {"rgb": "RGB", "flow": "flow", "rgb_flow": "RGB + flow"}   # registry.Variant.modality
+
+
+def systems_table(runs: pd.DataFrame, *, stage: str = "compare", metric: str = REPORTED,
+                  statuses: Sequence[str] = AVERAGED, paper: bool = False, digits: int = 1,
+                  predictions: Optional[pd.DataFrame] = None) -> Table:
+    """The papers' comparison layout (2020 Table 2, 2018 Table 5): one row per system and dataset,
+    one column per input modality (RGB, flow, RGB + flow; `registry.Variant.system` / `.modality`
+    say where each variant goes). Each cell: mean ± std over seeds (and splits) of `metric`, its
+    95% interval, and ≈ where it cannot be told apart from Rev2Net on the same dataset (the
+    same statistics as `variants_table`: Holm over every variant of the stage). With `paper`, the
+    papers' rows follow (`analysis.paper.COMPARE`), each with its pretraining and its source;
+    variants that are not a system's main row (ablations, DCD's single branches, hidden two-stream
+    (a)/(b)) are in the per-variant compare table, not here."""
+    part = runs[runs["stage"] == stage] if "stage" in runs else runs.iloc[0:0]
+    if part.empty:
+        raise LookupError(f"no {stage}-stage trials (run `python orchestration/grid.py --stage {stage}`)")
+    metric, notes = reported_metric(part, metric)
+    part = part.assign(_variant=variant_of(part), _dataset=part.get("data.name", pd.Series("?", index=part.index)))
+    placed = {v: (registry.VARIANTS[v].system, registry.VARIANTS[v].modality)
+              for v in part["_variant"].unique() if v in registry.VARIANTS and registry.VARIANTS[v].system}
+    if not placed:
+        raise LookupError(f"no {stage}-stage trial is a system's main variant (registry.Variant.system)")
+    counts = summarize(part, ["_variant", "_dataset"], metric, statuses=statuses)
+    averaged = part[part["status"].isin(list(statuses))]
+    datasets = list(dict.fromkeys(part["_dataset"]))
+    proof = {d: evidence(averaged[averaged["_dataset"] == d], averaged.loc[averaged["_dataset"] == d, "_variant"],
+                         metric, reference=registry.REV2NET, predictions=predictions) for d in datasets}
+    systems = list(dict.fromkeys(placed[v][0] for v in _order_variants(list(placed))))
+    pretrained = part.get("model.pretrained", pd.Series(index=part.index, dtype=object))
+    data_rows, shown_rows = [], []
+    for d in datasets:
+        for system in systems:
+            shown = {"system": system, "dataset": DATASET_LABELS.get(d, d)}
+            seeds, inits = [], set()
+            for modality, heading in MODALITY_LABELS.items():
+                variant = next((v for v, (s_, m) in placed.items() if s_ == system and m == modality), None)
+                match = counts[(counts["_variant"] == variant) & (counts["_dataset"] == d)]
+                if variant is None or match.empty:
+                    shown[f"{heading} (%)"] = DASH
+                    continue
+                s = match.to_dict("records")[0]
+                ev = proof[d]
+                shown[f"{heading} (%)"] = _cell(ev, variant, pm(s["mean"], s["std"], s["n"], digits), digits)
+                seeds.append(str(s["n"]))
+                inits |= {str(x) for x in pretrained[(part["_variant"] == variant) & (part["_dataset"] == d)].dropna()}
+                interval = ev.rows.loc[variant] if variant in ev.rows.index else None
+                data_rows.append({"system": system, "modality": modality, "variant": variant, "dataset": d,
+                                  "source": "ours", "metric": metric, "n": s["n"], "mean_pct": s["mean"],
+                                  "std_pct": s["std"],
+                                  "ci_low_pct": interval["low"] if interval is not None else np.nan,
+                                  "ci_high_pct": interval["high"] if interval is not None else np.nan,
+                                  **_versus_columns(ev, variant), **{s_: s[s_] for s_ in (*STATUSES, "missing")}})
+            if not seeds:
+                continue
+            shown["pretrained"] = ", ".join(sorted(inits)) or "none"
+            shown["seeds"] = "/".join(seeds)
+            shown_rows.append(shown)
+    ref_label = registry.label(registry.REV2NET)
+    notes = [_averaging_note(metric, statuses, "seeds") + "; cells: mean ± std [95% CI: bootstrap of the mean, "
+             f"Wilson for one trial]; {SAME}: cannot be told apart from {ref_label} on the same dataset (Holm over "
+             "every variant of the stage); seeds per filled cell, left to right"] + notes
+    for d in datasets:
+        notes += [(f"{DATASET_LABELS.get(d, d)}: " if len(datasets) > 1 else "") + n
+                  for n in _test_note(proof[d], ref_label, metric)]
+    if paper:
+        for row in published.COMPARE["rows"]:
+            shown = {"system": f"paper: {row['system']}", "dataset": DATASET_LABELS.get(row["dataset"], row["dataset"]),
+                     **{f"{h} (%)": num(row.get(m), 2 if row.get(m) and round(row[m], 1) != row[m] else 1)
+                        for m, h in MODALITY_LABELS.items()},
+                     "pretrained": row["pretrained"], "seeds": ""}
+            shown_rows.append(shown)
+            for m in MODALITY_LABELS:
+                if row.get(m) is not None:
+                    data_rows.append({"system": row["system"], "modality": m, "dataset": row["dataset"],
+                                      "source": row["source"], "metric": "top1", "mean_pct": row[m],
+                                      "pretrained": row["pretrained"]})
+        sources = list(dict.fromkeys(f"{r['system']} ({DATASET_LABELS.get(r['dataset'], r['dataset'])}): {r['source']}"
+                                     for r in published.COMPARE["rows"]))
+        notes.append("paper rows: the full models as published, not this repository's runs; " + "; ".join(sources))
+    return Table(f"{stage}_systems", f"{stage.capitalize()}: {METRIC_LABELS.get(metric, metric)} per system and input",
+                 pd.DataFrame(data_rows), pd.DataFrame(shown_rows).fillna(""), notes, evidence=proof)
+
+
 def _cell(ev: Evidence, row: Any, text: str, digits: int) -> str:
     """A table cell with the row's 95% interval and, where it cannot be told apart from the
     reference, the ≈ mark in front: "≈ 52.1 ± 3.0 [48.9, 55.0]"."""
@@ -525,10 +609,10 @@ def shuffle_table(runs: pd.DataFrame, *, statuses: Sequence[str] = AVERAGED, pap
     -> `records.load_predictions` frame, for the per-video tests."""
     present = [p for p in protocols if f"shuffle/{p}/top1" in runs]
     if not present:
-        raise LookupError("no trial has shuffle/<protocol>/top1 metrics (the ablation stage logs them)")
+        raise LookupError("no trial has shuffle/<protocol>/top1 metrics (the ablation and compare stages log them)")
     has_any = runs[[f"shuffle/{p}/top1" for p in present]].notna().any(axis=1)
-    ablation = runs["stage"] == "ablation" if "stage" in runs else False
-    pool = runs[has_any | ablation]   # ablation trials that ended without them are counted, not dropped
+    evaluated = runs["stage"].isin(["ablation", "compare"]) if "stage" in runs else False
+    pool = runs[has_any | evaluated]   # ablation/compare trials that ended without them are counted, not dropped
     pool = pool.assign(_variant=variant_of(pool))
     per_protocol = {p: summarize(pool, ["_variant"], f"shuffle/{p}/top1", statuses=statuses).set_index("_variant")
                     for p in present}

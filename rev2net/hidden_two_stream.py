@@ -189,7 +189,7 @@ def build_hidden_two_stream(num_classes: int, *, variant: str = "c", width: floa
         width, dropout: of both I3D streams.
         motionnet_width, motionnet_frames: MotionNet's channel multiplier and window; default: the
             checkpoint's when one is given, else `width` and 11 (the paper's window).
-        motionnet_checkpoint: a pretrained MotionNet (`python -m rev2net.motionnet ... --out CKPT`);
+        motionnet_checkpoint: a pretrained MotionNet (`python -m rev2net.motionnet_pretrain ... --out CKPT`);
             without one MotionNet starts from scratch (pretraining it first is the paper's recipe).
         temporal_weight: the temporal stream's fusion weight against 1 for the spatial stream
             (1.0: the plain average of the softmaxes; the paper fuses 1:1.5).

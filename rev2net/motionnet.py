@@ -381,25 +381,17 @@ def motionnet_state(model: MotionNet, **extra: Any) -> dict[str, Any]:
 
 def load_motionnet(source: Union[str, os.PathLike, Mapping[str, Any]], *, map_location: Any = "cpu") -> MotionNet:
     """Rebuild a MotionNet from a checkpoint written by `motionnet_state` (e.g. by the pretraining
-    CLI, `python -m rev2net.motionnet`)."""
+    CLI, `python -m rev2net.motionnet_pretrain`)."""
     if isinstance(source, Mapping):
         state = source
     else:
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"MotionNet checkpoint {path!r} does not exist (pretrain one with "
-                                    "python -m rev2net.motionnet --dataset D --root R --out CKPT)")
+                                    "python -m rev2net.motionnet_pretrain --dataset D --root R --out CKPT)")
         state = torch.load(path, map_location=map_location, weights_only=True)
     if "motionnet" not in state or "state_dict" not in state:
         raise ValueError("not a MotionNet checkpoint: expected the keys 'motionnet' (its config) and 'state_dict'")
     model = build_motionnet(**state["motionnet"])
     model.load_state_dict(state["state_dict"])
     return model
-
-
-
-if __name__ == "__main__":
-    # `python -m rev2net.motionnet ...` pretrains; the work lives in the importable module.
-    from rev2net.motionnet_pretrain import main as _main
-
-    raise SystemExit(_main())

@@ -1,6 +1,6 @@
 """Unsupervised MotionNet pretraining on a dataset's training videos (no flow, no labels).
 
-    python -m rev2net.motionnet --dataset D --root R --out ckpt.pt [--epochs N] [--width W] [--frames T]
+    python -m rev2net.motionnet_pretrain --dataset D --root R --out ckpt.pt [--epochs N] [--width W] [--frames T]
         [--size S] [--short-side S'] [--batch-size B] [--lr LR] [--clips-per-video K] [--threads N] ...
 
 Zhu et al., "Hidden Two-Stream Convolutional Networks for Action Recognition", Sec. 3.1: MotionNet
@@ -24,7 +24,7 @@ line is a JSON object: `epe` (null without ground truth), `object_epe`, `checkpo
 The CPU-scale setting for the generated dataset (80x80 videos), whose 16-frame window matches the
 embedded default's 16-frame clips (one MotionNet forward per clip for on-the-fly targets):
 
-    python -m rev2net.motionnet --dataset synthetic --root data/synthetic --out motionnet.pt \
+    python -m rev2net.motionnet_pretrain --dataset synthetic --root data/synthetic --out motionnet.pt \
         --width 0.25 --frames 16 --size 64 --short-side 80 --epochs 10 --clips-per-video 16 --threads 1
 """
 
@@ -312,7 +312,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 def parse_args(argv: Optional[list[str]] = None) -> PretrainConfig:
     defaults = PretrainConfig(dataset="synthetic", root=".", out="motionnet.pt")
     loss = defaults.loss
-    p = argparse.ArgumentParser(prog="python -m rev2net.motionnet", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rev2net.motionnet_pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="checkpoint path (resumed from when it exists)")

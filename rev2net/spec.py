@@ -100,7 +100,7 @@ class ModelConfig:
     new_length: int = 5  # tsn, tsm flow: consecutive flow pairs stacked per segment (TSN's 5)
     branches: List[str] = field(default_factory=lambda: ["static", "motion", "change"])  # dcd: its components
     fusion: str = "softmax"  # two-stream families: average the streams' softmax scores | their logits
-    motionnet: Optional[str] = None  # hidden_two_stream: a pretrained MotionNet (python -m rev2net.motionnet); None: fresh
+    motionnet: Optional[str] = None  # hidden_two_stream: a pretrained MotionNet (python -m rev2net.motionnet_pretrain); None: fresh
     motionnet_width: float = 0.25  # hidden_two_stream: MotionNet's width when it starts fresh (a checkpoint has its own)
     motionnet_training: str = "unsupervised"  # hidden_two_stream: frozen (a) | action (b) | unsupervised (c: + its losses)
     unsupervised_weight: float = 1.0  # hidden_two_stream (c): weight of MotionNet's unsupervised losses
@@ -140,7 +140,7 @@ class ModelConfig:
             raise ValueError(f"model.motionnet_width={self.motionnet_width!r} must be in (0, 4]")
         if self.motionnet is not None and not os.path.isfile(self.motionnet):
             raise ValueError(f"model.motionnet={self.motionnet!r} does not exist (pretrain one with "
-                             "python -m rev2net.motionnet --dataset D --root R --out ckpt.pt)")
+                             "python -m rev2net.motionnet_pretrain --dataset D --root R --out ckpt.pt)")
         _one_of("model.fusion", self.fusion, FUSIONS)
         if self.segments < 0 or self.new_length < 1:
             raise ValueError(f"model.segments={self.segments!r} must be >= 0 (0: the family's own) and "

@@ -1,4 +1,4 @@
-"""rev2net/motionnet_pretrain.py (python -m rev2net.motionnet): unsupervised pretraining on a dataset's
+"""rev2net/motionnet_pretrain.py (python -m rev2net.motionnet_pretrain): unsupervised pretraining on a dataset's
 training videos, a checkpoint per epoch, resume, the end-point error where ground truth exists, and
 a JSON last line."""
 
@@ -105,9 +105,9 @@ def test_bad_arguments_name_the_option(synthetic_root, tmp_path, capsys, argv, m
 
 
 def test_runs_as_python_dash_m(tmp_path):
-    """`python -m rev2net.motionnet` reaches the CLI (a missing root is an error naming it)."""
+    """`python -m rev2net.motionnet_pretrain` reaches the CLI (a missing root is an error naming it)."""
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    result = subprocess.run([sys.executable, "-m", "rev2net.motionnet", "--dataset", "synthetic", "--root",
+    result = subprocess.run([sys.executable, "-m", "rev2net.motionnet_pretrain", "--dataset", "synthetic", "--root",
                              str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.pt")],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2 and "nowhere" in result.stderr

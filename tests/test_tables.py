@@ -342,3 +342,30 @@ def test_importance_and_cost_tables(planted_store, planted_frame):
                                                                        records.COST_DEVICE_S].sum() / 3600)
     families = cost[(cost["stage"] == "ablation") & (cost["family"] != "all")]
     assert families["gpu_hours"].sum() == pytest.approx(total.loc["ablation", "gpu_hours"])
+
+
+def test_systems_table_places_each_system_by_what_it_reads(planted_frame):
+    """The comparison layout (Table 2/5): rows are systems, columns RGB / flow / RGB + flow; each
+    cell is the same statistic as the per-variant table; the papers' rows follow, labelled."""
+    from analysis import paper
+    from rev2net import registry
+
+    runs, predictions = planted_frame
+    table = tables.systems_table(runs, paper=True, predictions=predictions)
+    ours = table.data[table.data["source"] == "ours"].set_index("variant")
+    detail = tables.compare_table(runs, predictions=predictions).data.set_index("variant")
+    # w/o DDP is an ablation, not a system: it is only in the per-variant table
+    assert set(ours.index) == {registry.REV2NET, registry.I3D} and registry.NO_DDP in detail.index
+    assert ours.loc[registry.I3D, ["system", "modality"]].tolist() == ["I3D", "rgb"]
+    for v in ours.index:
+        assert ours.loc[v, "mean_pct"] == pytest.approx(detail.loc[v, "mean_pct"])
+        assert ours.loc[v, "indistinguishable"] == detail.loc[v, "indistinguishable"] or v == registry.REV2NET
+    shown = table.shown.set_index("system")
+    assert list(table.shown.columns[2:5]) == ["RGB (%)", "flow (%)", "RGB + flow (%)"]
+    assert shown.loc["I3D", "flow (%)"] == "—" and shown.loc["I3D", "RGB (%)"].count("[") == 1
+    published = table.data[table.data["source"] != "ours"]
+    assert len(published) == sum(1 for r in paper.COMPARE["rows"] for m in ("rgb", "flow", "rgb_flow") if r.get(m))
+    dcd = shown.loc["paper: DCD"]
+    assert (dcd["dataset"] == "UCF101").any() and "91.8" in dcd["RGB (%)"].tolist()
+    assert "86.85" in shown.loc["paper: TSN", "flow (%)"].tolist()
+    assert any("Zhao et al. 2018, Table 8 (top-5: 89.9)" in n for n in table.notes)

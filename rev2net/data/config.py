@@ -116,7 +116,7 @@ class DataConfig:
         _check(self.flow_source == "tvl1" or (self.flow_source.startswith(MOTIONNET_SOURCE)
                                                and os.path.isfile(self.flow_source[len(MOTIONNET_SOURCE):])),
                "data.flow_source", self.flow_source, "tvl1, or motionnet:/path/to/an/existing/checkpoint.pt "
-               "(python -m rev2net.motionnet pretrains one)")
+               "(python -m rev2net.motionnet_pretrain pretrains one)")
         _check(self.flow_downsample >= 1 and self.crop_size % self.flow_downsample == 0,
                "data.flow_downsample", self.flow_downsample,
                f"a positive divisor of data.crop_size ({self.crop_size})")
