@@ -221,7 +221,8 @@ def _data_parallel(spec: TrialSpec, resume: Optional[dict], on_epoch_end: Option
         raise ValueError(f"a trial on {processes} processes needs {processes} GPUs, this process sees "
                          f"{torch.cuda.device_count()}: set trial.gpus={processes} (or trial.processes to the GPUs given)")
     backend = "nccl" if cuda else "gloo"
-    threads = max(1, torch.get_num_threads() // processes)
+    previous_threads = torch.get_num_threads()   # rank 0 runs here: the process gets its threads back after
+    threads = max(1, previous_threads // processes)
     with tempfile.TemporaryDirectory(prefix="rev2net-ddp-") as rendezvous:
         init_method = f"file://{rendezvous}/store"  # a file store: no port to pick, no port to collide
         resume_file = None
@@ -259,6 +260,7 @@ def _data_parallel(spec: TrialSpec, resume: Optional[dict], on_epoch_end: Option
                                    f"(its traceback is in this trial's log): {error}") from error
             raise
         finally:
+            torch.set_num_threads(previous_threads)
             for p in ranks:
                 p.join(timeout=60 if finished else 0)
                 if p.is_alive():  # rank 0 stopped early: the others wait in a collective that never comes

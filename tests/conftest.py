@@ -166,3 +166,16 @@ def planted_store(tmp_path_factory):
     from planted import build
 
     return build(tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that changes torch's intra-op threads (an in-process data-parallel rank does) gives
+    them back: the thread count changes float reduction order, and later tests' numbers with it."""
+    import sys
+
+    torch = sys.modules.get("torch")   # never imported here: dry-run tests check that torch stays out
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    if before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
