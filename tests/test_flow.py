@@ -101,7 +101,7 @@ def test_failures_are_summarised_by_video_and_do_not_stop_the_run(synthetic_copy
                  "--no-progress"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "7 videos extracted" in out and "2 failed" in out
+    assert f"{len(videos) - 2} videos extracted" in out and "2 failed" in out
     assert f"FAILED {videos[0].path}: UnreadableVideo" in out and f"FAILED {videos[1].path}: UnreadableVideo" in out
     assert os.path.isdir(os.path.join(synthetic_copy, "flow_farneback", videos[2].key))
 

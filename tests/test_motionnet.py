@@ -236,8 +236,10 @@ def test_flow_targets_match_the_tvl1_targets_geometry(trained_on_flipped_crop, s
     full_grid = _gt_through(gt, CROP, frame_hw, SIZE)[:, :, ::2, ::2]  # right places, vectors twice too long
     assert _epe(flow, full_grid, on_objects) > 1.5 * epe, "vectors are in pixels of the target grid"
     spec = ClipSpec(frames=clip.shape[2], crop_size=SIZE, short_side=SIZE)
-    tvl1 = ClipDataset([record], spec, flow_root=os.path.join(synthetic_root, "flow_tvl1"), flow_size=half)._flow(
-        record, np.arange(clip.shape[2]), CROP, frame_hw)  # what a training batch carries for this crop
+    flow_root = os.path.join(synthetic_root, "flow_tvl1")
+    pairs = [[i] for i in range(clip.shape[2] - 1)]  # frame i to i + 1: the targets of a clip at stride 1
+    tvl1 = ClipDataset([record], spec, flow_root=flow_root, flow_size=half)._flow(
+        flow_root, record, pairs, CROP, frame_hw, half)  # what a training batch carries for this crop
     assert tvl1.shape == flow.shape and tvl1.dtype == flow.dtype
     assert _epe(flow, tvl1, on_objects) < 0.5 * _epe(np.zeros_like(tvl1), tvl1, on_objects)
 

@@ -107,7 +107,8 @@ def _logged(name: str, as_text: bool = True) -> dict:
     cfg = model_config(name)
     loss = LossConfig(**{k.removeprefix("loss."): val for k, val in v.overrides.items() if k.startswith("loss.")})
     params = {**{f"model.{k}": getattr(cfg, k) for k in ("name", "flow_decoder", "frame_decoder", "frame_target",
-                                                         "ddp_layers", "decoder_arch", "modality", "branches")},
+                                                         "ddp_layers", "decoder_arch", "modality", "branches",
+                                                         "motionnet_training")},
               **{f"loss.{k}": getattr(loss, k) for k in ("alpha", "beta", "lambda_flow", "lambda_im")}}
     return {k: str(val) for k, val in params.items()} if as_text else params
 

@@ -43,7 +43,7 @@ def test_scaled_size_keeps_the_aspect_with_even_sides():
 def test_copy_lists_the_same_videos_at_the_new_size(synthetic_root, tmp_path):
     out = str(tmp_path / "copy")
     result = _resize(synthetic_root, out)
-    assert result["video_summary"].done == 9 and not result["failed_videos"]
+    assert result["video_summary"].done == len(all_videos("synthetic", synthetic_root)) and not result["failed_videos"]
     for split in (1, 2, 3):
         source, copy = load_split("synthetic", synthetic_root, split), load_split("ucf101", out, split)
         assert copy.class_names == source.class_names
@@ -60,7 +60,7 @@ def test_copy_lists_the_same_videos_at_the_new_size(synthetic_root, tmp_path):
         assert 10 * np.log10(255**2 / mse) > 25, f"{record.key}: the copy shows the same picture"
     with open(os.path.join(out, MARKER)) as f:
         marker = json.load(f)
-    assert (marker["short_side"], marker["videos"], marker["flow"]) == (SHORT, 9, "link")
+    assert (marker["short_side"], marker["videos"], marker["flow"]) == (SHORT, len(all_videos("synthetic", synthetic_root)), "link")
     assert "classInd.txt" in marker["annotations"] and "trainlist01.txt" in marker["annotations"]
     assert not os.path.exists(os.path.join(out, "synthetic.json")), "only split and annotation files are copied"
 
@@ -74,10 +74,10 @@ def test_linked_flow_serves_the_copy_with_identical_targets(synthetic_root, tmp_
     source_records, copy_records = (load_split("ucf101", r, 1).train for r in (synthetic_root, out))
     source = ClipDataset(source_records, spec, flow_root=os.path.join(synthetic_root, "flow_tvl1"), flow_size=14)
     copy = ClipDataset(copy_records, spec, flow_root=os.path.join(out, "flow_tvl1"), flow_size=14)
-    indices = np.arange(3, 9)
+    pairs = [[i] for i in range(3, 8)]  # the targets of frames 3..8 at stride 1
     for flip in (False, True):  # the same region of the picture: half the pixels on the copy
-        a = source._flow(source_records[1], indices, Crop(6, 4, 56, flip), (64, 64))
-        b = copy._flow(copy_records[1], indices, Crop(3, 2, 28, flip), (32, 32))
+        a = source._flow(source.flow_root, source_records[1], pairs, Crop(6, 4, 56, flip), (64, 64), 14)
+        b = copy._flow(copy.flow_root, copy_records[1], pairs, Crop(3, 2, 28, flip), (32, 32), 14)
         assert a.shape == b.shape == (2, 5, 14, 14)
         np.testing.assert_array_equal(a, b, err_msg=f"flip={flip}: flow is read in proportion to the frames")
     report = check_dataset(DataConfig(name="ucf101", root=out, frames=8, crop_size=28, short_side=32), deep=True)
@@ -114,8 +114,11 @@ def test_resampling_scales_flow_vectors_with_the_grid(tmp_path):
 def test_resampled_flow_serves_nearly_the_same_targets(synthetic_root, tmp_path):
     out = str(tmp_path / "copy")
     result = _resize(synthetic_root, out, flow="resample")
-    assert result["flow_summary"].done == 9 and not result["failed_flow"] and result["flow_size"] == SHORT
-    for record in all_videos("synthetic", synthetic_root):
+    flow_root = os.path.join(synthetic_root, "flow_tvl1")
+    flowed = [r for r in all_videos("synthetic", synthetic_root) if os.path.isdir(flow_dir_of(flow_root, r.key))]
+    assert result["flow_summary"].done == len(flowed) and not result["failed_flow"] and result["flow_size"] == SHORT
+    assert result["without_flow"] == len(all_videos("synthetic", synthetic_root)) - len(flowed)
+    for record in flowed:
         source_pairs = stored_grid(flow_dir_of(os.path.join(synthetic_root, "flow_tvl1"), record.key))[2]
         assert stored_grid(flow_dir_of(os.path.join(out, "flow_tvl1"), record.key)) == (SHORT, SHORT, source_pairs)
     # same region, same target grid: only the smaller grid's rounding differs (a quantization step
@@ -125,8 +128,9 @@ def test_resampled_flow_serves_nearly_the_same_targets(synthetic_root, tmp_path)
     linked = ClipDataset(records, spec, flow_root=os.path.join(synthetic_root, "flow_tvl1"), flow_size=14)
     resampled = ClipDataset(records, spec, flow_root=os.path.join(out, "flow_tvl1"), flow_size=14)
     for record in records:
-        a = linked._flow(record, np.arange(6), Crop(2, 2, 28), (32, 32))
-        b = resampled._flow(record, np.arange(6), Crop(2, 2, 28), (32, 32))
+        pairs = [[i] for i in range(5)]  # a 6-frame clip's targets at stride 1
+        a = linked._flow(linked.flow_root, record, pairs, Crop(2, 2, 28), (32, 32), 14)
+        b = resampled._flow(resampled.flow_root, record, pairs, Crop(2, 2, 28), (32, 32), 14)
         assert np.abs(a - b).mean() < 0.04, record.key
 
 
@@ -144,7 +148,7 @@ def test_rerun_skips_what_is_done_and_redoes_what_was_interrupted(synthetic_root
         f.write(b"half a video")
     result = _resize(synthetic_root, out)
     summary = result["video_summary"]
-    assert (summary.done, summary.skipped, summary.failures) == (1, 8, {})
+    assert (summary.done, summary.skipped, summary.failures) == (1, len(videos) - 1, {})
     assert len(open_video(victim)) == 12 and not os.path.exists(partial), "redone, the partial file replaced"
     assert all(os.stat(v).st_mtime_ns == mtimes[v] for v in videos if v != victim), "finished videos untouched"
 
@@ -157,7 +161,7 @@ def test_a_bad_video_is_reported_by_name_and_the_rest_is_written(synthetic_copy,
     code = main(["--dataset", "synthetic", "--root", synthetic_copy, "--out", out, "--short-side", str(SHORT),
                  "--workers", "2", "--no-progress"])  # worker processes: failures come back by name
     printed = capsys.readouterr().out
-    assert code == 1 and f"FAILED {records[2].path}" in printed and "8 videos resized" in printed
+    assert code == 1 and f"FAILED {records[2].path}" in printed and f"{len(records) - 1} videos resized" in printed
     assert "data.name=ucf101" in printed, "says how to train on the copy"
     bad = os.path.join(out, os.path.relpath(records[2].path, synthetic_copy))
     assert not os.path.exists(bad) and not [n for n in os.listdir(os.path.dirname(bad)) if "partial" in n]

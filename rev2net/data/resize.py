@@ -27,7 +27,9 @@ frames from being upscaled). Under OUT it writes:
                     the copy's own grid), vectors scaled by the same factor and quantized in the
                     standard convention. Smaller JPEGs read faster; the price is precision: one
                     quantization step (0.157 px) is a pixel of the smaller grid. Below S it buys
-                    little more speed for twice the rounding (benchmarks/loader.py).
+                    little more speed for twice the rounding (benchmarks/loader.py). Videos
+                    without source flow (a generated dataset's validation and test videos get
+                    theirs when a model reads them) stay without; resize.json counts them.
     none            no flow: extract it on the copy (rev2net.data.flow) or set data.flow_root.
 - resize.json: the source, the settings and the counts of the last run.
 
@@ -157,11 +159,13 @@ def resize_dataset(dataset: str, root: str, out: str, *, short_side: int, flow: 
     todo = [job for job in jobs if not os.path.exists(job[1])]
     videos = run_jobs(resize_video, todo, JobSummary("resize", "resized", "frames", skipped=len(jobs) - len(todo)),
                       workers=workers, progress=progress)
-    flows = None
+    flows, unflowed = None, []
     if flow == "link":
         _link(source_flow, target_flow)
     elif flow == "resample":
         jobs = [(flow_dir_of(source_flow, r.key), flow_dir_of(target_flow, r.key), size) for r in records]
+        unflowed = [job[0] for job in jobs if not os.path.isdir(job[0])]   # e.g. test videos nothing trains on
+        jobs = [job for job in jobs if os.path.isdir(job[0])]
         todo = [job for job in jobs if not os.path.isdir(job[1])]
         flows = run_jobs(resample_flow, todo, JobSummary("flow", "resampled", "frame pairs",
                                                          skipped=len(jobs) - len(todo)),
@@ -169,7 +173,8 @@ def resize_dataset(dataset: str, root: str, out: str, *, short_side: int, flow: 
     marker = {"dataset": dataset, "source": root, "short_side": short_side, "videos": len(records),
               "annotations": annotations, "flow": flow, "flow_source": source_flow, "flow_size": size,
               "failed_videos": sorted(videos.failures),
-              "failed_flow": sorted(flows.failures) if flows else [], "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "failed_flow": sorted(flows.failures) if flows else [], "without_flow": len(unflowed),
+              "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(os.path.join(out, MARKER), "w") as f:
         json.dump(marker, f, indent=2)
     return {**marker, "video_summary": videos, "flow_summary": flows}
