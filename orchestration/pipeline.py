@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from omegaconf import DictConfig
 
-from orchestration import records, tracking
+from orchestration import records
 from orchestration.errors import ConfigError
 from orchestration.spaces import STAGES
 
@@ -78,6 +78,8 @@ def stage_status(cfg: DictConfig) -> StageStatus:
     uri = cfg.mlflow.tracking_uri
     if records.store_missing(uri):
         return StageStatus(cfg.stage, "new", sid)
+    from orchestration import tracking  # here: a dry run never opens a store, so never imports mlflow
+
     client = tracking.client(uri)
     exp = tracking.retry(lambda: client.get_experiment_by_name(experiment_name(cfg)), what="get_experiment")
     if exp is None:

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from orchestration import records, tracking
+from orchestration import records
 from orchestration.config import SweepConfig, experiment_name, resolve_paths, to_objects
 from orchestration.errors import ConfigError
 from orchestration.spaces import Plan, coarse_plan, fine_plan, load_space, space_path, variant_plan
@@ -39,6 +39,8 @@ def stage_best(cfg: DictConfig, stage: str, parent_run_id: Optional[str] = None)
     exp, uri = experiment_name(cfg), cfg.mlflow.tracking_uri
     if records.store_missing(uri):  # do not create it by looking
         raise LookupError(f"no MLflow store at {uri}")
+    from orchestration import tracking  # mlflow only where a store is read: a first stage's dry run never is
+
     client = tracking.client(uri)
     if client.get_experiment_by_name(exp) is None:
         raise LookupError(f"no MLflow experiment {exp!r} at {uri}")
@@ -217,6 +219,8 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Plan]:
     cfg = resolve_paths(cfg)
     to_objects(cfg)
     if cfg.stage != "coarse" and not records.store_missing(cfg.mlflow.tracking_uri):
+        from orchestration import tracking
+
         tracking.check_reachable(cfg.mlflow.tracking_uri)
     plan = build_plan(cfg)
     if plan.num_trials == 0:

@@ -23,7 +23,6 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from orchestration import tracking
 from orchestration.errors import ConfigError
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a job's entrypoint: the job's runtime env
@@ -48,6 +47,8 @@ def runtime_env() -> Optional[dict[str, Any]]:
     """The trials' runtime environment: the MLflow credentials set here, when there are any (workers
     on other nodes do not inherit this process's environment). Inside a Ray job, variables that the
     job's own runtime environment already sets are left to it (Ray refuses to merge a repeated one)."""
+    from orchestration import tracking  # mlflow: not for the dry run
+
     env = tracking.worker_env_vars()
     if os.environ.get(JOB_CONFIG_ENV):
         taken = (json.loads(os.environ[JOB_CONFIG_ENV]).get("runtime_env") or {}).get("env_vars") or {}

@@ -38,16 +38,18 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from mlflow import MlflowClient
 
 from rev2net import registry
+
+if TYPE_CHECKING:  # mlflow is imported where a store is opened: the dry run of a first stage never needs it
+    from mlflow import MlflowClient
 
 # --------------------------------------------------------------------------- names
 
@@ -170,6 +172,8 @@ def client_for(tracking_uri: str) -> MlflowClient:
     if store_missing(tracking_uri):
         raise LookupError(f"no MLflow store at {tracking_uri} ({sqlite_path(tracking_uri).resolve()} does not "
                           "exist); pass the sweep's mlflow.tracking_uri")
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=tracking_uri)
 
 

@@ -47,10 +47,11 @@ def coarse_store(tmp_path_factory, synthetic_root):
 
 
 def test_dry_run_imports_neither_ray_nor_torch(tmp_path):
-    """The whole plan, validated trial by trial, without the heavy machinery (run in a fresh interpreter)."""
+    """The whole plan, validated trial by trial, without the heavy machinery (run in a fresh interpreter);
+    with no store yet to read earlier stages from, not even mlflow."""
     code = ("import sys; from orchestration.grid import main; "
             f"assert main(['--stage', 'ablation', '--dry-run', 'mlflow.tracking_uri=sqlite:///{tmp_path}/m.db']) == 0; "
-            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('ray', 'torch', 'mlflow') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
