@@ -241,7 +241,7 @@ class BrokenVideos:
                 "videos": [{"path": path, **about} for path, about in self.videos.items()]}
 
 
-REFUSAL_EXAMPLES = 3  # broken videos a refusal names
+REFUSAL_EXAMPLES = 3  # broken videos a refusal names (its one line: the command lists them all)
 
 
 def prepare_data(cfg: DictConfig, plan: Plan, *, progress: bool = True) -> tuple[DictConfig, BrokenVideos]:
@@ -268,7 +268,8 @@ def prepare_data(cfg: DictConfig, plan: Plan, *, progress: bool = True) -> tuple
         report = check_dataset(checked, flow_everywhere=flow_input)
         how = f"list them all: {command(checked, flow_everywhere=flow_input)}"
         if report.layout_error:
-            raise ConfigError(f"dataset {data.name} at {data.root} is not ready: {report.layout_error} ({how})")
+            raise ConfigError(f"dataset {data.name} at {data.root} is not ready: "
+                              f"{report.layout_error.splitlines()[0]} ({how})")
         found = report.broken()
         if len(found) > data.max_broken_fraction * report.videos + 1e-9:
             raise ConfigError(_refusal(data, report.videos, found, how))
@@ -285,18 +286,16 @@ def prepare_data(cfg: DictConfig, plan: Plan, *, progress: bool = True) -> tuple
 
 
 def _refusal(data: Any, listed: int, found: dict[str, str], how: str) -> str:
-    """Why a dataset with broken videos refuses the start: how many, the first few, what to do."""
-    allowed = int(data.max_broken_fraction * listed)
-    lines = [f"dataset {data.name} at {data.root} is not ready: {len(found)} of its {listed} videos in split "
-             f"{data.split} are broken (data.max_broken_fraction={data.max_broken_fraction:g} tolerates {allowed}):"]
-    lines += [f"  {path}: {problem}" for path, problem in list(found.items())[:REFUSAL_EXAMPLES]]
-    if len(found) > REFUSAL_EXAMPLES:
-        lines.append(f"  ... and {len(found) - REFUSAL_EXAMPLES} more")
-    lines.append(f"  {how}")
+    """Why a dataset with broken videos refuses the start, in one line: how many, the first few, what to do."""
+    allowed = int(data.max_broken_fraction * listed + 1e-9)
+    named = "; ".join(f"{path}: {problem}" for path, problem in list(found.items())[:REFUSAL_EXAMPLES])
+    more = f"; and {len(found) - REFUSAL_EXAMPLES} more" if len(found) > REFUSAL_EXAMPLES else ""
     tolerate = _fraction_for(len(found), listed)
-    lines.append("  fix or remove them" + (f", or set data.max_broken_fraction={tolerate} to leave them out of every "
-                                           "trial (named in the parent run's broken_videos.json)" if tolerate else ""))
-    return "\n".join(lines)
+    fix = "fix or remove them" + (f", or set data.max_broken_fraction={tolerate} to leave them out of every trial "
+                                  "(named in the parent run's broken_videos.json)" if tolerate else "")
+    return (f"dataset {data.name} at {data.root} is not ready: {len(found)} of its {listed} videos in split {data.split} "
+            f"are broken (data.max_broken_fraction={data.max_broken_fraction:g} tolerates {allowed}): {named}{more} — "
+            f"{how}; {fix}")
 
 
 def _fraction_for(broken: int, listed: int) -> Optional[str]:
