@@ -292,7 +292,7 @@ def _refusal(data: Any, listed: int, found: dict[str, str], how: str) -> str:
     more = f"; and {len(found) - REFUSAL_EXAMPLES} more" if len(found) > REFUSAL_EXAMPLES else ""
     tolerate = _fraction_for(len(found), listed)
     fix = "fix or remove them" + (f", or set data.max_broken_fraction={tolerate} to leave them out of every trial "
-                                  "(named in the parent run's broken_videos.json)" if tolerate else "")
+                                  f"(named in the parent run's {records.BROKEN_VIDEOS_ARTIFACT})" if tolerate else "")
     return (f"dataset {data.name} at {data.root} is not ready: {len(found)} of its {listed} videos in split {data.split} "
             f"are broken (data.max_broken_fraction={data.max_broken_fraction:g} tolerates {allowed}): {named}{more} — "
             f"{how}; {fix}")

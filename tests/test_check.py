@@ -142,6 +142,8 @@ def test_the_summary_names_each_problem_once_and_exclude_leaves_videos_out(synth
     relative = os.path.relpath(other.path, synthetic_copy)
     code, report = _run(capsys, "--root", synthetic_copy, "--exclude", empty.path, "--exclude", relative)
     assert code == 0 and report["excluded"] == 2 and report["train_videos"] + report["test_videos"] == 10
+    assert main(["--dataset", "synthetic", "--root", synthetic_copy, "--exclude", relative]) == 1
+    assert "(1 more left out by data.exclude)" in capsys.readouterr().out
 
 
 def test_the_command_reproduces_the_check(synthetic_copy, capsys):

@@ -89,7 +89,8 @@ class CheckReport:
             return f"FAILED {self.dataset} at {self.root}: {self.layout_error}"
         lines = [f"{self.dataset} split {self.split} at {self.root}: {self.classes} classes, "
                  f"{self.train_videos} train + {self.val_videos} validation + {self.test_videos} test videos, "
-                 f"clips span {self.clip_frames} frames"]
+                 f"clips span {self.clip_frames} frames"
+                 + (f" ({self.excluded} more left out by data.exclude)" if self.excluded else "")]
         for name in (*PROBLEM_LISTS, "too_short"):
             items = getattr(self, name)
             if items:
