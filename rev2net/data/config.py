@@ -138,7 +138,6 @@ class DataConfig:
                "a number in [0, 1)")
         _check(0.0 <= self.max_broken_fraction < 1.0, "data.max_broken_fraction", self.max_broken_fraction,
                "a number in [0, 1) (e.g. 0.01: up to 1% of a split's videos may be broken and are left out)")
-        self.exclude = list(self.exclude)  # an OmegaConf ListConfig, when built from a composed config
         if self.eval_name is not None:
             _check(self.eval_name in DATASETS, "data.eval_name", self.eval_name,
                    "null or " + " | ".join(DATASETS))
