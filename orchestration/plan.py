@@ -293,8 +293,8 @@ def _refusal(data: Any, listed: int, found: dict[str, str], how: str) -> str:
     tolerate = _fraction_for(len(found), listed)
     fix = "fix or remove them" + (f", or set data.max_broken_fraction={tolerate} to leave them out of every trial "
                                   f"(named in the parent run's {records.BROKEN_VIDEOS_ARTIFACT})" if tolerate else "")
-    return (f"dataset {data.name} at {data.root} is not ready: {len(found)} of its {listed} videos in split {data.split} "
-            f"are broken (data.max_broken_fraction={data.max_broken_fraction:g} tolerates {allowed}): {named}{more} — "
+    return (f"dataset {data.name} at {data.root} is not ready: {len(found)} of its {listed} videos in split "
+            f"{data.split} are broken (data.max_broken_fraction={data.max_broken_fraction:g} tolerates {allowed}): {named}{more} — "
             f"{how}; {fix}")
 
 

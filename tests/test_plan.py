@@ -97,7 +97,8 @@ def test_a_stage_names_the_broken_videos_it_left_out_on_its_parent_run(tmp_path,
     artifact = json.loads(Path(client.download_artifacts(parent.info.run_id, records.BROKEN_VIDEOS_ARTIFACT,
                                                          str(tmp_path))).read_text())
     assert [v["path"] for v in artifact["videos"]] == [empty, cut] and artifact["max_broken_fraction"] == 0.2
-    logged = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path))).read_text())
+    config = client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path))
+    logged = yaml.safe_load(Path(config).read_text())
     assert logged["data"]["exclude"] == [empty, cut], "the trials' config leaves them out"
     summary = format_summary(result, []).splitlines()
     assert summary[1] == ("2 broken video(s) left out of every trial (data.max_broken_fraction), listed in the parent "
