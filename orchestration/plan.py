@@ -6,7 +6,8 @@
         MLflow (orchestration/records.py) -> every planned trial's config checked for its model
         family (rev2net.registry.check_spec) and, for the generated dataset, for what the generator
         can make (rev2net.data.synthetic.check_params)
-    prepare_data(cfg)      the embedded dataset generated on first use, the dataset checked
+    prepare_data(cfg)      the embedded dataset generated on first use, the dataset checked; broken
+                           videos refuse the start, or are left out (data.max_broken_fraction)
     trial_epochs(cfg, n)   how many trial-epochs the stage will train (the dry run prints it)
     device_hours(cfg, n, gpus_per_trial)   what they cost in GPU-hours, from search.step_time_s
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -229,31 +231,105 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Plan]:
     return cfg, plan
 
 
-def prepare_data(cfg: DictConfig, plan: Plan, *, progress: bool = True) -> None:
+@dataclasses.dataclass
+class BrokenVideos:
+    """The broken videos data.max_broken_fraction tolerated (each left out of every trial's lists
+    through data.exclude), per dataset; the parent run's artifact BROKEN_VIDEOS_ARTIFACT."""
+
+    videos: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # path -> dataset, root, problem
+    checked: dict[str, int] = dataclasses.field(default_factory=dict)  # "<dataset> at <root>" -> videos listed
+    max_broken_fraction: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": len(self.videos), "max_broken_fraction": self.max_broken_fraction, "checked": self.checked,
+                "videos": [{"path": path, **about} for path, about in self.videos.items()]}
+
+
+REFUSAL_EXAMPLES = 3  # broken videos a refusal names (its one line: the command lists them all)
+
+
+def prepare_data(cfg: DictConfig, plan: Plan, *, progress: bool = True) -> tuple[DictConfig, BrokenVideos]:
     """The datasets the planned trials read, ready and checked like `rev2net.data.check`: the
     generated dataset made on first use (with every video's flow when a planned family reads flow
-    as its input), the cross-dataset target too."""
+    as its input), the cross-dataset target too. Broken videos (missing, unreadable, without flow)
+    refuse the start with the first few named, unless data.max_broken_fraction of the split's
+    videos tolerates them: then the returned config lists them in data.exclude (the trials leave
+    them out of every list: `rev2net.data.datasets`), and BrokenVideos names them."""
     from rev2net.data import check_dataset, ensure_synthetic
-    from rev2net.data.check import check_target
+    from rev2net.data.check import check_target, command
     from rev2net.data.synthetic import ensure_flow
 
     specs = trial_specs(cfg, plan)
     flow_input = any(registry.data_needs(s.model, s.loss).flow_pairs for s in specs)
+    broken = BrokenVideos(max_broken_fraction=float(cfg.data.max_broken_fraction))
     for data in {json.dumps(dataclasses.asdict(s.data), sort_keys=True): s.data for s in specs}.values():
         for name, root, params in ((data.name, data.root, data.synthetic),
                                    (data.eval_name, data.eval_root, data.eval_synthetic)):
             if name == "synthetic":
                 (ensure_flow if flow_input else ensure_synthetic)(root, params, progress=progress)
         # flow is read where it is stored and used: targets (unless a MotionNet computes them), inputs
-        report = check_dataset(dataclasses.replace(data, flow=data.stored_flow_targets or flow_input),
-                               flow_everywhere=flow_input)
-        if not report.ok:
-            raise ConfigError(f"dataset {data.name} at {data.root} is not ready: {report.summary().splitlines()[0]} "
-                              f"(details: python -m rev2net.data.check --dataset {data.name} --root {data.root} "
-                              f"--split {data.split})")
+        checked = dataclasses.replace(data, flow=data.stored_flow_targets or flow_input)
+        report = check_dataset(checked, flow_everywhere=flow_input)
+        how = f"list them all: {command(checked, flow_everywhere=flow_input)}"
+        if report.layout_error:
+            raise ConfigError(f"dataset {data.name} at {data.root} is not ready: "
+                              f"{report.layout_error.splitlines()[0]} ({how})")
+        found = report.broken()
+        if len(found) > data.max_broken_fraction * report.videos + 1e-9:
+            raise ConfigError(_refusal(data, report.videos, found, how))
+        broken.checked[f"{data.name} at {data.root}"] = report.videos
+        broken.videos.update({path: {"dataset": data.name, "root": data.root, "problem": problem}
+                              for path, problem in found.items()})
         problems = check_target(data)
         if problems:
             raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    if broken.videos:
+        cfg = cfg.copy()
+        cfg.data.exclude = list(dict.fromkeys([*cfg.data.exclude, *broken.videos]))
+    return cfg, broken
+
+
+def _refusal(data: Any, listed: int, found: dict[str, str], how: str) -> str:
+    """Why a dataset with broken videos refuses the start, in one line: how many, the first few, what to do."""
+    allowed = int(data.max_broken_fraction * listed + 1e-9)
+    named = "; ".join(f"{path}: {problem}" for path, problem in list(found.items())[:REFUSAL_EXAMPLES])
+    more = f"; and {len(found) - REFUSAL_EXAMPLES} more" if len(found) > REFUSAL_EXAMPLES else ""
+    tolerate = _fraction_for(len(found), listed)
+    fix = "fix or remove them" + (f", or set data.max_broken_fraction={tolerate} to leave them out of every trial "
+                                  f"(named in the parent run's {records.BROKEN_VIDEOS_ARTIFACT})" if tolerate else "")
+    return (f"dataset {data.name} at {data.root} is not ready: {len(found)} of its {listed} videos in split "
+            f"{data.split} are broken (data.max_broken_fraction={data.max_broken_fraction:g} tolerates {allowed}): {named}{more} — "
+            f"{how}; {fix}")
+
+
+def _fraction_for(broken: int, listed: int) -> Optional[str]:
+    """The data.max_broken_fraction that tolerates `broken` of `listed` videos (rounded up to two
+    significant digits); None when that is not below 1."""
+    ratio = broken / listed
+    digits = 1 - math.floor(math.log10(ratio))
+    value = math.ceil(ratio * 10 ** digits) / 10 ** digits
+    return f"{value:.{digits}f}" if value < 1 else None
+
+
+def log_broken_videos(client: Any, parent_run_id: str, broken: BrokenVideos) -> None:
+    """Name the tolerated broken videos on the stage's parent run: the artifact
+    records.BROKEN_VIDEOS_ARTIFACT and the count in records.TAG_BROKEN_VIDEOS. Nothing when none."""
+    if not broken.videos:
+        return
+    client.log_text(parent_run_id, json.dumps(broken.to_dict(), indent=1), records.BROKEN_VIDEOS_ARTIFACT)
+    client.set_tag(parent_run_id, records.TAG_BROKEN_VIDEOS, str(len(broken.videos)))
+
+
+def read_broken_videos(tracking_uri: str, parent_run_id: str) -> list[dict[str, str]]:
+    """The broken videos a stage left out (path, dataset, root, problem), from its parent run; [] when none."""
+    import tempfile
+
+    client = tracking.client(tracking_uri)
+    if records.TAG_BROKEN_VIDEOS not in client.get_run(parent_run_id).data.tags:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent_run_id, records.BROKEN_VIDEOS_ARTIFACT, tmp)
+        return json.loads(Path(path).read_text())["videos"]
 
 
 def confirm_plan(cfg: DictConfig, plan: Plan, parent_run_id: str) -> Optional[Plan]:
@@ -305,8 +381,6 @@ def steps_per_epoch(cfg: DictConfig) -> tuple[Optional[int], str]:
     """Training steps (batches) per epoch of one trial: its training videos (the split's train list,
     less the held-out validation share) / (data.batch_size × data-parallel processes); (None, why)
     when the split list cannot be read yet (the embedded dataset is generated on first use)."""
-    import math
-
     from rev2net.data.layouts import load_split
 
     data = to_objects(cfg).data

@@ -70,12 +70,13 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
                 log.warning(note)
         ray_cluster.check_ray_address(cfg.ray.address)
         tracking.check_reachable(cfg.mlflow.tracking_uri)
-        planning.prepare_data(cfg, plan, progress=progress)
+        cfg, broken = planning.prepare_data(cfg, plan, progress=progress)  # tolerated broken videos: data.exclude
 
         client = tracking.client(cfg.mlflow.tracking_uri)
         exp_id = tracking.experiment_id(client, experiment_name(cfg), _artifact_location(cfg))
         where = sweep.locate(cfg, plan, fresh=fresh, require_resume=require_resume)
         parent_id = _open_parent(cfg, plan, client, exp_id, where)
+        planning.log_broken_videos(client, parent_id, broken)
 
         ray_cluster.start(cfg)
         ray_cluster.check_shared_storage(cfg.ray.storage_path)

@@ -100,3 +100,63 @@ def test_many_videos_are_checked_in_worker_processes_with_the_same_report(synthe
     monkeypatch.setattr(check, "PARALLEL_FROM", 2)
     pooled = check_dataset(cfg, workers=2)
     assert pooled.unreadable == [split.train[0].path] and pooled.to_dict() == alone.to_dict()
+
+
+def cut_to_decodable_prefix(path: str) -> int:
+    """Cut the video file to the longest prefix (in 5% steps, below 100%) that still opens and
+    decodes, as an interrupted download leaves it; the frames it then decodes."""
+    from rev2net.data.video import open_video
+
+    data = open(path, "rb").read()
+    for percent in range(90, 40, -5):
+        with open(path, "wb") as f:
+            f.write(data[: len(data) * percent // 100])
+        try:
+            reader = open_video(path)
+            reader.get_batch(list(range(len(reader))))
+        except Exception:  # noqa: BLE001 - cut inside the header: try no other prefix length
+            continue
+        return len(reader)
+    raise AssertionError(f"no prefix of {path} decodes")
+
+
+def test_deep_mode_reports_a_video_cut_to_a_prefix_against_its_containers_claim(synthetic_copy, capsys):
+    record = load_split("synthetic", synthetic_copy, 1).train[0]
+    frames = cut_to_decodable_prefix(record.path)
+    assert 2 <= frames <= 10, f"the cut video should decode fewer of its 12 frames, decodes {frames}"
+    code, report = _run(capsys, "--root", synthetic_copy, "--frames", "2")
+    assert code == 0 and report["truncated"] == [], "the fast mode does not decode: it cannot tell"
+    code, report = _run(capsys, "--root", synthetic_copy, "--frames", "2", "--deep")
+    assert code == 1 and report["truncated"] == [record.path] and report["problems"] == 1
+    assert report["details"][record.path] == f"{frames} frames decode, its container claims 12: cut short"
+
+
+def test_the_summary_names_each_problem_once_and_exclude_leaves_videos_out(synthetic_copy, capsys):
+    split = load_split("synthetic", synthetic_copy, 1)
+    empty, other = split.train[0], split.test[0]
+    open(empty.path, "wb").close()
+    open(other.path, "wb").close()
+    assert main(["--dataset", "synthetic", "--root", synthetic_copy, "--frames", "8", "--limit", "1"]) == 1
+    text = capsys.readouterr().out
+    assert f"    {empty.path}: empty file\n" in text and "... and 1 more" in text and "FAILED: 2 problems" in text
+    relative = os.path.relpath(other.path, synthetic_copy)
+    code, report = _run(capsys, "--root", synthetic_copy, "--exclude", empty.path, "--exclude", relative)
+    assert code == 0 and report["excluded"] == 2 and report["train_videos"] + report["test_videos"] == 10
+    assert main(["--dataset", "synthetic", "--root", synthetic_copy, "--exclude", relative]) == 1
+    assert "(1 more left out by data.exclude)" in capsys.readouterr().out
+
+
+def test_the_command_reproduces_the_check(synthetic_copy, capsys):
+    import shlex
+
+    from rev2net.data.check import command
+
+    video = os.path.relpath(load_split("synthetic", synthetic_copy, 1).train[0].path, synthetic_copy)
+    flow_root = os.path.join(synthetic_copy, "flow_tvl1")
+    cfg = DataConfig(name="synthetic", root=synthetic_copy, frames=8, flow_root=flow_root, exclude=[video])
+    line = command(cfg, flow_everywhere=True)
+    assert line == (f"python -m rev2net.data.check --dataset synthetic --root {synthetic_copy} --split 1 --frames 8 "
+                    f"--flow-root {flow_root} --flow-everywhere --exclude {video} --limit 0")
+    code, report = _run(capsys, *shlex.split(line)[5:])
+    assert code == 1 and report == check_dataset(cfg, flow_everywhere=True).to_dict()
+    assert report["excluded"] == 1 and report["missing_flow"], "the validation videos have no flow"

@@ -360,3 +360,17 @@ def test_validation_clips_are_kept_when_they_fit(synthetic_root, synthetic_param
     assert cached._cache is not None and all(cached[i]["frames"] is first[i] for i in range(len(cached)))
     uncached = build_loaders(_cfg(synthetic_root, synthetic_params, eval_cache_mb=0), seed=0).val.dataset
     assert uncached._cache is None and torch.equal(uncached[0]["frames"], first[0]), "the same clips either way"
+
+
+def test_excluded_videos_are_in_no_list_of_a_trial(synthetic_copy, synthetic_params):
+    split = load_split("synthetic", synthetic_copy, 1)
+    gone = [split.train[0].path, os.path.relpath(split.val[0].path, synthetic_copy), split.test[0].path]
+    cfg = _cfg(synthetic_copy, synthetic_params, exclude=gone)
+    data = build_loaders(cfg, seed=0)
+    test = build_eval_loader(cfg).dataset.records
+    train, val = data.train.dataset.records, data.val.dataset.records
+    assert (len(train), len(val), len(test)) == (len(split.train) - 1, len(split.val) - 1, len(split.test) - 1)
+    assert not {split.train[0], split.val[0], split.test[0]} & set(train + val + test)
+    assert data.num_classes == 3, "the classes stay, with their other videos"
+    with pytest.raises(ValueError, match=r"data.max_broken_fraction=1.0 is not allowed: expected a number in \[0, 1\)"):
+        _cfg(synthetic_copy, synthetic_params, max_broken_fraction=1.0)

@@ -3,12 +3,18 @@
     python -m rev2net.data.check --dataset NAME --root DIR [--split N] [--json] [--deep]
 
 Checks that the split files parse, every listed video exists and opens (with `--deep`: decodes
-every frame), its length covers a clip (shorter videos are listed in `too_short` and served by
-data.short_video_policy: not a failure unless `--strict-length`), and its flow folder is present
-and complete (with `--deep`: every flow JPEG decodes). The default mode opens each video and reads
-its length from the container index, without decoding; flow completeness is the presence of the
-last pair's JPEGs (folders written by rev2net.data.flow appear only when complete). The exit
-status is 1 when any problem is found, 2 when the layout itself is broken.
+every frame, and compares the frames that decode with the count its container claims: a file cut
+to a prefix that still decodes is listed in `truncated`), its length covers a clip (shorter videos
+are listed in `too_short` and served by data.short_video_policy: not a failure unless
+`--strict-length`), and its flow folder is present and complete (with `--deep`: every flow JPEG
+decodes). The default mode opens each video and reads its length from the container index, without
+decoding; flow completeness is the presence of the last pair's JPEGs (folders written by
+rev2net.data.flow appear only when complete). Videos in data.exclude (`--exclude`) are left out,
+as the trials leave them out. The exit status is 1 when any problem is found, 2 when the layout
+itself is broken.
+
+A sweep runs this check before its first trial (orchestration/plan.py `prepare_data`): a broken
+video refuses the start, unless data.max_broken_fraction tolerates it (`CheckReport.broken`).
 """
 
 from __future__ import annotations
@@ -16,19 +22,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 
+import cv2
+
 from rev2net.data.config import DATASETS, DataConfig
 from rev2net.data.flow import count_pairs, flow_dir_of, pair_files, read_pair
 from rev2net.data.jobs import map_with_progress
-from rev2net.data.layouts import (LayoutError, VideoRecord, apply_class_map, load_class_map, load_split,
-                                  validation_split)
+from rev2net.data.layouts import (LayoutError, VideoRecord, apply_class_map, exclude_videos, load_class_map,
+                                  load_split, validation_split)
 from rev2net.data.video import UnreadableVideo, open_video
 
 FLOW_TOLERANCE = 1  # frame pairs a flow folder may lack at the end (some extractors drop the last)
 PARALLEL_FROM = 256  # videos; fewer are checked in this process
+PROBLEM_LISTS = ("missing_videos", "unreadable", "truncated", "missing_flow")  # a video in one is broken
 
 
 @dataclass
@@ -46,18 +56,30 @@ class CheckReport:
     missing_videos: list[str] = field(default_factory=list)  # listed, no file
     unreadable: list[str] = field(default_factory=list)
     missing_flow: list[str] = field(default_factory=list)  # no flow folder, or incomplete
+    truncated: list[str] = field(default_factory=list)  # --deep: fewer frames decode than the container claims
     too_short: list[str] = field(default_factory=list)  # fewer frames than a clip spans
     details: dict[str, str] = field(default_factory=dict)  # video -> what is wrong
+    excluded: int = 0  # listed videos left out by data.exclude
     strict_length: bool = False
 
     @property
     def problems(self) -> int:
-        count = len(self.missing_videos) + len(self.unreadable) + len(self.missing_flow) + bool(self.layout_error)
-        return count + (len(self.too_short) if self.strict_length else 0)
+        return len(self.broken()) + bool(self.layout_error)
 
     @property
     def ok(self) -> bool:
         return self.problems == 0
+
+    @property
+    def videos(self) -> int:
+        """Listed videos the check looked at (the missing ones included, data.exclude's not)."""
+        return self.train_videos + self.val_videos + self.test_videos + len(self.missing_videos)
+
+    def broken(self) -> dict[str, str]:
+        """Every broken video -> what is wrong with it, in list order: missing, unreadable, truncated,
+        without its flow (and too short, with strict_length). What data.max_broken_fraction tolerates."""
+        names = PROBLEM_LISTS + (("too_short",) if self.strict_length else ())
+        return {path: self.details.get(path, name) for name in names for path in getattr(self, name)}
 
     def to_dict(self) -> dict:
         return {**asdict(self), "problems": self.problems, "ok": self.ok}
@@ -67,8 +89,9 @@ class CheckReport:
             return f"FAILED {self.dataset} at {self.root}: {self.layout_error}"
         lines = [f"{self.dataset} split {self.split} at {self.root}: {self.classes} classes, "
                  f"{self.train_videos} train + {self.val_videos} validation + {self.test_videos} test videos, "
-                 f"clips span {self.clip_frames} frames"]
-        for name in ("missing_videos", "unreadable", "missing_flow", "too_short"):
+                 f"clips span {self.clip_frames} frames"
+                 + (f" ({self.excluded} more left out by data.exclude)" if self.excluded else "")]
+        for name in (*PROBLEM_LISTS, "too_short"):
             items = getattr(self, name)
             if items:
                 lines.append(f"  {name}: {len(items)}")
@@ -96,6 +119,7 @@ def check_dataset(cfg: DataConfig, *, deep: bool = False, strict_length: bool = 
     except (LayoutError, ValueError) as error:
         report.layout_error = str(error)
         return report
+    split, report.excluded = exclude_videos(split, cfg.exclude, cfg.root)
     report.classes, report.test_videos = len(split.class_names), len(split.test)
     report.missing_videos = list(split.missing)
     report.details.update({path: "listed but no file" for path in split.missing})
@@ -110,23 +134,47 @@ def check_dataset(cfg: DataConfig, *, deep: bool = False, strict_length: bool = 
     jobs = [(record, flow_root if read_flow is None or record.key in read_flow else None, deep) for record in records]
     results = list(map_with_progress(_check_video, jobs, desc="check", workers=workers, chunksize=64,
                                      parallel_from=PARALLEL_FROM, progress=progress))
-    for record, (length, video_error, flow_error) in zip(records, results):
+    for record, (length, video_error, flow_error, claimed) in zip(records, results):
         if video_error:
             report.unreadable.append(record.path)
             report.details[record.path] = video_error
             continue
+        found = []  # (list, what is wrong); the details join them
+        if claimed - length > truncation_tolerance(claimed):
+            found.append((report.truncated, f"{length} frames decode, its container claims {claimed}: cut short"))
         if length < cfg.clip_span:
-            report.too_short.append(record.path)
-            report.details[record.path] = f"{length} frames < {cfg.clip_span}"
+            found.append((report.too_short, f"{length} frames < {cfg.clip_span}"))
         if flow_error:
-            report.missing_flow.append(record.path)
-            report.details[record.path] = flow_error
+            found.append((report.missing_flow, flow_error))
+        for items, _ in found:
+            items.append(record.path)
+        if found:
+            report.details[record.path] = "; ".join(what for _, what in found)
     return report
 
 
-def _check_video(job: tuple[VideoRecord, str | None, bool]) -> tuple[int, str, str]:
-    """(length, video problem, flow problem) of one video."""
+def truncation_tolerance(claimed: int) -> int:
+    """Frames a container's claim may exceed the decodable frames by without the file being cut
+    short: 1, or 2% of the claim (containers that store a duration, not a count, round it)."""
+    return max(1, round(0.02 * claimed))
+
+
+def claimed_frames(path: str) -> int:
+    """The frame count the container's header claims (OpenCV's CAP_PROP_FRAME_COUNT, read without
+    decoding: AVI's stream header, MP4's sample table, or duration x rate); 0 when it claims none."""
+    capture = cv2.VideoCapture(path)
+    try:
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
+def _check_video(job: tuple[VideoRecord, str | None, bool]) -> tuple[int, str, str, int]:
+    """(length, video problem, flow problem, frames the container claims: --deep only, else 0) of
+    one video. decord's length of a file cut short is the frames it finds (an AVI without its index
+    is scanned), so only the header's claim tells the cut."""
     record, flow_root, deep = job
+    claimed = 0
     try:
         reader = open_video(record.path)
         length = len(reader)
@@ -135,11 +183,13 @@ def _check_video(job: tuple[VideoRecord, str | None, bool]) -> tuple[int, str, s
         if deep:
             for begin in range(0, length, 64):
                 reader.get_batch(list(range(begin, min(begin + 64, length))))
+            claimed = claimed_frames(record.path)
     except Exception as error:  # decord raises assorted types on broken files
-        return 0, str(error).splitlines()[0] if str(error) else type(error).__name__, ""
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return 0, message.removeprefix(f"{record.path}: "), "", 0
     if flow_root is None:
-        return length, "", ""
-    return length, "", _check_flow(flow_dir_of(flow_root, record.key), length, deep)
+        return length, "", "", claimed
+    return length, "", _check_flow(flow_dir_of(flow_root, record.key), length, deep), claimed
 
 
 def _check_flow(flow_dir: str, length: int, deep: bool) -> str:
@@ -176,21 +226,47 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of training groups held out for validation when the layout has no list of its own")
     parser.add_argument("--no-flow", action="store_true", help="do not check flow")
     parser.add_argument("--flow-root", help="default: ROOT/flow_tvl1")
+    parser.add_argument("--flow-everywhere", action="store_true",
+                        help="check the flow of every video, not only the training videos' (a flow stream reads it)")
     parser.add_argument("--class-map", help="check only the mapped classes")
+    parser.add_argument("--exclude", action="append", default=[], metavar="VIDEO",
+                        help="leave this video out, as data.exclude does (repeatable; relative to --root)")
+    parser.add_argument("--limit", type=int, default=10, help="videos listed per problem (default %(default)s; 0: all)")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     try:
         cfg = DataConfig(name=args.dataset, root=args.root, split=args.split, frames=args.frames,
                          frame_stride=args.frame_stride, short_video_policy=args.short_video_policy,
-                         flow=not args.no_flow, flow_root=args.flow_root, class_map=args.class_map, val_fraction=args.val_fraction)
+                         flow=not args.no_flow, flow_root=args.flow_root, class_map=args.class_map,
+                         val_fraction=args.val_fraction, exclude=args.exclude)
     except ValueError as error:
         parser.error(str(error))
     report = check_dataset(cfg, deep=args.deep, strict_length=args.strict_length, workers=args.workers,
-                           progress=sys.stderr.isatty())
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+                           progress=sys.stderr.isatty(), flow_everywhere=args.flow_everywhere)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary(limit=args.limit or sys.maxsize))
     if report.layout_error:
         return 2
     return 0 if report.ok else 1
+
+
+def command(cfg: DataConfig, *, flow_everywhere: bool = False, deep: bool = False) -> str:
+    """The command line that runs `check_dataset(cfg, flow_everywhere=...)` and lists every problem."""
+    args = ["python", "-m", "rev2net.data.check", "--dataset", cfg.name, "--root", cfg.root, "--split", str(cfg.split)]
+    defaults = DataConfig()
+    for flag, key in (("--frames", "frames"), ("--frame-stride", "frame_stride"),
+                      ("--short-video-policy", "short_video_policy"), ("--val-fraction", "val_fraction"),
+                      ("--flow-root", "flow_root"), ("--class-map", "class_map")):
+        if getattr(cfg, key) != getattr(defaults, key):
+            args += [flag, str(getattr(cfg, key))]
+    if not cfg.flow:
+        args.append("--no-flow")
+    elif cfg.flow_root is None and cfg.flow_algorithm != defaults.flow_algorithm:
+        args += ["--flow-root", cfg.resolved_flow_root()]
+    args += ["--flow-everywhere"] if flow_everywhere and cfg.flow else []
+    args += ["--deep"] if deep else []
+    for video in cfg.exclude:
+        args += ["--exclude", video]
+    return shlex.join(args + ["--limit", "0"])
 
 
 if __name__ == "__main__":

@@ -91,6 +91,11 @@ class DataConfig:
     class_map: Optional[str] = None  # cross-dataset class mapping: a file or a shipped name (ucf101_hmdb51_12);
                                      # none between two datasets of one layout with the same classes (e.g. two
                                      # generated domains)
+    max_broken_fraction: float = 0.0  # share of a split's listed videos that may be broken (missing, unreadable,
+                                      # cut short, without flow): the sweep leaves them out of every trial's
+                                      # lists (data.exclude) and names them; more refuses the start. 0: none
+    exclude: list[str] = field(default_factory=list)  # video files left out of every list (absolute, or relative to
+                                                      # data.root); the driver adds the broken videos it tolerates
     eval_name: Optional[str] = None  # cross-dataset target dataset (evaluated on its test list)
     eval_root: Optional[str] = None  # its folder
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when name == synthetic
@@ -131,6 +136,8 @@ class DataConfig:
                self.short_video_policy, " | ".join(SHORT_VIDEO_POLICIES))
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction,
                "a number in [0, 1)")
+        _check(0.0 <= self.max_broken_fraction < 1.0, "data.max_broken_fraction", self.max_broken_fraction,
+               "a number in [0, 1) (e.g. 0.01: up to 1% of a split's videos may be broken and are left out)")
         if self.eval_name is not None:
             _check(self.eval_name in DATASETS, "data.eval_name", self.eval_name,
                    "null or " + " | ".join(DATASETS))

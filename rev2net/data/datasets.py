@@ -26,8 +26,10 @@ validation list, or a held-out share of the training groups: `rev2net.data.layou
 and scored once, at its end, on the official test list (`build_eval_loader`). Unlabelled clips of
 a target domain for domain adaptation come from `build_target_loader`: its samples have no label.
 
-A video that cannot be read (missing, empty, not a video, undecodable, or with unreadable flow
-JPEGs) never stops training: it is reported once per file and worker with an
+Every list leaves out the videos in data.exclude (`rev2net.data.layouts.exclude_videos`): the
+sweep's driver adds the broken videos that data.max_broken_fraction tolerates, so every trial on
+every node reads the same lists. A video that still cannot be read (missing, empty, not a video,
+undecodable, or with unreadable flow JPEGs) never stops training: it is reported once per file and worker with an
 `UnreadableVideoWarning`, replaced by another video chosen from the sample seed (evaluation: the
 next video), and counted in the batch's `skipped` field.
 
@@ -53,7 +55,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rev2net.batch import FLOW, FLOW_INPUT, FRAMES, INDEX, LABEL, SKIPPED
 from rev2net.data.config import DataConfig
 from rev2net.data.flow import extraction_command, flow_dir_of, read_pair, stored_grid
-from rev2net.data.layouts import Split, VideoRecord, apply_class_map, load_class_map, load_split, validation_split
+from rev2net.data.layouts import (Split, VideoRecord, apply_class_map, exclude_videos, load_class_map, load_split,
+                                  validation_split)
 from rev2net.data.shuffle import PROTOCOLS, shuffle_order
 from rev2net.data.transforms import Crop, centre_crop, crop_flow, crop_frames, flow_window, random_crop
 from rev2net.data.video import UnreadableVideo, clip_indices, eval_starts, open_video, read_frames, train_start
@@ -450,7 +453,7 @@ def _split(cfg: DataConfig, name: str, root: str) -> Split:
         from rev2net.data.synthetic import ensure_synthetic
 
         ensure_synthetic(root, cfg.synthetic if root == cfg.root else cfg.eval_synthetic, progress=False)
-    split = load_split(name, root, cfg.split)
+    split, _ = exclude_videos(load_split(name, root, cfg.split), cfg.exclude, cfg.root)
     if cfg.class_map is not None:
         split = apply_class_map(split, load_class_map(cfg.class_map), name)
     return split

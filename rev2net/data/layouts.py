@@ -91,6 +91,20 @@ def load_split(name: str, root: str, split: int = 1) -> Split:
                      "generic | synthetic")
 
 
+def exclude_videos(split: Split, exclude: list[str], root: str) -> tuple[Split, int]:
+    """`split` without the videos in `exclude` (data.exclude: video files, absolute or relative to
+    `root`) in any of its lists, and how many listed videos that left out."""
+    if not exclude:
+        return split, 0
+    root = os.path.abspath(os.path.expanduser(root))
+    drop = {os.path.normpath(os.path.join(root, os.path.expanduser(path))) for path in exclude}
+    kept = {subset: [r for r in getattr(split, subset) if os.path.normpath(r.path) not in drop]
+            for subset in ("train", "val", "test")}
+    missing = [path for path in split.missing if os.path.normpath(path) not in drop]
+    left_out = sum(len(getattr(split, s)) - len(kept[s]) for s in kept) + len(split.missing) - len(missing)
+    return replace(split, missing=missing, **kept), left_out
+
+
 def all_videos(name: str, root: str, *, subsets: tuple[str, ...] = ("train", "val", "test")) -> list[VideoRecord]:
     """Every video that any split lists in `subsets`, once (sorted by key): what flow extraction
     covers (subsets=("train",): the videos some split trains on, the only ones whose flow is read)."""
