@@ -163,7 +163,8 @@ def test_a_nan_flow_target_is_caught_and_named() -> None:
     model = tiny()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(DivergedError, match="'flow'.*epoch 1, step 1.*loss.lambda_flow") as caught:
-        fit(model, loader(clips(flow_value=float("nan"))), None, TrainerConfig(max_epochs=2), LossConfig())
+        fit(model, loader(clips(flow_value=float("nan"))), None, TrainerConfig(max_epochs=2, sync_every=1),
+            LossConfig())
     assert (caught.value.term, caught.value.epoch, caught.value.step) == ("flow", 1, 1)
     assert math.isnan(caught.value.value)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "no update from a diverged step"
