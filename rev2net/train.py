@@ -335,11 +335,15 @@ class TrainingStep:
     `all_samples` the self-supervised terms read every sample (domain adaptation's target decoders)."""
 
     def __init__(self, net: nn.Module, loss_cfg: LossConfig, device: torch.device, amp: str, *,
-                 compile: bool = False) -> None:
+                 compile: bool = False, backend: str = "inductor", fullgraph: bool = False) -> None:
         self.net, self.loss_cfg, self.device, self.amp = net, loss_cfg, device, amp
         self.need = needs(loss_cfg)
         self.compiled = compile
-        self._run = torch.compile(self._forward_objective) if compile else self._forward_objective
+        # `backend`: inductor generates kernels (Triton on CUDA, C++ on a CPU: minutes of warm-up there);
+        # aot_eager captures the same forward and backward graphs and runs them with eager kernels.
+        # `fullgraph`: fail on a graph break instead of running that part eagerly.
+        self._run = (torch.compile(self._forward_objective, backend=backend, fullgraph=fullgraph) if compile
+                     else self._forward_objective)
 
     def _forward_objective(self, xs: list[Tensor], label: Tensor, frames: Optional[Tensor], flow: Optional[Tensor],
                            n: int, all_samples: bool) -> tuple[dict[str, Tensor], Tensor, Optional[Tensor]]:
