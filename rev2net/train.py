@@ -38,11 +38,19 @@ The checkpoint (`EpochReport.state_dict()`) holds model, optimizer, scheduler, e
 lists and numbers, so `torch.load(path, weights_only=True)` reads it, and training resumed from it
 continues bit-identically on CPU.
 
+Speed (the GPU path; README, Performance): `trainer.memory_format` stores the model and its 5D
+inputs channels-last (auto: on CUDA; `to_channels_last`), `trainer.compile` compiles the step's
+forward + objective (`TrainingStep`), and the host waits for the device only every
+`trainer.sync_every` steps: the loss sums, accuracies and the first non-finite step stay on the
+device (`_Divergence`), and a DivergedError names that step and term when it is read. With
+`data.augment_on=device` the batches' uncut regions are cut into clips on the device (`to_device`).
+cuDNN's autotuner is on unless `trainer.deterministic`.
+
 Data-parallel (`fit(..., distributed=True)`, inside a torch.distributed process group that
 `rev2net.trial.run_trial(processes=N)` sets up): the model trains wrapped in
 DistributedDataParallel (gradients averaged over the ranks; each rank's loader yields its shard,
-so the global batch is N x data.batch_size), the loss terms are summed over the ranks at every
-step (a NaN on any rank stops every rank with the same DivergedError), and the epoch metrics are
+so the global batch is N x data.batch_size), the first diverged step is compared over the ranks
+every `trainer.sync_every` steps (a NaN on any rank stops every rank with the same DivergedError), and the epoch metrics are
 sums over all ranks' samples, so they read as in a single process. Rank 0 alone calls
 `on_epoch_end`; its checkpoint holds the unwrapped model (interchangeable with a single-process
 one) and every rank's RNG state (`rng_ranks`), so a DDP trial resumes exactly on the same number
