@@ -502,7 +502,9 @@ def fit(
     `flow_source` computes the flow targets from each training clip (e.g. a frozen MotionNet).
 
     With `distributed` (DDP; every rank calls `fit` with its shard of the data) only rank 0 calls
-    `on_epoch_end`. Raises DivergedError as soon as a loss term is NaN or infinite (before the update)."""
+    `on_epoch_end`. Raises DivergedError when a loss term was NaN or infinite, at the next check (every
+    `trainer.sync_every` steps, before that step's update, and at the epoch's end), naming the first
+    such step and term."""
     trainer_cfg.validate()
     loss_cfg.validate()
     if distributed and not (dist.is_available() and dist.is_initialized()):
