@@ -180,6 +180,27 @@ def test_divergence_is_found_without_a_sync_per_step() -> None:
     assert (caught.value.term, caught.value.epoch, caught.value.step) == ("flow", 1, 1)
 
 
+def test_uncut_regions_train_through_the_loop() -> None:
+    """data.augment_on=device: batches of uncut regions (rev2net.batch REGION, GEOMETRY) are cut into
+    clips on the device inside the loop and train like frames cut by the loader."""
+    from rev2net.data.transforms import Crop, crop_frames
+
+    g = torch.Generator().manual_seed(0)
+    regions = torch.randint(0, 256, (4, 8, 40, 40, 3), dtype=torch.uint8, generator=g)  # (B, T, S, S, 3)
+    geometry = torch.tensor([[40, 0, 32], [40, 1, 32], [36, 0, 32], [40, 1, 32]])  # one smaller square, padded
+    flow = (torch.randn(4, 2, 7, 16, 16, generator=g) * 3).half()
+    label = torch.arange(4) % 4
+    uncut = [{"region": regions, "geometry": geometry, "flow": flow, "label": label}]
+    cut = torch.stack([torch.from_numpy(crop_frames(r[:, :side, :side].numpy(), Crop(0, 0, side, bool(flip)), 32))
+                       for r, (side, flip, _) in zip(regions, geometry.tolist())])
+    frames = [{"frames": cut, "flow": flow, "label": label}]
+    histories = [fit(tiny(seed=0), batches, None, TrainerConfig(max_epochs=2, lr=0.05), LossConfig())
+                 for batches in (uncut, frames)]
+    for key in histories[1][1]:
+        if key not in TIMING:
+            assert histories[0][1][key] == pytest.approx(histories[1][1][key], rel=0.02, abs=1e-3), key
+
+
 def test_channels_last_trains_like_contiguous() -> None:
     """trainer.memory_format=channels_last (the CUDA default) changes the layout, not the numbers:
     the weights are stored channels-last, and an epoch gives the same metrics (validation: after the
