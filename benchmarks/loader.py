@@ -1,6 +1,7 @@
 """Data pipeline speed: clips/s per loader process, and flow extraction frame pairs/s per core.
 
     .venv/bin/python benchmarks/loader.py [--videos 8] [--frames 64] [--samples 48] [--max-workers N]
+    .venv/bin/python benchmarks/loader.py --only workers [--target-clips-per-s FULL,COARSE]
 
 Generates 320x240 videos (rev2net.data.synthetic, XVID) and their TV-L1 flow in a temporary
 folder, then prints
@@ -13,6 +14,14 @@ folder, then prints
      against the source frames resized, and clips/s at the coarse fidelity from the copy with the
      source's flow linked and with flow resampled to the copy's grid (and how much the resampled
      flow targets differ from the linked ones).
+  5. loader processes one GPU needs (`--only workers` prints this alone): clips/s of one process at
+     full size (32x224x224 from 320x240 video, 112x112 flow targets: the fine and ablation stages'
+     Rev2Net) and at the coarse fidelity (16x112x112 from a 128 short side, 56x56 flow), RGB alone
+     (I3D) and RGB + flow, with the augmentation in the loader (`data.augment_on=cpu`) and on the
+     device (`device`: the loader ships the uncut uint8 square), the bytes a clip's frames take, and
+     ceil(target / clips per process) for a target rate: `--target-clips-per-s FULL,COARSE`, by
+     default what an H200 trains at 40% MFU (989 TFLOP/s dense bf16; a Rev2Net training clip costs
+     3 x its forward FLOPs, counted by rev2net.summary): an assumed GPU rate, not a measured one.
 Timings are wall-clock on whatever else the machine is doing: on a shared machine, run twice.
 """
 
@@ -24,6 +33,8 @@ import multiprocessing
 import os
 import tempfile
 import time
+
+import math
 
 import cv2
 import numpy as np
@@ -159,13 +170,68 @@ def copy_rates(root: str, copies: str, samples: int, workers: int) -> None:
           f"target (mean |flow| {np.mean(magnitudes):.3f} px)")
 
 
+H200_BF16_FLOPS, TARGET_MFU = 989e12, 0.40
+
+
+def default_targets() -> tuple[float, float]:
+    """Clips/s an H200 trains at TARGET_MFU: Rev2Net (width 1, 101 classes) at full size and at the
+    coarse fidelity, a training clip counted as 3 x its training forward (rev2net.summary)."""
+    from rev2net import registry
+    from rev2net.summary import summarize
+
+    cfg = registry.model_config(registry.REV2NET)
+    rates = []
+    for frames, size in ((32, 224), (16, 112)):
+        flops = 3 * 2 * summarize(cfg, 101, frames, size)["macs_training"]
+        rates.append(TARGET_MFU * H200_BF16_FLOPS / flops)
+    return rates[0], rates[1]
+
+
+def workers_needed(root: str, samples: int, targets: tuple[float, float], target_note: str, rounds: int = 3) -> None:
+    """Loader processes one GPU needs, with the augmentation in the loader and on the device."""
+    records = load_split("synthetic", root, 1).train
+    flow_root = os.path.join(root, "flow_tvl1")
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    fidelities = [("full 32x224x224, flow 112", ClipSpec(FRAMES, 1, CROP, SHORT_SIDE, "loop"), 112, targets[0]),
+                  ("coarse 16x112x112, flow 56", ClipSpec(16, 1, 112, 128, "loop"), 56, targets[1])]
+    print(f"loader processes per GPU, {WIDTH}x{HEIGHT} source videos; target clips/s: {target_note}")
+    print(f"  {'fidelity':<28}{'reads':<12}{'augment on':<12}{'clips/s/process':>16}{'frames KB/clip':>15}"
+          f"{'target':>8}{'processes':>10}")
+    for label, spec, flow_size, target in fidelities:
+        for reads, flow in (("RGB", None), ("RGB + flow", flow_root)):
+            datasets = {where: ClipDataset(records, spec, flow_root=flow, flow_size=flow_size,
+                                           device_augment=where == "device") for where in ("cpu", "device")}
+            rates = {where: 0.0 for where in datasets}
+            for _ in range(rounds):  # alternately, the best round of each: load from elsewhere hits both alike
+                for where, dataset in datasets.items():
+                    rates[where] = max(rates[where], clips_per_second(dataset, samples))
+            for where, dataset in datasets.items():
+                sample = dataset[(0, 0)]
+                shipped = (sample["frames"] if "frames" in sample else sample["region"]).numel() / 1024
+                print(f"  {label:<28}{reads:<12}{where:<12}{rates[where]:>16.1f}{shipped:>15.0f}{target:>8.0f}"
+                      f"{math.ceil(target / rates[where]):>10d}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=12, help="videos to generate (4 classes, >= 3 each)")
     parser.add_argument("--frames", type=int, default=64, help="frames per video")
     parser.add_argument("--samples", type=int, default=48, help="clips timed per configuration")
     parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", choices=("all", "workers"), default="all",
+                        help="workers: only the loader processes one GPU needs (section 5)")
+    parser.add_argument("--target-clips-per-s", default=None,
+                        help="FULL,COARSE: the GPU's training rate at full size and at the coarse fidelity "
+                             "(default: an H200 at 40%% MFU, assumed)")
     args = parser.parse_args()
+    if args.target_clips_per_s:
+        full, coarse = (float(x) for x in args.target_clips_per_s.split(","))
+        targets, note = (full, coarse), "given (--target-clips-per-s)"
+    else:
+        targets = default_targets()
+        note = (f"an H200 at {TARGET_MFU:.0%} MFU on Rev2Net ({targets[0]:.0f} full, {targets[1]:.0f} coarse; assumed, "
+                "not measured)")
     print(f"{os.cpu_count()} CPU cores; cv2 {cv2.__version__}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as root, tempfile.TemporaryDirectory() as copies:
         start = time.perf_counter()
@@ -180,9 +246,11 @@ def main() -> None:
               f"TV-L1 flow in {summary.seconds:.1f} s ({summary.units} pairs, {args.max_workers} workers); "
               f"EPE vs ground truth {epe['epe']:.3f} px (zero flow {epe['zero_flow_epe']:.3f}), on moving objects "
               f"{epe['object_epe']:.3f} px (zero flow {epe['object_zero_flow_epe']:.3f})")
-        extraction_rates(root, args.max_workers)
-        loader_rates(root, args.samples, args.max_workers)
-        copy_rates(root, copies, args.samples, args.max_workers)
+        if args.only == "all":
+            extraction_rates(root, args.max_workers)
+            loader_rates(root, args.samples, args.max_workers)
+            copy_rates(root, copies, args.samples, args.max_workers)
+        workers_needed(root, args.samples, targets, note)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,18 @@ Training batch (from the training dataset; what a model family declares it needs
     skipped int64    (B,)               optional; unreadable videos skipped (and replaced) while
                                         producing this sample; the training loop sums it per
                                         epoch into the `skipped_videos` metric
+With `data.augment_on=device` a training batch holds, instead of `frames`:
+    region  uint8    (B, T, S, S, 3)    the crop's square of each clip as decoded (in its top-left
+                                        side x side pixels; S = the batch's largest side)
+    geometry int64   (B, 3)             (side, flip, crop size) per clip
+and `to_device` makes `frames` from them on the device (rev2net.data.transforms.device_crop).
 
 Evaluation batch (several clips per video, scores averaged over clips):
     frames  uint8    (B, K, 3, T, H, W) K evenly spaced clips per video
     flow_input float16 (B, K, 2, T*P, H, W) when the family reads flow
     label, index, skipped as above; no flow target
 
-`to_device` maps frames to float in [-1, 1] (the I3D convention), flow targets to float32 pixels,
+`to_device` cuts `region` into frames on the device, maps frames to float in [-1, 1] (the I3D convention), flow targets to float32 pixels,
 and the flow input to float in [-1, 1]: pixels / FLOW_BOUND (the bound the stored flow is clipped at).
 """
 
@@ -36,6 +41,7 @@ from typing import Any
 import torch
 
 from rev2net.data.flow import BOUND as FLOW_BOUND
+from rev2net.data.transforms import device_crop
 
 FRAMES = "frames"
 FLOW = "flow"
@@ -43,6 +49,8 @@ FLOW_INPUT = "flow_input"
 LABEL = "label"
 INDEX = "index"
 SKIPPED = "skipped"
+REGION = "region"
+GEOMETRY = "geometry"
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -56,9 +64,12 @@ def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, An
     """Move a loader batch to `device` (non-blocking from pinned memory) and make model inputs."""
     out: dict[str, Any] = {}
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and key != GEOMETRY:  # the geometry is read on the host
             value = value.to(device, non_blocking=True)
         out[key] = value
+    if REGION in out:
+        geometry = out.pop(GEOMETRY)
+        out[FRAMES] = device_crop(out.pop(REGION), geometry[:, :2], int(geometry[0, 2])).div_(127.5).sub_(1.0)
     if FRAMES in out:
         out[FRAMES] = normalize_frames(out[FRAMES])
     if FLOW in out and isinstance(out[FLOW], torch.Tensor):

@@ -170,8 +170,10 @@ class LatentMap(nn.Module):
         self.channels = channels
         self.proj = nn.Linear(latent_dim, channels * math.prod(LATENT_GRID))
 
-    def forward(self, z: Tensor, size: Sequence[int]) -> Tensor:
+    def forward(self, z: Tensor, size: Sequence[int], channels_last: bool = False) -> Tensor:
         volume = self.proj(z).view(z.shape[0], self.channels, *LATENT_GRID)  # (B, C, 4, 7, 7)
+        if channels_last:  # the trunk's layout (trainer.memory_format): the interpolation keeps it
+            volume = volume.contiguous(memory_format=torch.channels_last_3d)
         return F.interpolate(volume, size=tuple(size), mode="trilinear", align_corners=False)
 
 
@@ -187,7 +189,8 @@ class TrunkBlock(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         x = self.tconv(x)  # (B, C, T/2, H/4, W/4)
-        return self.bn(x + self.latent(z, x.shape[2:]))
+        layout = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+        return self.bn(x + self.latent(z, x.shape[2:], channels_last=layout))
 
 
 class RefineBlock(nn.Module):

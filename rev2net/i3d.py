@@ -20,6 +20,10 @@ Two generalisations keep CPU-scale trials real I3D trainings, only thinner and s
 - any clip length and frame size: the head's [2, 7, 7] pool shrinks to the feature map where that
   is smaller (e.g. 2x2x2 for 16 frames of 64x64), so the logits still see the whole clip.
 
+Memory layout: the network runs in whatever layout its weights and input have; on CUDA training
+stores them channels-last (torch.channels_last_3d, `trainer.memory_format`, rev2net.train), which
+cuDNN's 3D convolutions, BatchNorm and pooling run natively, and every layer keeps it.
+
 Max pooling pads with zeros in the port and with -inf here where the padding is symmetric (there it
 uses PyTorch's own padding, which saves a copy); both give identical results because every pooled
 tensor is a ReLU output, hence non-negative.
@@ -147,9 +151,11 @@ class MaxPool3dSame(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pads = _pads(x, self.kernel, self.stride)
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not x.is_contiguous(memory_format=torch.channels_last_3d):
             # PyTorch's CPU max_pool3d has a vectorised kernel for channels-last tensors only; the
-            # usual layout takes the slow path (benchmarks/step.py shows the difference). Same values.
+            # usual layout takes the slow path (benchmarks/step.py shows the difference). Same values,
+            # handed back in the layout they came in. A channels-last network (trainer.memory_format,
+            # rev2net.train.to_channels_last) pools in its own layout on every device.
             return self._pool(x.contiguous(memory_format=torch.channels_last_3d), pads).contiguous()
         return self._pool(x, pads)
 

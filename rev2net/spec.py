@@ -36,6 +36,7 @@ PRETRAINED_SCHEMES = (IMAGENET_SCHEME, I3D_FAMILY)  # rev2net.inflate.load_pretr
 SCHEDULES = ("cosine", "step")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "off")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # trainer.memory_format (rev2net.train.memory_format)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -198,6 +199,13 @@ class TrainerConfig:
     seed: int = 0  # seeds python, numpy and torch (call seed_everything before build_model too)
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU; CPU is deterministic anyway)
+    # The GPU path (rev2net/train.py, "Speed"): none of these changes what is computed beyond rounding.
+    memory_format: str = "auto"  # auto (channels_last on CUDA, contiguous on CPU) | channels_last | contiguous:
+                                 # the layout of the model's 3D (and 2D) conv weights and of its 5D inputs
+    compile: bool = False  # torch.compile the training step's forward + objective (decoders and DDP terms included);
+                           # worth it on a GPU, minutes of warm-up on a CPU
+    sync_every: int = 50  # training steps between host synchronisations (the divergence check; metrics stay on the
+                          # device until the epoch ends); 1 = every step (a diverged step then never updates)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -220,6 +228,9 @@ class TrainerConfig:
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise ValueError(f"trainer.grad_clip={self.grad_clip!r} must be a finite number >= 0 (0 = off)")
         _one_of("trainer.amp", self.amp, AMP_MODES)
+        _one_of("trainer.memory_format", self.memory_format, MEMORY_FORMATS)
+        if isinstance(self.sync_every, bool) or self.sync_every < 1:
+            raise ValueError(f"trainer.sync_every={self.sync_every!r} must be an integer >= 1 (1 = every step)")
         if not _DEVICE.match(self.device):
             raise ValueError(f"trainer.device={self.device!r} is not auto or a torch device (cpu, cuda, cuda:N)")
 

@@ -38,11 +38,19 @@ The checkpoint (`EpochReport.state_dict()`) holds model, optimizer, scheduler, e
 lists and numbers, so `torch.load(path, weights_only=True)` reads it, and training resumed from it
 continues bit-identically on CPU.
 
+Speed (the GPU path; README, Performance): `trainer.memory_format` stores the model and its 5D
+inputs channels-last (auto: on CUDA; `to_channels_last`), `trainer.compile` compiles the step's
+forward + objective (`TrainingStep`), and the host waits for the device only every
+`trainer.sync_every` steps: the loss sums, accuracies and the first non-finite step stay on the
+device (`_Divergence`), and a DivergedError names that step and term when it is read. With
+`data.augment_on=device` the batches' uncut regions are cut into clips on the device (`to_device`).
+cuDNN's autotuner is on unless `trainer.deterministic`.
+
 Data-parallel (`fit(..., distributed=True)`, inside a torch.distributed process group that
 `rev2net.trial.run_trial(processes=N)` sets up): the model trains wrapped in
 DistributedDataParallel (gradients averaged over the ranks; each rank's loader yields its shard,
-so the global batch is N x data.batch_size), the loss terms are summed over the ranks at every
-step (a NaN on any rank stops every rank with the same DivergedError), and the epoch metrics are
+so the global batch is N x data.batch_size), the first diverged step is compared over the ranks
+every `trainer.sync_every` steps (a NaN on any rank stops every rank with the same DivergedError), and the epoch metrics are
 sums over all ranks' samples, so they read as in a single process. Rank 0 alone calls
 `on_epoch_end`; its checkpoint holds the unwrapped model (interchangeable with a single-process
 one) and every rank's RNG state (`rng_ranks`), so a DDP trial resumes exactly on the same number
@@ -64,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rev2net.batch import FLOW, FRAMES, INDEX, LABEL, SKIPPED, to_device
+from rev2net.batch import FLOW, FRAMES, INDEX, LABEL, REGION, SKIPPED, to_device
 from rev2net.spec import LossConfig, TrainerConfig
 from rev2net.losses import needs, objective
 from rev2net.output import ModelOutput
@@ -132,6 +140,29 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def memory_format(device: torch.device, setting: str = "auto") -> Optional[torch.memory_format]:
+    """`trainer.memory_format` on `device`: torch.channels_last_3d (auto: on CUDA, where cuDNN's 3D
+    convolutions run channels-last natively) or None (PyTorch's default, contiguous)."""
+    if setting == "channels_last" or (setting == "auto" and device.type == "cuda"):
+        return torch.channels_last_3d
+    return None
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Store every 5D parameter and buffer (3D conv weights) channels-last (torch.channels_last_3d)
+    and every 4D one (2D conv weights: TSN, TSM, DCD, MotionNet) torch.channels_last, in place."""
+    def convert(t: Tensor) -> Tensor:
+        if t.dim() == 5:
+            return t.contiguous(memory_format=torch.channels_last_3d)
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+    return module._apply(convert)
+
+
+def _in_layout(x: Tensor, layout: Optional[torch.memory_format]) -> Tensor:
+    return x.contiguous(memory_format=layout) if layout is not None and x.dim() == 5 else x
+
+
 def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":  # `momentum` does not apply; AdamW's betas are PyTorch's defaults
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -188,7 +219,7 @@ def _topk_correct(logits: Tensor, label: Tensor) -> Tensor:
 def _check_batch(batch: Any, keys: Iterable[str]) -> None:
     if not isinstance(batch, Mapping):
         raise TypeError(f"loaders must yield dict batches (rev2net/batch.py), got {type(batch).__name__}")
-    missing = [k for k in keys if k not in batch]
+    missing = [k for k in keys if k not in batch and not (k == FRAMES and REGION in batch)]
     if missing:
         raise KeyError(f"batch lacks {missing} (has {sorted(batch)}); see rev2net/batch.py")
 
@@ -304,21 +335,88 @@ class DomainTraining:
         return to_device(batch, device)
 
 
+class TrainingStep:
+    """Forward + objective of one training step: eager, or compiled with torch.compile
+    (`trainer.compile`; the decoders and the DDP terms the loss weights switch on are inside the
+    compiled graph, backward is compiled with it by AOTAutograd; the optimizer step stays eager).
+    Returns (terms, logits, pooled features). `n` labelled samples come first in the batch; with
+    `all_samples` the self-supervised terms read every sample (domain adaptation's target decoders)."""
+
+    def __init__(self, net: nn.Module, loss_cfg: LossConfig, device: torch.device, amp: str, *,
+                 compile: bool = False, backend: str = "inductor", fullgraph: bool = False) -> None:
+        self.net, self.loss_cfg, self.device, self.amp = net, loss_cfg, device, amp
+        self.need = needs(loss_cfg)
+        self.compiled = compile
+        # `backend`: inductor generates kernels (Triton on CUDA, C++ on a CPU: minutes of warm-up there);
+        # aot_eager captures the same forward and backward graphs and runs them with eager kernels.
+        # `fullgraph`: fail on a graph break instead of running that part eagerly.
+        self._run = (torch.compile(self._forward_objective, backend=backend, fullgraph=fullgraph) if compile
+                     else self._forward_objective)
+
+    def _forward_objective(self, xs: list[Tensor], label: Tensor, frames: Optional[Tensor], flow: Optional[Tensor],
+                           n: int, all_samples: bool) -> tuple[dict[str, Tensor], Tensor, Optional[Tensor]]:
+        with autocast(self.device, self.amp):
+            out = self.net(*xs, need=self.need)
+        learned = out if all_samples else out.take(slice(0, n))
+        return objective(learned, label, frames, flow, self.loss_cfg), out.logits, out.features
+
+    def __call__(self, xs: list[Tensor], label: Tensor, frames: Optional[Tensor], flow: Optional[Tensor], *,
+                 n: int, all_samples: bool = True) -> tuple[dict[str, Tensor], Tensor, Optional[Tensor]]:
+        return self._run(xs, label, frames, flow, n, all_samples)
+
+
+class _Divergence:
+    """The first training step whose loss terms were not all finite, kept on the device (no host
+    synchronisation per step) and read every `sync_every` steps and at the end of the epoch."""
+
+    def __init__(self, device: torch.device, epoch: int, distributed: bool) -> None:
+        self.epoch, self.distributed = epoch, distributed
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # 0: none yet
+        self.values: Optional[Tensor] = None
+
+    def record(self, step: int, values: Tensor) -> None:
+        first = (~torch.isfinite(values).all()) & (self.step == 0)
+        self.step = torch.where(first, step, self.step)
+        self.values = torch.where(first, values, values if self.values is None else self.values)
+
+    def check(self, names: Sequence[str]) -> None:
+        """Raise DivergedError naming the first diverged term and its step (over every rank: the
+        earliest step of any rank, with the terms of the ranks that diverged there summed)."""
+        step, values = self.step, self.values
+        if self.distributed:  # every rank reaches this at the same step: equal batch counts
+            big = torch.iinfo(torch.long).max
+            first = torch.where(step > 0, step, big)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            values = _sum_over_ranks(torch.where(step == first, values, torch.zeros_like(values)))
+            step = torch.where(first == big, 0, first)
+        if int(step.item()) == 0:
+            return
+        bad = [(name, v) for name, v in zip(names, values.tolist()) if not math.isfinite(v)]
+        name, value = bad[0] if bad else ("total", float("nan"))
+        raise DivergedError(name, value, self.epoch, int(step.item()))
+
+
 def _train_epoch(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
     cfg: TrainerConfig, loss_cfg: LossConfig, device: torch.device, epoch: int, distributed: bool = False,
     inputs: Sequence[str] = (FRAMES,), adapt: Optional[DomainTraining] = None, progress: tuple[int, int] = (0, 1),
-    flow_source: Optional[Callable[[Tensor], Tensor]] = None,
+    flow_source: Optional[Callable[[Tensor], Tensor]] = None, step_fn: Optional[TrainingStep] = None,
+    layout: Optional[torch.memory_format] = None,
 ) -> tuple[dict[str, float], int, int]:
     """One pass over `loader`; returns (averaged metrics, clips seen, skipped videos), over all
     ranks when `distributed`. `progress` = (steps done before this epoch, steps of the whole run);
-    `flow_source` computes the flow targets from the clip on the device (else the batch holds them)."""
+    `flow_source` computes the flow targets from the clip on the device (else the batch holds them);
+    `step_fn` runs forward + objective (default: eager); `layout` is the inputs' memory format.
+    The host waits for the device only every `cfg.sync_every` steps (the divergence check) and at
+    the end (the metrics): sums stay on the device."""
     model.train()
-    need = needs(loss_cfg)
+    step_fn = step_fn or TrainingStep(model, loss_cfg, device, cfg.amp)
+    need = step_fn.need
     flow_key = (FLOW,) if need.flow and flow_source is None else ()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     sums: Optional[Tensor] = None
     correct = torch.zeros(2, device=device)
+    divergence = _Divergence(device, epoch, distributed)
     names: list[str] = []
     count = skipped = 0
     if adapt is not None:
@@ -331,37 +429,31 @@ def _train_epoch(
         if need.flow and flow_source is not None:
             batch[FLOW] = flow_source(batch[FRAMES])
         frames, flow = batch.get(FRAMES), batch.get(FLOW)
-        xs = [batch[k] for k in inputs]
+        xs = [_in_layout(batch[k], layout) for k in inputs]
+        all_samples = True
         if adapt is not None:  # the labelled source samples first, then the target's
             target = adapt.next_batch(device)
             if adapt.target_decoders and need.flow and flow_source is not None:
                 target[FLOW] = flow_source(target[FRAMES])
-            xs = [torch.cat([x, target[k]]) for x, k in zip(xs, inputs)]
+            xs = [torch.cat([x, _in_layout(target[k], layout)]) for x, k in zip(xs, inputs)]
+            all_samples = adapt.target_decoders
             if adapt.target_decoders:
                 frames = torch.cat([frames, target[FRAMES]]) if frames is not None else None
                 flow = torch.cat([flow, target[FLOW]]) if need.flow else None
-        with autocast(device, cfg.amp):
-            out = model(*xs, need=need)
-        learned = out if adapt is None or adapt.target_decoders else out.take(slice(0, n))
-        terms = objective(learned, label, frames, flow, loss_cfg)
+        terms, logits, features = step_fn(xs, label, frames, flow, n=n, all_samples=all_samples)
         extra = torch.zeros(0, device=device)
         if adapt is not None:
             done = (progress[0] + step - 1) / max(progress[1] - 1, 1)
-            domains = torch.cat([torch.zeros(n, device=device), torch.ones(out.logits.shape[0] - n, device=device)])
-            result = adapt.adversary(out.features.float(), min(done, 1.0), domains)
+            domains = torch.cat([torch.zeros(n, device=device), torch.ones(logits.shape[0] - n, device=device)])
+            result = adapt.adversary(features.float(), min(done, 1.0), domains)
             terms = {**{k: v for k, v in terms.items() if k != "total"}, "domain": result.loss,
                      "total": terms["total"] + adapt.weight * result.loss}
             extra = result.accuracy.reshape(1).float()
         names = list(terms)
-        values = torch.stack([t.detach() for t in terms.values()])
-        if distributed:  # a NaN on any rank is a NaN on every rank: all stop at the same step
-            seen = _sum_over_ranks(values)
-            if not bool(torch.isfinite(seen).all()):
-                bad = [(n_, v) for n_, v in zip(names, seen.tolist()) if not math.isfinite(v)]
-                raise DivergedError(bad[0][0], bad[0][1], epoch, step)
-        elif not bool(torch.isfinite(values).all()):  # the step's one host sync
-            bad = [n_ for n_ in terms if not math.isfinite(terms[n_].item())]
-            raise DivergedError(bad[0], terms[bad[0]].item(), epoch, step)
+        values = torch.stack([t.detach().float() for t in terms.values()])
+        divergence.record(step, values)
+        if step % cfg.sync_every == 0:  # before this step's update
+            divergence.check(names)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if cfg.grad_clip > 0:
@@ -369,10 +461,11 @@ def _train_epoch(
         optimizer.step()
         values = torch.cat([values, extra])
         sums = values * n if sums is None else sums + values * n
-        correct += _topk_correct(out.logits[:n].detach(), label)
+        correct += _topk_correct(logits[:n].detach(), label)
         count += n
     if count == 0:
         raise ValueError("the training loader yielded no batches")
+    divergence.check(names)
     if adapt is not None:
         names.append("domain_acc")
     if distributed:  # [Σ n·term..., correct@1, correct@5, clips, skipped] over the ranks
@@ -409,7 +502,9 @@ def fit(
     `flow_source` computes the flow targets from each training clip (e.g. a frozen MotionNet).
 
     With `distributed` (DDP; every rank calls `fit` with its shard of the data) only rank 0 calls
-    `on_epoch_end`. Raises DivergedError as soon as a loss term is NaN or infinite (before the update)."""
+    `on_epoch_end`. Raises DivergedError when a loss term was NaN or infinite, at the next check (every
+    `trainer.sync_every` steps, before that step's update, and at the epoch's end), naming the first
+    such step and term."""
     trainer_cfg.validate()
     loss_cfg.validate()
     if distributed and not (dist.is_available() and dist.is_initialized()):
@@ -422,6 +517,9 @@ def fit(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not trainer_cfg.deterministic
     model.to(device)
+    layout = memory_format(device, trainer_cfg.memory_format)
+    if layout is not None:
+        to_channels_last(model)
     trained = nn.ModuleDict({"model": model, **({"adversary": adapt.adversary.to(device)} if adapt else {})})
     net = model  # what trains: the model itself, or its DDP wrapper (checkpoints hold the model itself)
     if distributed:
@@ -433,6 +531,7 @@ def fit(
                                                       if device.type == "cuda" else None)
     optimizer = build_optimizer(trained, trainer_cfg)
     scheduler = build_scheduler(optimizer, trainer_cfg)
+    step_fn = TrainingStep(net, loss_cfg, device, trainer_cfg.amp, compile=trainer_cfg.compile)
     history: list[dict[str, float]] = []
     start = 0
     if resume is None:
@@ -458,7 +557,7 @@ def fit(
         metrics, clips, skipped = _train_epoch(net, train_loader, optimizer, trainer_cfg, loss_cfg, device, epoch + 1,
                                                distributed=distributed, inputs=inputs, adapt=adapt,
                                                progress=(epoch * steps, trainer_cfg.max_epochs * steps),
-                                               flow_source=flow_source)
+                                               flow_source=flow_source, step_fn=step_fn, layout=layout)
         train_time = time.perf_counter() - started
         if distributed:  # BatchNorm statistics moved per rank in the last step: every rank evaluates rank 0's model
             for buffer in model.buffers():

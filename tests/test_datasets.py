@@ -47,6 +47,7 @@ def _video(record) -> np.ndarray:
     (dict(short_video_policy="repeat"), "data.short_video_policy='repeat' is not allowed: expected loop | pad"),
     (dict(eval_name="hmdb51", eval_root="/x"), "data.class_map=None is not allowed"),
     (dict(val_fraction=1.0), "data.val_fraction=1.0"),
+    (dict(augment_on="gpu"), "data.augment_on='gpu' is not allowed: expected cpu | device"),
     (dict(root=""), "data.root='' is not allowed"),
 ])
 def test_config_mistakes_name_the_key(overrides, message):
@@ -106,6 +107,26 @@ def test_frame_stride_skips_frames(synthetic_root):
     clip = dataset[(1, 0)]["frames"].numpy().transpose(1, 2, 3, 0)
     video = _video(records[1])
     assert any(np.array_equal(clip, v[s:s + 10:3]) for s in range(3) for v in (video, video[:, :, ::-1]))
+
+
+@pytest.mark.parametrize("crop_size,short_side", [(32, 40), (32, 80)])  # shrunk 51 -> 32 | enlarged 26 -> 32
+def test_device_augmentation_gives_the_loaders_clips(synthetic_root, synthetic_params, crop_size, short_side):
+    """data.augment_on=device: the loader ships uncut uint8 regions; on the device they become the
+    clips the loader makes with augment_on=cpu from the same seeds (to one grey level), with the
+    same labels and flow targets."""
+    cfg = _cfg(synthetic_root, synthetic_params, crop_size=crop_size, short_side=short_side, batch_size=3)
+    cpu = _epoch(build_loaders(cfg, seed=5).train, 1)
+    device = _epoch(build_loaders(dataclasses.replace(cfg, augment_on="device"), seed=5).train, 1)
+    assert len(cpu) == len(device) == 2
+    for a, b in zip(cpu, device):
+        assert "frames" not in b and b["region"].dtype == torch.uint8 and b["region"].shape[-1] == 3
+        assert b["geometry"][:, 2].tolist() == [crop_size] * 3
+        assert torch.equal(a["label"], b["label"]) and torch.equal(a["flow"], b["flow"])
+        x, y = to_device(a, "cpu")["frames"], to_device(b, "cpu")["frames"]
+        assert x.shape == y.shape == (3, 3, 8, crop_size, crop_size)
+        assert torch.allclose(x, y, atol=1.01 / 127.5, rtol=0), f"{(x - y).abs().max() * 127.5} grey levels apart"
+    flips = torch.cat([b["geometry"][:, 1] for b in device])
+    assert 0 < flips.sum() < len(flips), "some clips flipped, some not: the flip is exercised"
 
 
 # --- determinism ---------------------------------------------------------------------------------

@@ -261,3 +261,32 @@ def test_imagenet_checkpoint_is_inflated_into_the_encoder_and_trains(googlenet_f
 def test_a_bad_pretrained_spec_is_one_line_naming_the_key(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"^model.pretrained='kinetics:/w.pt': unknown scheme 'kinetics'[^\n]*$"):
         build_model(model_config(REV2NET, pretrained="kinetics:/w.pt"), num_classes=3)
+
+
+@pytest.mark.parametrize("arch", ["paper", "deep"])
+def test_channels_last_is_kept_through_every_layer_and_changes_no_output(arch):
+    """trainer.memory_format=channels_last (CUDA's default): every 5D activation of I3D and the
+    decoders stays channels-last (no layout conversions inside the network), same outputs."""
+    from rev2net.train import to_channels_last
+
+    torch.manual_seed(0)
+    model = tiny(decoder_arch=arch, dropout=0.0).eval()
+    reference = tiny(decoder_arch=arch, dropout=0.0).eval()
+    reference.load_state_dict(model.state_dict())
+    to_channels_last(model)
+    layouts: dict[str, set] = {}
+
+    def record(module, _, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 5:
+            layouts.setdefault(type(module).__name__, set()).add(out.is_contiguous(memory_format=torch.channels_last_3d))
+
+    for module in model.modules():
+        module.register_forward_hook(record)
+    x = torch.randn(2, 3, 8, 32, 32)
+    everything = Need(flow=True, frames=True, ddp_low=True, ddp_high=True)
+    out = model(x.contiguous(memory_format=torch.channels_last_3d), need=everything)
+    assert {name for name, seen in layouts.items() if seen != {True}} == set(), layouts
+    assert {"Conv3d", "MaxPool3dSame", "ConvTranspose3d", "LatentMap", "TrunkBlock"} <= set(layouts)
+    expected = reference(x, need=everything)
+    for name in ("logits", "flow", "frames"):
+        assert torch.allclose(getattr(out, name), getattr(expected, name), rtol=1e-4, atol=1e-5), name

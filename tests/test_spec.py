@@ -80,6 +80,8 @@ def test_defaults_are_the_papers_optimum() -> None:
     (dict(grad_clip=-1.0), "trainer.grad_clip=-1.0"),
     (dict(step_gamma=0.0), "trainer.step_gamma=0.0"),
     (dict(device="tpu:x"), "trainer.device='tpu:x'"),
+    (dict(memory_format="nhwc"), "trainer.memory_format='nhwc' is not one of auto, channels_last, contiguous"),
+    (dict(sync_every=0), "trainer.sync_every=0 must be an integer >= 1"),
 ])
 def test_trainer_config_names_the_bad_key(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

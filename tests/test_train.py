@@ -16,7 +16,8 @@ from rev2net.batch import normalize_frames
 from rev2net.spec import LossConfig, TrainerConfig
 from rev2net.model import build_model
 from rev2net.registry import model_config
-from rev2net.train import DivergedError, EpochReport, build_optimizer, evaluate, fit, seed_everything
+from rev2net.train import (DivergedError, EpochReport, TrainingStep, build_optimizer, evaluate, fit, seed_everything,
+                           to_channels_last)
 
 ZERO = dict(alpha=0.0, beta=0.0, lambda_flow=0.0, lambda_im=0.0)
 TIMING = {"clips_per_s", "epoch_time_s"}
@@ -163,10 +164,90 @@ def test_a_nan_flow_target_is_caught_and_named() -> None:
     model = tiny()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(DivergedError, match="'flow'.*epoch 1, step 1.*loss.lambda_flow") as caught:
-        fit(model, loader(clips(flow_value=float("nan"))), None, TrainerConfig(max_epochs=2), LossConfig())
+        fit(model, loader(clips(flow_value=float("nan"))), None, TrainerConfig(max_epochs=2, sync_every=1),
+            LossConfig())
     assert (caught.value.term, caught.value.epoch, caught.value.step) == ("flow", 1, 1)
     assert math.isnan(caught.value.value)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "no update from a diverged step"
+
+
+def test_divergence_is_found_without_a_sync_per_step() -> None:
+    """trainer.sync_every: the host reads the divergence record only every N steps (here: at the
+    epoch's end), and it still names the first diverged step and term."""
+    data = clips(n=8, flow_value=float("nan"))
+    with pytest.raises(DivergedError) as caught:
+        fit(tiny(), loader(data, batch=2), None, TrainerConfig(max_epochs=1, sync_every=50), LossConfig())
+    assert (caught.value.term, caught.value.epoch, caught.value.step) == ("flow", 1, 1)
+
+
+def test_uncut_regions_train_through_the_loop() -> None:
+    """data.augment_on=device: batches of uncut regions (rev2net.batch REGION, GEOMETRY) are cut into
+    clips on the device inside the loop and train like frames cut by the loader."""
+    from rev2net.data.transforms import Crop, crop_frames
+
+    g = torch.Generator().manual_seed(0)
+    regions = torch.randint(0, 256, (4, 8, 40, 40, 3), dtype=torch.uint8, generator=g)  # (B, T, S, S, 3)
+    geometry = torch.tensor([[40, 0, 32], [40, 1, 32], [36, 0, 32], [40, 1, 32]])  # one smaller square, padded
+    flow = (torch.randn(4, 2, 7, 16, 16, generator=g) * 3).half()
+    label = torch.arange(4) % 4
+    uncut = [{"region": regions, "geometry": geometry, "flow": flow, "label": label}]
+    cut = torch.stack([torch.from_numpy(crop_frames(r[:, :side, :side].numpy(), Crop(0, 0, side, bool(flip)), 32))
+                       for r, (side, flip, _) in zip(regions, geometry.tolist())])
+    frames = [{"frames": cut, "flow": flow, "label": label}]
+    histories = [fit(tiny(seed=0), batches, None, TrainerConfig(max_epochs=2, lr=0.05), LossConfig())
+                 for batches in (uncut, frames)]
+    for key in histories[1][1]:
+        if key not in TIMING:
+            assert histories[0][1][key] == pytest.approx(histories[1][1][key], rel=0.02, abs=1e-3), key
+
+
+def test_channels_last_trains_like_contiguous() -> None:
+    """trainer.memory_format=channels_last (the CUDA default) changes the layout, not the numbers:
+    the weights are stored channels-last, and an epoch gives the same metrics (validation: after the
+    update) and the same updated weights as contiguous."""
+    data = clips(n=4)
+    histories, models = [], []
+    for memory_format in ("contiguous", "channels_last"):
+        model = tiny(seed=0)
+        histories.append(fit(model, loader(data), loader(data), TrainerConfig(max_epochs=1, seed=1,
+                             memory_format=memory_format), LossConfig()))
+        models.append(model)
+    conv = models[1].encoder.Conv3d_1a_7x7.conv3d.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    for key in histories[0][0]:
+        if key not in TIMING:
+            assert histories[1][0][key] == pytest.approx(histories[0][0][key], rel=1e-3, abs=1e-5), key
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+
+
+def test_compiled_step_matches_eager() -> None:
+    """trainer.compile: torch.compile of forward + objective, the decoders and both DDP terms inside
+    the captured graphs (no graph break: fullgraph), same terms and gradients. The tiniest Rev2Net,
+    captured once, and run through AOTAutograd with eager kernels: inductor's C++ code generation
+    takes many minutes on a CPU (benchmarks/step.py --compile measures it)."""
+    model = tiny(dropout=0.0)
+    to_channels_last(model)  # the GPU path's layout, compiled as it would run there
+    batch = next(iter(loader(clips(n=2, frames=4, size=16), batch=2)))
+    x = normalize_frames(batch["frames"])
+    flow, label = batch["flow"].float(), batch["label"]
+    results = []
+    for compiled in (False, True):
+        step = TrainingStep(model, LossConfig(), torch.device("cpu"), "off", compile=compiled, backend="aot_eager",
+                            fullgraph=True)
+        model.zero_grad()
+        torch.manual_seed(7)  # the Gaussian samples
+        terms, logits, _ = step([x], label, x, flow, n=2)
+        terms["total"].backward()
+        results.append(({k: v.item() for k, v in terms.items()}, logits.detach(),
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (eager, eager_logits, eager_grads), (comp, comp_logits, comp_grads) = results
+    assert set(comp) == {"ce", "ddp_high", "ddp_low", "flow", "im", "total"}
+    assert comp == pytest.approx(eager, rel=1e-4, abs=1e-5)
+    assert torch.allclose(comp_logits, eager_logits, rtol=1e-4, atol=1e-5)
+    assert len(comp_grads) == len(eager_grads) > 0
+    for a, b in zip(comp_grads, eager_grads):  # to float32 rounding of each tensor's scale
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max() + 1e-6, f"{(a - b).abs().max()} of {a.abs().max()}"
 
 
 def test_an_infinite_classifier_is_caught_as_ce() -> None:

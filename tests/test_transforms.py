@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -83,3 +84,43 @@ def test_reversed_clip_reverses_time_only():
     np.testing.assert_array_equal(reversed_clip(clip)[:, :, 0], clip[:, :, 3])
     tensor = torch.from_numpy(clip)
     assert torch.equal(reversed_clip(tensor), torch.from_numpy(np.ascontiguousarray(clip[:, :, ::-1])))
+
+
+@pytest.mark.parametrize("height,width,crop_size,short_side", [
+    (240, 320, 224, 256),  # UCF101 at full size: 210 px squares enlarged to 224 (INTER_LINEAR)
+    (64, 80, 32, 40),  # shrunk by a non-integer ratio (INTER_AREA): 51 -> 32
+    (64, 64, 32, 64),  # no resize
+    (240, 320, 56, 120),  # shrunk by an integer ratio: 112 -> 56
+])
+def test_device_crop_matches_the_cpu_path(height, width, crop_size, short_side):
+    """Device-side augmentation (data.augment_on=device) gives the loader's clips to one grey level:
+    the same crop, resize and flip from the same seeds."""
+    from rev2net.data.transforms import crop_region, device_crop
+
+    rng = np.random.default_rng(height + crop_size)
+    frames = rng.integers(0, 256, (3, height, width, 3), dtype=np.uint8)
+    crops = [random_crop(height, width, crop_size=crop_size, short_side=short_side, rng=rng) for _ in range(6)]
+    crops.append(Crop(0, 0, min(height, width), flip=True))  # a larger square: the batch is padded to it
+    cpu = np.stack([crop_frames(frames, c, crop_size) for c in crops]).astype(np.float32)  # (B, 3, T, s, s)
+    largest = max(c.side for c in crops)
+    regions = torch.zeros(len(crops), 3, largest, largest, 3, dtype=torch.uint8)
+    for i, c in enumerate(crops):
+        regions[i, :, :c.side, :c.side] = torch.from_numpy(crop_region(frames, c))
+    geometry = torch.tensor([[c.side, int(c.flip)] for c in crops])
+    device = device_crop(regions, geometry, crop_size).numpy()
+    assert device.shape == cpu.shape, (device.shape, cpu.shape)
+    difference = np.abs(device - cpu)
+    assert difference.max() <= 1.0, f"{difference.max()} grey levels apart"
+    assert (difference > 0).mean() < 0.2, "OpenCV's fixed-point rounding aside, the values are the same"
+    assert any(c.flip for c in crops) and not all(c.flip for c in crops)
+
+
+def test_resize_weights_are_opencvs():
+    from rev2net.data.transforms import resize_weights
+
+    for source, target in ((224, 112), (210, 224), (51, 32), (7, 7)):
+        w = resize_weights(source, target)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, err_msg=f"{source} -> {target}: rows are averages")
+        line = np.random.default_rng(0).integers(0, 256, (1, source)).astype(np.float32)
+        expected = cv2.resize(line, (target, 1), interpolation=cv2.INTER_AREA if source > target else cv2.INTER_LINEAR)
+        np.testing.assert_allclose(line @ w.T, expected, atol=1e-3, err_msg=f"{source} -> {target}")

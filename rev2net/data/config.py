@@ -22,6 +22,7 @@ SYNTHETIC_DOMAINS = ("default", "shifted")  # data.synthetic.domain: looks of th
 SHORT_VIDEO_POLICIES = ("loop", "pad")  # data.short_video_policy
 MOTIONNET_SOURCE = "motionnet:"  # data.flow_source=motionnet:/path/ckpt.pt
 FLOW_ALGORITHMS = ("tvl1", "farneback")  # data.flow_algorithm
+AUGMENT_ON = ("cpu", "device")  # data.augment_on: where training clips are cropped, resized, flipped, normalised
 SPLITS = {"ucf101": 3, "hmdb51": 3, "kinetics400": 1, "generic": 3, "synthetic": 3}  # data.split: 1..SPLITS[name]
 
 
@@ -84,6 +85,9 @@ class DataConfig:
     eval_cache_mb: int = 256  # validation clips are kept in memory (per loader process) when they all fit in this
     num_workers: int = 2  # loader processes (persistent); 0 loads in the main process
     prefetch_factor: int = 2  # batches each worker prepares ahead
+    augment_on: str = "cpu"  # training clips' crop, resize, flip: cpu (in the loader processes) | device (the
+                             # loader ships the uncut square region as uint8 and the trial's device resizes and
+                             # flips it, rev2net.data.transforms.DeviceCrop); flow and evaluation clips stay in the loader
     short_video_policy: str = "loop"  # videos shorter than a clip: loop (wrap around) | pad (repeat last)
     val_fraction: float = 0.1  # share of each class's training groups held out for validation (selection, ASHA),
                                # when the layout has no validation list of its own; the test list is scored once
@@ -132,6 +136,7 @@ class DataConfig:
                self.eval_batch_size, "null or an integer >= 1")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "an integer >= 1")
+        _check(self.augment_on in AUGMENT_ON, "data.augment_on", self.augment_on, " | ".join(AUGMENT_ON))
         _check(self.short_video_policy in SHORT_VIDEO_POLICIES, "data.short_video_policy",
                self.short_video_policy, " | ".join(SHORT_VIDEO_POLICIES))
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction,

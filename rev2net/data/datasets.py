@@ -34,6 +34,9 @@ undecodable, or with unreadable flow JPEGs) never stops training: it is reported
 next video), and counted in the batch's `skipped` field.
 
 Frames travel as uint8 and become float in [-1, 1] on the device (`rev2net.batch.to_device`).
+With `data.augment_on=device`, training clips travel uncut: the crop's square region as decoded
+and its geometry (`region`, `geometry`: rev2net.batch), resized and flipped on the device; the
+randomness is drawn here exactly as for `cpu`, so the same seeds give the same clips either way.
 
 Data-parallel trials (DDP, `rev2net.trial.run_trial(processes=N)`): `build_loaders(..., rank=r,
 num_replicas=N)` gives rank r every N-th position of the same epoch order with the same
@@ -50,15 +53,16 @@ from typing import Optional
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from rev2net.batch import FLOW, FLOW_INPUT, FRAMES, INDEX, LABEL, SKIPPED
+from rev2net.batch import FLOW, FLOW_INPUT, FRAMES, GEOMETRY, INDEX, LABEL, REGION, SKIPPED
 from rev2net.data.config import DataConfig
 from rev2net.data.flow import extraction_command, flow_dir_of, read_pair, stored_grid
 from rev2net.data.layouts import (Split, VideoRecord, apply_class_map, exclude_videos, load_class_map, load_split,
                                   validation_split)
 from rev2net.data.shuffle import PROTOCOLS, shuffle_order
-from rev2net.data.transforms import Crop, centre_crop, crop_flow, crop_frames, flow_window, random_crop
+from rev2net.data.transforms import (Crop, centre_crop, crop_flow, crop_frames, crop_region, flow_window,
+                                     random_crop)
 from rev2net.data.video import UnreadableVideo, clip_indices, eval_starts, open_video, read_frames, train_start
 
 MAX_REPLACEMENTS = 20  # consecutive unreadable videos before a sample gives up
@@ -121,7 +125,7 @@ class _Videos(Dataset):
     """Shared by every dataset: the video list, reading a sample, and remembering unreadable files."""
 
     def __init__(self, records: list[VideoRecord], spec: ClipSpec, *, flow_root: str | None = None,
-                 flow_size: int | None = None, flow_input_root: str | None = None):
+                 flow_size: int | None = None, flow_input_root: str | None = None, device_augment: bool = False):
         if not records:
             raise ValueError("no videos to load (empty split after filtering)")
         if spec.flow_pairs and flow_input_root is None:
@@ -131,6 +135,7 @@ class _Videos(Dataset):
         self.flow_root = flow_root  # flow targets (clip sampling): None = none
         self.flow_size = flow_size or spec.crop_size
         self.flow_input_root = flow_input_root
+        self.device_augment = device_augment  # ship the uncut region (REGION, GEOMETRY) instead of FRAMES
         self._unreadable: set[str] = set()  # per process: files already reported
         self._grids: dict[str, tuple[int, int, int]] = {}  # per process: stored flow (h, w, pairs)
 
@@ -155,7 +160,10 @@ class _Videos(Dataset):
             height, width = read_frames(reader, np.zeros(1, int), record.path).shape[1:3]
         crop = crop_of(height, width)
         out: dict[str, np.ndarray] = {}
-        if spec.rgb:
+        if spec.rgb and self.device_augment:  # (clips, N, side, side, 3) and (clips, 3)
+            out[REGION] = crop_region(frames, crop).reshape(anchors.shape[0], anchors.shape[1], crop.side, crop.side, 3)
+            out[GEOMETRY] = np.tile(np.array([crop.side, int(crop.flip), spec.crop_size], np.int64), (anchors.shape[0], 1))
+        elif spec.rgb:
             out[FRAMES] = crop_frames(frames, crop, spec.crop_size).reshape(
                 3, anchors.shape[0], anchors.shape[1], spec.crop_size, spec.crop_size).transpose(1, 0, 2, 3, 4)
         if spec.flow_pairs:
@@ -193,11 +201,15 @@ class _Videos(Dataset):
 class ClipDataset(_Videos):
     """Training clips: random temporal placement and crop, horizontal flip; frames, flow input and
     flow targets through the same window and geometry. Items are `(index, sample_seed)` pairs (a bare
-    index uses seed = index). With `labelled=False` (a target domain's clips) a sample has no label."""
+    index uses seed = index). With `labelled=False` (a target domain's clips) a sample has no label.
+    With `device_augment`, the frames are left uncut for the device (`region`, `geometry`; batch them
+    with `collate_regions`)."""
 
     def __init__(self, records: list[VideoRecord], spec: ClipSpec, *, flow_root: str | None = None,
-                 flow_size: int | None = None, flow_input_root: str | None = None, labelled: bool = True):
-        super().__init__(records, spec, flow_root=flow_root, flow_size=flow_size, flow_input_root=flow_input_root)
+                 flow_size: int | None = None, flow_input_root: str | None = None, labelled: bool = True,
+                 device_augment: bool = False):
+        super().__init__(records, spec, flow_root=flow_root, flow_size=flow_size, flow_input_root=flow_input_root,
+                         device_augment=device_augment)
         self.labelled = labelled
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
@@ -223,8 +235,25 @@ class ClipDataset(_Videos):
                             lambda h, w: random_crop(h, w, crop_size=spec.crop_size, short_side=spec.short_side,
                                                      rng=rng))
         # torch converts to float16 faster than numpy does
-        return {key: torch.from_numpy(value[0]) if key == FRAMES else torch.from_numpy(value[0]).half()
-                for key, value in arrays.items()}
+        return {key: torch.from_numpy(value[0]) if key in (FRAMES, REGION, GEOMETRY) else
+                torch.from_numpy(value[0]).half() for key, value in arrays.items()}
+
+
+def collate_regions(samples: list[dict]) -> dict:
+    """default_collate, with the uncut regions of device-side augmentation padded (bottom, right)
+    to the batch's largest side: videos of several heights give regions of several sides."""
+    if not samples or REGION not in samples[0]:
+        return default_collate(samples)
+    largest = max(s[REGION].shape[1] for s in samples)
+    padded = []
+    for sample in samples:
+        region = sample[REGION]
+        if region.shape[1] != largest:
+            grown = region.new_zeros((region.shape[0], largest, largest, 3))
+            grown[:, :region.shape[1], :region.shape[2]] = region
+            sample = {**sample, REGION: grown}
+        padded.append(sample)
+    return default_collate(padded)
 
 
 class EvalDataset(_Videos):
@@ -382,7 +411,8 @@ def build_loaders(cfg: DataConfig, *, seed: int, spec: Optional[ClipSpec] = None
     split, train, val = training_split(cfg)
     spec = spec or ClipSpec.from_config(cfg)
     flow_root, input_root = _flow_roots(cfg, spec, train, val)
-    train_set = ClipDataset(train, spec, flow_root=flow_root, flow_size=cfg.flow_size, flow_input_root=input_root)
+    train_set = ClipDataset(train, spec, flow_root=flow_root, flow_size=cfg.flow_size, flow_input_root=input_root,
+                            device_augment=cfg.augment_on == "device")
     sampler = EpochSampler(len(train_set), seed=seed, rank=rank, num_replicas=num_replicas)
     train_loader = _loader(train_set, cfg, batch_size=cfg.batch_size, sampler=sampler, device_is_cuda=device_is_cuda,
                            drop_last=len(sampler) >= cfg.batch_size, persistent=True)
@@ -431,7 +461,7 @@ def build_target_loader(cfg: DataConfig, *, seed: int, spec: Optional[ClipSpec] 
     records = _split(cfg, cfg.eval_name, cfg.eval_root).train
     flow_root, input_root = _flow_roots(target, spec, records, [])
     dataset = ClipDataset(records, spec, flow_root=flow_root, flow_size=cfg.flow_size, flow_input_root=input_root,
-                          labelled=False)
+                          labelled=False, device_augment=cfg.augment_on == "device")
     sampler = EpochSampler(len(dataset), seed=seed + 1_000_003, rank=rank, num_replicas=num_replicas)
     batch_size = batch_size or cfg.batch_size
     return _loader(dataset, cfg, batch_size=batch_size, sampler=sampler, device_is_cuda=device_is_cuda,
@@ -471,6 +501,6 @@ def _loader(dataset: Dataset, cfg: DataConfig, *, batch_size: int, sampler: Samp
     workers = cfg.num_workers
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
                       num_workers=workers, pin_memory=device_is_cuda, worker_init_fn=_worker_init if workers else None,
-                      persistent_workers=persistent and workers > 0,
+                      persistent_workers=persistent and workers > 0, collate_fn=collate_regions,
                       prefetch_factor=cfg.prefetch_factor if workers else None,
                       multiprocessing_context="forkserver" if workers else None)

@@ -6,14 +6,25 @@ for evaluation). Cropping before resizing gives the same picture while resizing 
 kept. The same region, mapped onto the flow's own grid (which may be smaller: `--flow-size`), is
 resized to the flow target grid, and the vectors are scaled by that resize's factors; a
 horizontal flip mirrors both and negates the flow's x component.
+
+Device-side augmentation (`data.augment_on=device`): the loader ships the crop's square region of
+the frames as it was decoded (uint8, not resized, not flipped) with its geometry, and
+`device_crop` resizes and flips it on the trial's device as two batched matrix products per clip,
+`W_y @ region @ W_x^T`, whose weights (`resize_weights`) are OpenCV's: INTER_AREA's exact pixel
+areas when shrinking, INTER_LINEAR's half-pixel interpolation when enlarging (what `crop_frames`
+uses), a flip being W_x with its rows reversed; the result is rounded like OpenCV's uint8 output,
+so both paths agree to one grey level (tests/test_transforms.py). Flow targets keep the CPU path
+(they are small, and decoded at reduced scale from JPEG).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
+import torch
 
 from rev2net.data.flow import DEQUANTIZED
 
@@ -56,6 +67,69 @@ def crop_frames(frames: np.ndarray, crop: Crop, size: int) -> np.ndarray:
     if crop.flip:
         region = region[:, :, ::-1]
     return np.ascontiguousarray(region.transpose(3, 0, 1, 2))
+
+
+def crop_region(frames: np.ndarray, crop: Crop) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> uint8 (T, side, side, 3): the crop's square as decoded (device-side
+    augmentation resizes and flips it: `device_crop`)."""
+    return np.ascontiguousarray(frames[:, crop.y:crop.y + crop.side, crop.x:crop.x + crop.side])
+
+
+def resize_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) float64 weights of a 1D resize as OpenCV does it in `crop_frames`: INTER_AREA
+    (each output pixel the area-weighted mean of the source pixels it covers) when shrinking,
+    INTER_LINEAR (half-pixel centres, edges clamped) otherwise. Each row sums to 1."""
+    weights = np.zeros((target, source))
+    scale = source / target
+    if source > target:  # cv2's computeResizeAreaTab
+        for x in range(target):
+            start, end = x * scale, (x + 1) * scale
+            cell = min(scale, source - start)
+            first, last = int(np.ceil(start)), int(np.floor(end))
+            if first - start > 1e-3:
+                weights[x, first - 1] = (first - start) / cell
+            weights[x, first:min(last, source)] = 1.0 / cell
+            if end - last > 1e-3 and last < source:
+                weights[x, last] = min(min(end - last, 1.0), cell) / cell
+    else:
+        for x in range(target):
+            f = (x + 0.5) * scale - 0.5
+            left = int(np.floor(f))
+            f -= left
+            if left < 0:
+                left, f = 0, 0.0
+            if left >= source - 1:
+                left, f = source - 1, 0.0
+            weights[x, left] += 1.0 - f
+            if f > 0:
+                weights[x, left + 1] += f
+    return weights
+
+
+@lru_cache(maxsize=64)
+def _padded_weights(side: int, padded: int, size: int) -> np.ndarray:
+    weights = np.zeros((size, padded))
+    weights[:, :side] = resize_weights(side, size)
+    return weights
+
+
+def device_crop(regions: torch.Tensor, geometry: torch.Tensor, size: int) -> torch.Tensor:
+    """The device half of `crop_frames`: uint8 regions (B, T, S, S, 3) on the device, each sample's
+    square in its top-left side x side pixels (a batch of videos of several heights is padded to the
+    largest), with `geometry` (B, 2) = (side, flip) on the CPU -> float (B, 3, T, size, size) in 0..255,
+    rounded (half up) to whole levels as OpenCV's uint8 output is. Two matrix products per clip, in float32."""
+    count, _, padded = regions.shape[:3]
+    rows = []
+    cols = []
+    for side, flip in geometry.tolist():  # the geometry is a CPU tensor: no device synchronisation
+        w = _padded_weights(side, padded, size)
+        rows.append(w)
+        cols.append(w[::-1] if flip else w)
+    device = regions.device
+    wy = torch.from_numpy(np.stack(rows)).float().to(device, non_blocking=True)[:, None, None]  # (B, 1, 1, size, S)
+    wx = torch.from_numpy(np.stack(cols)).float().to(device, non_blocking=True)[:, None, None]
+    x = regions.permute(0, 4, 1, 2, 3).float()  # (B, 3, T, S, S)
+    return torch.matmul(torch.matmul(wy, x), wx.transpose(-1, -2)).add_(0.5).floor_().clamp_(0, 255)
 
 
 @dataclass(frozen=True)
