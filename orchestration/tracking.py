@@ -343,6 +343,14 @@ def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = No
           attempts=attempts)
 
 
+def log_metrics(c: MlflowClient, run_id: str, metrics: dict[str, float], *, step: int, timeout_s: float) -> None:
+    """Metrics outside the epoch history (a diverged trial's cost through the epoch that failed),
+    in one `log_batch`, retried for up to `timeout_s`."""
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+    retry(lambda: c.log_batch(run_id, metrics=batch), what="log_batch", timeout_s=timeout_s)
+
+
 def log_cost_totals(c: MlflowClient, parent_id: str, runs: Any) -> dict[str, float]:
     """Write a stage's cost onto its parent run: `records.cost_totals(runs)` (runs: the stage's
     trials as `records.load_runs(..., parent_run_id=parent_id)` reads them, every status) as the

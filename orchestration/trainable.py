@@ -8,6 +8,11 @@ Tune may stop a trial inside `tune.report` (ASHA, max_t), so everything the tria
 sent before it. A crash between 1 and 2 re-runs that epoch from the previous checkpoint; the run
 already holds it, so `sync` skips it.
 
+What else the record gets, in step 1: every epoch carries the trial's cost so far
+(records.COST_METRICS, cumulative over its attempts: `CostMeter`), and the last epoch first
+uploads the final evaluations' per-video predictions (`predictions/<evaluation>.parquet`,
+records.write_predictions; a re-run replaces the same files).
+
 A data-parallel trial (trial.gpus >= 2, or trial.processes > 1) is still one Tune trial and one
 MLflow run: the runner trains on that many processes of the trial's node, and the process that
 runs this function is rank 0, the only one that logs and checkpoints.
@@ -18,12 +23,16 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pandas as pd
+import psutil
 import ray
 import torch
 from omegaconf import OmegaConf
@@ -108,6 +117,66 @@ def _load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
         return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its children: those that ended (and were
+    waited for) and those alive now (the loader's workers, data-parallel ranks)."""
+    me = psutil.Process()
+    times = me.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.Error:  # ended meanwhile: counted with children_* once it is waited for
+            continue
+        total += t.user + t.system
+    return total
+
+
+class CostMeter:
+    """A trial's records.COST_METRICS so far, over its attempts: each attempt adds the wall-clock
+    and CPU seconds since it started to what its checkpoint carried (`state()`, saved with it).
+    An attempt's time after its last checkpoint is lost with the attempt (a crashed worker)."""
+
+    def __init__(self, saved: dict[str, float] | None, gpu_fraction: float):
+        saved = saved or {}
+        self.wall_s, self.cpu_s = float(saved.get("wall_s", 0.0)), float(saved.get("cpu_s", 0.0))
+        self.gpu_fraction = gpu_fraction
+        self._wall0, self._cpu0 = time.monotonic(), _cpu_seconds()
+
+    def state(self) -> dict[str, float]:
+        return {"wall_s": self.wall_s + time.monotonic() - self._wall0,
+                "cpu_s": self.cpu_s + max(0.0, _cpu_seconds() - self._cpu0)}
+
+    def metrics(self, clips: float) -> dict[str, float]:
+        now = self.state()
+        return records.trial_cost(wall_s=now["wall_s"], gpu_fraction=self.gpu_fraction, cpu_s=now["cpu_s"],
+                                  clips=clips)
+
+
+def _clips(history: list[dict[str, float]], predictions: dict[str, dict[str, Any]], eval_clips: int) -> float:
+    """Clips processed: every epoch's training and validation clips (`clips`), and the final
+    evaluations' (videos x data.eval_clips; shuffle/none is the plain test again)."""
+    trained = sum(float(h.get("clips", 0.0)) for h in history if _finite(h.get("clips")))
+    tested = sum(len(p["video_id"]) for name, p in predictions.items() if name != "shuffle/none")
+    return trained + tested * eval_clips
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def log_predictions(client: Any, run_id: str, predictions: dict[str, dict[str, Any]], *, timeout_s: float) -> None:
+    """The final evaluations' per-video predictions as the run's artifacts, one file per evaluation
+    at records.predictions_path(evaluation), in one upload (a retried upload replaces the files)."""
+    if not predictions:
+        return
+    with tempfile.TemporaryDirectory(prefix="rev2net-predictions-") as tmp:
+        for evaluation, columns in predictions.items():
+            records.write_predictions(pd.DataFrame({**columns, records.TOP5: list(columns[records.TOP5])}),
+                                      os.path.join(tmp, records.predictions_path(evaluation)))
+        tracking.retry(lambda: client.log_artifacts(run_id, tmp), what="log predictions", timeout_s=timeout_s)
+
+
 def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """The Ray Tune function trainable (wrapped with `tune.with_parameters(run_sweep_trial, ctx=...)`)."""
     for k, v in tracking.HTTP_ENV.items():
@@ -133,14 +202,21 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         run_id=saved.get("mlflow_run_id") if saved else None, wait_s=ctx.flush_timeout_s)
     run.sync(history)  # what a crash or an unreachable server left unsent
     max_epochs = cfg.trainer.max_epochs
+    cost = CostMeter(saved.get("cost") if saved else None,
+                     float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))
 
     def on_epoch_end(report: EpochReport) -> None:
         history[report.epoch - 1:] = [dict(report.metrics)]
+        # the cost so far rides on every epoch (the last value is the trial's): a trial that the
+        # scheduler stops inside tune.report has logged its cost already
+        history[-1].update(cost.metrics(_clips(history, report.predictions, cfg.data.eval_clips)))
         if report.epoch >= max_epochs:
+            log_predictions(client, run.run_id, report.predictions, timeout_s=ctx.flush_timeout_s)
             run.flush(history, timeout_s=ctx.flush_timeout_s)  # the last chance before Tune may stop us
         else:
             run.sync(history)
-        state = {"runner": report.state_dict(), "history": list(history), "mlflow_run_id": run.run_id}
+        state = {"runner": report.state_dict(), "history": list(history), "mlflow_run_id": run.run_id,
+                 "cost": cost.state()}
         tmp = tempfile.mkdtemp(prefix="rev2net-ckpt-")
         try:
             torch.save(state, os.path.join(tmp, STATE_FILE))
@@ -161,5 +237,7 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         # Deterministic: a retry would diverge again. End the trial (no Tune retry); the driver's
         # StatusCallback marks the run failed with this reason.
         run.flush(history, timeout_s=ctx.flush_timeout_s)
+        spent = cost.metrics(_clips(history, {}, cfg.data.eval_clips))  # through the epoch that diverged
+        tracking.log_metrics(client, run.run_id, spent, step=len(history) + 1, timeout_s=ctx.flush_timeout_s)
         tune.report({ctx.metric: float("nan"), "epoch": len(history), "mlflow_run_id": run.run_id,
                      "diverged": 1.0, "failure_reason": str(e)})
