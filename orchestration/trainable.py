@@ -110,11 +110,65 @@ def load_runner(spec: str) -> Callable[..., dict[str, float]]:
     return getattr(importlib.import_module(module), name)
 
 
-def _load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
-    if checkpoint is None:
-        return None
+def _read_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     with checkpoint.as_directory() as d:
         return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+def _load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    """The trial's state from the checkpoint Tune restores it from. Should that one be gone (a
+    driver that stalled longer than CheckpointPruner allows for), the newest readable checkpoint
+    beside it, by the epochs it holds."""
+    if checkpoint is None:
+        return None
+    try:
+        return _read_state(checkpoint)
+    except FileNotFoundError:
+        pass
+    import pyarrow.fs
+
+    fs, parent = checkpoint.filesystem, os.path.dirname(checkpoint.path.rstrip("/"))
+    found = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+             if i.type == pyarrow.fs.FileType.Directory and os.path.basename(i.path).startswith("checkpoint_")]
+    states = []
+    for path in found:
+        try:
+            states.append(_read_state(tune.Checkpoint(path, filesystem=fs)))
+        except Exception as e:  # noqa: BLE001 - a partly written checkpoint: the others may do
+            log.warning("checkpoint %s unreadable: %s", path, e)
+    if not states:
+        raise FileNotFoundError(f"the trial's checkpoint {checkpoint.path} is gone and no other is readable beside it")
+    log.warning("checkpoint %s is gone; resuming from the newest one beside it", checkpoint.path)
+    return max(states, key=lambda s: len(s["history"]))
+
+
+class CheckpointPruner:
+    """Deletes the trial's old checkpoints itself, instead of Tune's CheckpointConfig(num_to_keep),
+    which forces a full snapshot of the experiment state every num_to_keep checkpoints of any trial.
+
+    A checkpoint goes only when it is older than the newest `keep` and than a newer one that this
+    process saw persisted at least `settle_s` ago (2 x ray.snapshot_period_s): Tune's experiment
+    state, saved every period, names that newer one (or a later one) by then, so a driver that
+    dies and is restarted never restores a trial from a deleted checkpoint. Checkpoints written
+    within the last `settle_s` stay until a later epoch (short trials keep all of them)."""
+
+    def __init__(self, keep: int, settle_s: float, restored: tune.Checkpoint | None):
+        self.keep, self.settle_s = keep, settle_s
+        self.held: list[tuple[tune.Checkpoint, float]] = [(restored, time.monotonic())] if restored else []
+
+    def persisted(self, checkpoint: tune.Checkpoint | None) -> None:
+        if checkpoint is None or (self.held and self.held[-1][0].path == checkpoint.path):
+            return
+        now = time.monotonic()
+        self.held.append((checkpoint, now))
+        settled = [i for i, (_, seen) in enumerate(self.held) if now - seen >= self.settle_s]
+        cut = min(settled[-1], len(self.held) - self.keep) if settled else 0
+        for old, _ in self.held[:max(0, cut)]:
+            try:
+                old.filesystem.delete_dir(old.path)
+            except OSError as e:  # already gone (a re-run of the trial deleted it): nothing to free
+                log.debug("checkpoint %s not deleted: %s", old.path, e)
+        del self.held[:max(0, cut)]
 
 
 def _cpu_seconds() -> float:
@@ -190,7 +244,9 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     runner = load_runner(cfg.trial.runner)
     processes = cfg.trial.world_size()
 
-    saved = _load_state(tune.get_checkpoint())
+    restored = tune.get_checkpoint()
+    saved = _load_state(restored)
+    pruner = CheckpointPruner(cfg.trial.keep_checkpoints, 2 * cfg.ray.snapshot_period_s, restored)
     history: list[dict[str, float]] = list(saved["history"]) if saved else []
     client = tracking.client(ctx.tracking_uri)
     trial_id = tune.get_context().get_trial_id() or ""
@@ -224,6 +280,7 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                         checkpoint=tune.Checkpoint.from_directory(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        pruner.persisted(tune.get_checkpoint())  # the persisted copy, on ray.storage_path
 
     uses_gpu = bool(cfg.trial.gpus) if cfg.trial.gpus is not None else torch.cuda.is_available()
     monitor = tracking.system_metrics(ctx.tracking_uri, run.run_id, interval_s=cfg.mlflow.system_metrics_interval_s,
