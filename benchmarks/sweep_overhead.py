@@ -20,7 +20,7 @@ read-back included) and over Tune's `fit` alone, and how many child runs MLflow 
 Target (issue 18): ours ≤ 1.2× bare per trial, at any N and any number of epochs.
 
 With --profile-dir, py-spy (pip install py-spy) samples the driver and every Ray worker during
-our sweep and writes one speedscope/flame file per process there.
+our sweep and writes one file of collapsed stacks per process there (flamegraph.pl or speedscope read them).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _profile(folder: str) -> list[subprocess.Popen]:
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).parent / "py-spy"
-    procs = [subprocess.Popen([str(spy), "record", "-p", str(os.getpid()), "-o", f"{folder}/driver.svg",
+    procs = [subprocess.Popen([str(spy), "record", "-p", str(os.getpid()), "-o", f"{folder}/driver.txt", "--format", "raw",
                                "-r", "50", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
 
     def watch():
@@ -133,7 +133,7 @@ def _profile(folder: str) -> list[subprocess.Popen]:
                 if "default_worker.py" in cmd and p.info["pid"] not in seen:
                     seen.add(p.info["pid"])
                     procs.append(subprocess.Popen([str(spy), "record", "-p", str(p.info["pid"]), "-o",
-                                                   f"{folder}/worker-{p.info['pid']}.svg", "-r", "50",
+                                                   f"{folder}/worker-{p.info['pid']}.txt", "--format", "raw", "-r", "50",
                                                    "--nonblocking"],
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(0.5)

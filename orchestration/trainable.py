@@ -20,6 +20,7 @@ runs this function is rank 0, the only one that logs and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import logging
@@ -76,13 +77,28 @@ def _base_config(config_yaml: str):
     return cfg
 
 
+@functools.lru_cache(maxsize=4)
+def _base_objects(config_yaml: str) -> SweepConfig:
+    return to_objects(_base_config(config_yaml))
+
+
 def apply_point(config_yaml: str, point: dict[str, Any]) -> SweepConfig:
-    """The sweep config with the trial's values set, as validated dataclasses."""
-    cfg = _base_config(config_yaml).copy()
+    """The sweep config with the trial's values set, as validated dataclasses. Only the sections the
+    point touches are rebuilt (through their typed schema, every `__post_init__` check run); the
+    others are the sweep's, converted once per worker process."""
+    base = _base_objects(config_yaml)
+    sections: dict[str, list[tuple[str, Any]]] = {}
     for key, value in point.items():
         if key not in records.META_PARAMS:  # names the trial; its settings are in the point already
-            OmegaConf.update(cfg, key, value, merge=False)
-    return to_objects(cfg)
+            section, _, rest = key.partition(".")
+            sections.setdefault(section, []).append((rest, value))
+    rebuilt = {}
+    for section, values in sections.items():
+        node = _base_config(config_yaml)[section].copy()
+        for rest, value in values:
+            OmegaConf.update(node, rest, value, merge=False)
+        rebuilt[section] = to_objects(node)
+    return dataclasses.replace(base, **rebuilt)
 
 
 def trial_params(cfg: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +247,63 @@ def log_predictions(client: Any, run_id: str, predictions: dict[str, dict[str, A
         tracking.retry(lambda: client.log_artifacts(run_id, tmp), what="log predictions", timeout_s=timeout_s)
 
 
+@functools.lru_cache(maxsize=1)
+def _node_ip() -> str:
+    return ray.util.get_node_ip_address()
+
+
+@functools.lru_cache(maxsize=8)
+def _runs_before(tracking_uri: str, experiment_id: str, sweep_id: str) -> dict[str, str]:
+    """The sweep's child runs as this worker process first saw them (once per process and sweep)."""
+    return tracking.sweep_children(tracking.client(tracking_uri), experiment_id, sweep_id)
+
+
+class RunMarker:
+    """The trial's MLflow run id in a file beside its checkpoints (`<trial dir>/mlflow_run`, on
+    ray.storage_path): empty while the run is being created, the run id once it is."""
+
+    def __init__(self) -> None:
+        from ray.train._internal.session import get_session  # Tune's own storage context (no public API)
+
+        storage = get_session().storage
+        self.fs, self.path = storage.storage_filesystem, f"{storage.trial_fs_path}/mlflow_run"
+
+    def read(self) -> str | None:
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                return f.read().decode().strip()
+        except (FileNotFoundError, OSError):
+            return None
+
+    def write(self, text: str) -> None:
+        self.fs.create_dir(os.path.dirname(self.path))
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(text.encode())
+
+
+def known_run(ctx: SweepContext, key: str, saved: dict[str, Any] | None) -> tuple[str | None, bool, RunMarker | None]:
+    """Where the trial's MLflow run is known from, without searching the store by trial key (a
+    search that grows with the sweep's runs): (run id or None, whether to search anyway, the
+    marker to write the new run's id to).
+
+    A run of this trial exists only if an earlier attempt created it: one under an earlier driver
+    of the sweep (its run existed before this worker process first looked: `_runs_before`), or an
+    earlier attempt under this driver (it wrote RunMarker first; an empty marker means it died
+    while creating the run, and only then is the store searched)."""
+    if saved and saved.get("mlflow_run_id"):
+        return saved["mlflow_run_id"], True, None
+    before = _runs_before(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_id).get(key)
+    if before:
+        return before, True, None
+    marker = RunMarker()
+    text = marker.read()
+    if text:
+        return text, True, None
+    if text is None:
+        marker.write("")
+    return None, text == "", marker
+
+
 def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """The Ray Tune function trainable (wrapped with `tune.with_parameters(run_sweep_trial, ctx=...)`)."""
     for k, v in tracking.HTTP_ENV.items():
@@ -250,12 +323,15 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     history: list[dict[str, float]] = list(saved["history"]) if saved else []
     client = tracking.client(ctx.tracking_uri)
     trial_id = tune.get_context().get_trial_id() or ""
+    key = tracking.trial_key(ctx.sweep_id, point_key(point))
+    run_id, search, marker = known_run(ctx, key, saved)
     run = tracking.ChildRun.open(
         client, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id, sweep_id=ctx.sweep_id,
-        key=tracking.trial_key(ctx.sweep_id, point_key(point)), run_name=records.run_name(point),
-        params=trial_params(cfg, point), tags={records.TAG_RAY_TRIAL: trial_id, records.TAG_STAGE: ctx.stage,
-                                               records.TAG_NODE: ray.util.get_node_ip_address()},
-        run_id=saved.get("mlflow_run_id") if saved else None, wait_s=ctx.flush_timeout_s)
+        key=key, run_name=records.run_name(point), params=trial_params(cfg, point),
+        tags={records.TAG_RAY_TRIAL: trial_id, records.TAG_STAGE: ctx.stage, records.TAG_NODE: _node_ip()},
+        run_id=run_id, search=search, wait_s=ctx.flush_timeout_s)
+    if marker is not None:
+        marker.write(run.run_id)
     run.sync(history)  # what a crash or an unreachable server left unsent
     max_epochs = cfg.trainer.max_epochs
     cost = CostMeter(saved.get("cost") if saved else None,
