@@ -72,3 +72,34 @@ def test_the_cost_adds_up_over_attempts():
     metrics = second.metrics(clips=10)
     assert metrics[records.COST_DEVICE_S] == pytest.approx(0.5 * second.state()["wall_s"], rel=0.5)
     assert metrics[records.COST_CLIPS] == 10 and metrics[records.COST_GPU_FRACTION] == 0.5
+
+
+def _checkpoints(tmp_path, n):
+    from ray import tune
+
+    out = []
+    for i in range(n):
+        folder = tmp_path / f"checkpoint_{i:06d}"
+        folder.mkdir()
+        (folder / "trial_state.pt").write_text(str(i))
+        out.append(tune.Checkpoint(str(folder)))
+    return out
+
+
+def test_old_checkpoints_go_once_tunes_state_has_moved_past_them(tmp_path):
+    from orchestration.trainable import CheckpointPruner
+
+    first, *rest = _checkpoints(tmp_path, 5)
+    pruner = CheckpointPruner(keep=2, settle_s=0.0, restored=first)   # every checkpoint settled at once
+    for checkpoint in rest:
+        pruner.persisted(checkpoint)
+        pruner.persisted(checkpoint)   # the same one again: nothing changes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000003", "checkpoint_000004"]
+
+    young = tmp_path / "young"
+    young.mkdir()
+    first, *rest = _checkpoints(young, 5)
+    pruner = CheckpointPruner(keep=2, settle_s=3600.0, restored=first)  # Tune's state may still name any of them
+    for checkpoint in rest:
+        pruner.persisted(checkpoint)
+    assert len(list(young.iterdir())) == 5, "nothing goes before a newer checkpoint has settled"
