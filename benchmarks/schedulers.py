@@ -6,8 +6,8 @@ Each scheduler runs the embedded default's coarse stage (the real path, `run_sta
 unless --sim, which swaps in orchestration.simulate:constant_step) in a store of its own, with the
 same seed. For each it prints:
   * trial-epochs measured (Σ over the child runs of the epochs they logged) beside the dry run's
-    promise (orchestration.plan.trial_epochs: for ASHA a lower bound, i.e. an upper bound on
-    the savings, since Ray's ASHA promotes asynchronously);
+    promise (orchestration.plan.trial_epochs: for ASHA the synchronous successive-halving count,
+    which Ray's asynchronous ASHA can exceed or undercut);
   * wall time, and device-seconds (the parent run's cost/device_s: CPU- or GPU-seconds, every
     trial's training and evaluation);
   * whether it found FIFO's best configuration, or one that cannot be told apart from it
