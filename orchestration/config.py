@@ -119,8 +119,11 @@ class RayConfig:
     num_gpus: Optional[int] = None   # local Ray only: GPUs to offer (None: all)
     storage_path: str = "ray_results"  # trial checkpoints and Tune state: a local or shared folder, or s3://, gs://
     include_dashboard: bool = False  # local Ray only
+    snapshot_period_s: float = 30.0  # how often Tune saves the experiment state (trial statuses) to storage_path:
+                                     # a killed driver's successor redoes at most what ran after it (README: Performance)
 
     def __post_init__(self) -> None:
+        _check(self.snapshot_period_s > 0, "ray.snapshot_period_s", self.snapshot_period_s, "seconds > 0")
         _check(bool(self.storage_path), "ray.storage_path", self.storage_path,
                "a folder every node can read (shared filesystem) or an object store URI such as s3://bucket/path")
 

@@ -163,6 +163,7 @@ def _close_parent(cfg: DictConfig, plan: Plan, client: Any, result: StageResult)
         tags.append(RunTag(f"{records.BEST_PREFIX}run_id", best.run_id))
         tracking.retry(lambda: client.log_batch(parent_id, tags=tags), what="best tags", timeout_s=patience)
         tracking.retry(lambda: client.log_metric(parent_id, f"best/{metric}", best.value), timeout_s=patience)
+    tracking.log_cost_totals(client, parent_id, runs)
     unfinished = int((runs["status"] == records.RUNNING).sum()) if not runs.empty else plan.num_trials
     result.complete = len(runs) >= plan.num_trials and unfinished == 0
     tracking.retry(lambda: client.set_terminated(parent_id, "FINISHED" if result.complete else "KILLED"),

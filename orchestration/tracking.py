@@ -50,7 +50,7 @@ from tenacity import (RetryError, Retrying, retry_if_exception, retry_if_result,
 from orchestration.errors import ConfigError, SweepBusy
 from orchestration.records import (EXPERIMENT_KIND, FAILED, PARENT, ROLE_STAGE, ROLE_TRIAL, RUNNING, TAG_DRIVER,
                                    TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_HEARTBEAT, TAG_LOGGED_EPOCH, TAG_MODE, TAG_ROLE,
-                                   TAG_STAGE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_KEY, cost_totals)
+                                   TAG_STAGE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_KEY, cost_totals, search_all)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -236,6 +236,16 @@ def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mod
     return run.info.run_id, False
 
 
+def sweep_children(c: MlflowClient, exp_id: str, sweep_id: str) -> dict[str, str]:
+    """Trial key -> run id of every child run of the sweep that exists now (paged search)."""
+    runs = search_all(c, [exp_id], f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
+    out: dict[str, str] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):   # the oldest wins, as in find_runs
+        if TAG_TRIAL_KEY in r.data.tags:
+            out[r.data.tags[TAG_TRIAL_KEY]] = r.info.run_id
+    return out
+
+
 def trial_key(sweep_id: str, point_key: str) -> str:
     return hashlib.sha1(f"{sweep_id}|{point_key}".encode()).hexdigest()[:20]
 
@@ -250,7 +260,11 @@ def _finite(value: Any) -> bool:
 
 @dataclass
 class ChildRun:
-    """A trial's MLflow run, and what it has received so far."""
+    """A trial's MLflow run, and what it has received so far.
+
+    Store calls per trial: one `create_run` (tags and name), then one `log_batch` per epoch; the
+    params ride on the first of them (`pending_params`), or on `flush` when the trial ends before
+    its first epoch."""
 
     client: MlflowClient
     run_id: str
@@ -259,13 +273,16 @@ class ChildRun:
     # request did reach the store (the response was lost) is then an exact duplicate, which
     # MLflow's SQL store drops, instead of a second point at the same step.
     stamps: dict[int, int] = field(default_factory=dict)
+    pending_params: dict[str, Any] = field(default_factory=dict)   # not in the run yet
 
     @classmethod
     def open(cls, c: MlflowClient, *, experiment_id: str, parent_id: str, sweep_id: str, key: str, run_name: str,
-             params: dict[str, Any], tags: dict[str, str], run_id: str | None = None,
+             params: dict[str, Any], tags: dict[str, str], run_id: str | None = None, search: bool = True,
              wait_s: float = 0.0) -> "ChildRun":
-        """Find the trial's run (by id from its checkpoint, else by trial key) or create it; with
-        `wait_s`, wait that long for a tracking server that does not answer (restarting)."""
+        """Find the trial's run (by `run_id`, e.g. from its checkpoint, else, with `search`, by trial
+        key) or create it; with `wait_s`, wait that long for a tracking server that does not answer
+        (restarting). `search=False` is the caller's word that no run of this trial key exists
+        unless `run_id` names it (trainable.known_run: the search grows with the sweep's runs)."""
         run = None
         if run_id:
             try:
@@ -274,44 +291,45 @@ class ChildRun:
                 if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 run = None
-        if run is None:
+        if run is None and (search or run_id):
             found = find_runs(c, experiment_id, {TAG_TRIAL_KEY: key}, timeout_s=wait_s)
             run = found[0] if found else None
         if run is None:
             run = retry(lambda: c.create_run(experiment_id, run_name=run_name, tags={
                 PARENT: parent_id, TAG_ROLE: ROLE_TRIAL, TAG_SWEEP: sweep_id, TAG_TRIAL_KEY: key,
                 TAG_STATUS: RUNNING, TAG_LOGGED_EPOCH: "0", **tags}), what="create_run", timeout_s=wait_s)
-            retry(lambda: c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()]),
-                  what="log params", timeout_s=wait_s)
-            return cls(c, run.info.run_id, 0)
+            return cls(c, run.info.run_id, 0, pending_params=dict(params))
         # A continued run: mark it running again with the current attempt's tags.
         retry(lambda: c.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, RUNNING)] +
                                   [RunTag(k, str(v)) for k, v in tags.items()]), what="retag", timeout_s=wait_s)
         if run.info.status != "RUNNING":
             retry(lambda: c.update_run(run.info.run_id, status="RUNNING"), what="update_run", timeout_s=wait_s)
         logged = int(run.data.tags.get(TAG_LOGGED_EPOCH, "0") or 0)
-        return cls(c, run.info.run_id, logged)
+        return cls(c, run.info.run_id, logged, pending_params={} if run.data.params else dict(params))
 
-    def sync(self, history: list[dict[str, float]], *, raise_errors: bool = False) -> bool:
+    def sync(self, history: list[dict[str, float]], *, raise_errors: bool = False, final: bool = False) -> bool:
         """Send the epochs of `history` (epoch e = history[e-1]) that the run does not hold yet,
-        in one `log_batch` with the new `logged_epoch` tag. Returns False (and keeps them pending)
-        when the store is unreachable, unless `raise_errors`."""
-        if len(history) <= self.logged_epoch:
+        in one `log_batch` with the new `logged_epoch` tag and the params not sent yet (with
+        `final`, those alone too). Returns False (and keeps them pending) when the store is
+        unreachable, unless `raise_errors`."""
+        if len(history) <= self.logged_epoch and not (final and self.pending_params):
             return True
         now = int(time.time() * 1000)
         metrics: list[Metric] = []
         for epoch in range(self.logged_epoch + 1, len(history) + 1):
             stamp = self.stamps.setdefault(epoch, now)
             metrics.extend(Metric(k, float(v), stamp, epoch) for k, v in history[epoch - 1].items() if _finite(v))
-        new_epoch = len(history)
+        new_epoch = max(len(history), self.logged_epoch)
+        params = [Param(k, _param(v)) for k, v in self.pending_params.items()]
         try:
             # MLflow's SQL store accepts at most 1000 metrics per log_batch; the tag goes with the last chunk.
-            for start in range(0, len(metrics), 900):
+            for start in range(0, max(1, len(metrics)), 900):
                 chunk = metrics[start:start + 900]
                 last = start + 900 >= len(metrics)
                 tags = [RunTag(TAG_LOGGED_EPOCH, str(new_epoch))] if last else []
-                retry(lambda: self.client.log_batch(self.run_id, metrics=chunk, tags=tags, synchronous=True),
-                      attempts=3, what="log_batch")
+                first = params if start == 0 else []
+                retry(lambda: self.client.log_batch(self.run_id, metrics=chunk, params=first, tags=tags,
+                                                    synchronous=True), attempts=3, what="log_batch")
         except (MlflowException, OSError) as e:
             if raise_errors:
                 raise
@@ -319,6 +337,7 @@ class ChildRun:
                         new_epoch - self.logged_epoch, self.run_id, str(e).splitlines()[0])
             return False
         self.logged_epoch = new_epoch
+        self.pending_params = {}
         self.stamps = {e: t for e, t in self.stamps.items() if e > new_epoch}
         return True
 
@@ -328,9 +347,9 @@ class ChildRun:
         attempts = Retrying(stop=stop_after_delay(timeout_s), wait=wait_exponential(multiplier=1.0, max=30.0),
                             retry=retry_if_result(lambda sent: not sent))
         try:
-            attempts(self.sync, history)
+            attempts(self.sync, history, final=True)
         except RetryError:
-            self.sync(history, raise_errors=True)
+            self.sync(history, raise_errors=True, final=True)
 
 
 def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = None, attempts: int = 5) -> None:
@@ -341,6 +360,14 @@ def finish(c: MlflowClient, run_id: str, *, status: str, reason: str | None = No
     retry(lambda: c.log_batch(run_id, tags=tags), what="status tags", attempts=attempts)
     retry(lambda: c.set_terminated(run_id, "FAILED" if status == FAILED else "FINISHED"), what="set_terminated",
           attempts=attempts)
+
+
+def log_metrics(c: MlflowClient, run_id: str, metrics: dict[str, float], *, step: int, timeout_s: float) -> None:
+    """Metrics outside the epoch history (a diverged trial's cost through the epoch that failed),
+    in one `log_batch`, retried for up to `timeout_s`."""
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+    retry(lambda: c.log_batch(run_id, metrics=batch), what="log_batch", timeout_s=timeout_s)
 
 
 def log_cost_totals(c: MlflowClient, parent_id: str, runs: Any) -> dict[str, float]:

@@ -30,11 +30,24 @@ from orchestration.trainable import SweepContext, run_sweep_trial, trial_point
 def quiet_tune() -> None:
     """Tune's own output and loggers off, where the user has not set them: our ProgressCallback is
     the display and MLflow the record (Tune's TensorBoard and CSV files would cost the driver's
-    event loop at every result); a checkpoint every epoch with num_to_keep forces frequent state
-    snapshots when epochs are short, which is intended here, so the warning about it is noise."""
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    event loop at every result)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def checkpoint_config(cfg: DictConfig) -> tune.CheckpointConfig:
+    """Every checkpoint a trial reports is kept by Tune: no `num_to_keep`, which would force a full
+    snapshot of the experiment state every `num_to_keep` checkpoints of any trial (Ray's
+    experiment_state.py), i.e. several per second in a large sweep of short epochs. The trainable
+    deletes its old checkpoints itself (trainable.prune_checkpoints, trial.keep_checkpoints)."""
+    return tune.CheckpointConfig()
+
+
+def use_snapshot_period(cfg: DictConfig) -> None:
+    """Tune saves the experiment state (every trial's status and latest checkpoint: what a restore
+    starts from) every `ray.snapshot_period_s` seconds, instead of its adaptive default; Tune reads
+    the period from TUNE_GLOBAL_CHECKPOINT_S when `fit` starts, so this sets it from the config."""
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = f"{float(cfg.ray.snapshot_period_s):g}"
 
 
 def trainable(ctx: SweepContext, resources: dict[str, float]) -> Any:
@@ -60,7 +73,7 @@ def _search_algorithm(cfg: DictConfig, plan: Plan) -> Any:
 
 def _scheduler(cfg: DictConfig) -> Any:
     if cfg.scheduler.name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=cfg.trainer.max_epochs,
+        return ASHAScheduler(time_attr="epoch", max_t=cfg.trainer.max_epochs,
                              grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor)
     return FIFOScheduler()
 
@@ -79,6 +92,7 @@ def callbacks(cfg: DictConfig, plan: Plan, experiment_id: str, sweep_id: str, pa
 
 def build(cfg: DictConfig, plan: Plan, location: Location, trainable: Any, callbacks: list) -> tune.Tuner:
     """The stage's Tuner: restored from `location` when it has state, else new."""
+    use_snapshot_period(cfg)
     if location.restore:
         return tune.Tuner.restore(location.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   param_space=param_space(plan))
@@ -93,7 +107,7 @@ def build(cfg: DictConfig, plan: Plan, location: Location, trainable: Any, callb
         run_config=tune.RunConfig(
             name=location.sweep_id, storage_path=experiment_dir(cfg), verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=cfg.trial.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.trial.keep_checkpoints)))
+            checkpoint_config=checkpoint_config(cfg)))
 
 
 def collect(grid: Any, metric: str) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ def test_embedded_default_is_thin_and_real_datasets_get_the_paper_model():
     (["search.mode=grid"], "search.mode='grid' is not allowed: expected factorial | axes"),
     (["search=optuna", "search.mode=axes"], "search.mode='axes' is not allowed: expected factorial with search=optuna"),
     (["trial.gpus=1.5"], "trial.gpus=1.5 is not allowed"),
+    (["ray.snapshot_period_s=0"], "ray.snapshot_period_s=0.0 is not allowed: expected seconds > 0"),
 ])
 def test_mistakes_are_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:

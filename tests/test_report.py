@@ -13,7 +13,7 @@ from analysis import report
 from orchestration.records import REPO
 
 TABLES = ("status", "coarse_marginals", "coarse_top", "coarse_importance", "fine_marginals", "fine_top",
-          "fine_importance", "best", "ablation", "shuffle")
+          "fine_importance", "best", "ablation", "shuffle", "cost")  # cost: every trial logs its own
 FIGURES = ("coarse_marginals", "coarse_alpha_beta", "coarse_flow_im", "coarse_curves", "coarse_top", "coarse_importance",
            "fine_marginals", "fine_alpha_beta", "fine_flow_im", "fine_curves", "fine_top", "fine_importance",
            "fine_loss_terms", "ablation", "shuffle")
@@ -61,7 +61,7 @@ def test_stage_selection_and_loss_terms_of_a_chosen_run(sweep_store, tmp_path):
     built = report.build(sweep_store.tracking_uri, sweep_store.experiment, stages=["coarse"],
                          run_id=sweep_store.running_run_id)
     names = [t.name for t in built.tables]
-    assert [n for n in names if n != "coarse_importance"] == ["status", "coarse_marginals", "coarse_top", "best"]
+    assert [n for n in names if n != "coarse_importance"] == ["status", "coarse_marginals", "coarse_top", "best", "cost"]
     assert set(built.runs["stage"]) == {"coarse"} and built.tables[0].data["stage"].tolist() == ["coarse"]
     assert "coarse_loss_terms" in built.figures and "fine_marginals" not in built.figures
 

@@ -177,3 +177,24 @@ def test_system_metrics_are_logged_while_the_runner_runs(store, monkeypatch):
     with tracking.system_metrics(uri, other.run_id, enabled=False):
         time.sleep(0.3)
     assert not [k for k in c.get_run(other.run_id).data.metrics if k.startswith("system/")]
+
+
+def test_params_ride_on_the_first_epoch_or_on_flush(store, monkeypatch):
+    uri, c, exp_id, parent = store
+    calls = []
+    for name in ("log_batch", "create_run", "log_param", "search_runs"):
+        original = getattr(c, name)
+        monkeypatch.setattr(c, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    run = tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id="coarse-axes-x", key="new",
+                                 run_name="α=0.1", params={"loss.alpha": 0.1}, tags={}, search=False)
+    assert run.sync([]) and not c.get_run(run.run_id).data.params, "nothing to send before the first epoch"
+    assert run.sync(_history(1)) and c.get_run(run.run_id).data.params == {"loss.alpha": "0.1"}
+    assert calls == ["create_run", "log_batch"], "one run creation, one log_batch per epoch, no search"
+    # a trial that ends before its first epoch (diverged at once) still leaves its params
+    early = tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id="coarse-axes-x", key="early",
+                                   run_name="α=10", params={"loss.alpha": 10}, tags={}, search=False)
+    early.flush([], timeout_s=5)
+    assert c.get_run(early.run_id).data.params == {"loss.alpha": "10"}
+    # continued by a retry that has no checkpoint: found by key, its params not sent again
+    again = _open(c, exp_id, parent, key="early")
+    assert again.run_id == early.run_id and not again.pending_params
