@@ -122,7 +122,7 @@ _RUN_COLUMNS = ["run_id", "run_name", "parent_run_id", "stage", "status", "failu
 def run_name(point: dict[str, Any]) -> str:
     """A trial's run name, readable in the MLflow UI: `α=0.01 β=0.1 λf=0.1 λi=0.1`, `no_ddp seed=1`."""
     if VARIANT_PARAM in point:
-        seed = next((v for k, v in point.items() if k.endswith(".seed")), None)
+        seed = point.get(SEED_PARAM)  # not any `.seed` key: a generated dataset's own seed is a point key too
         where = [f"{point[DIRECTION_PARAM]}"] if DIRECTION_PARAM in point else []
         where += [f"{point['adapt.name']}"] if "adapt.name" in point else []
         where += [f"split {point['data.split']}"] if "data.split" in point else []

@@ -281,3 +281,11 @@ def test_trial_cost_definition():
     assert gpu[R.COST_DEVICE_S] == 900 and cpu[R.COST_DEVICE_S] == 9000 and cpu[R.COST_GPU_FRACTION] == 0
     with pytest.raises(ValueError):
         R.trial_cost(wall_s=-1, gpu_fraction=1, cpu_s=0, clips=0)
+
+
+def test_run_names_of_variants_carry_the_trial_seed_not_the_dataset_seed():
+    """A cross-dataset point also holds the generated dataset's own `data.synthetic.seed`: the name says the trial's."""
+    point = {R.VARIANT_PARAM: "rev2net", R.DIRECTION_PARAM: "a → b", "data.synthetic.seed": 0,
+             "adapt.name": "dann", R.SEED_PARAM: 1}
+    assert R.run_name(point) == "rev2net a → b dann seed=1"
+    assert R.run_name({R.VARIANT_PARAM: "no_ddp", R.SEED_PARAM: 2}) == "no_ddp seed=2"
