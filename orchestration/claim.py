@@ -92,6 +92,7 @@ class FileSlots:
         tmp = os.path.join(self.folder, f".{n}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "w") as f:
             json.dump({"host": holder.host, "pid": holder.pid, "since": holder.since}, f)
+        os.utime(tmp, (holder.beat, holder.beat))  # the heartbeat: the mtime, which the link keeps
         try:
             os.link(tmp, self._path(n))
             return True

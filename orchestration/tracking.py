@@ -155,7 +155,7 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
     if path is not None and not path.exists():  # created later by open_store, once nothing can refuse the start
         folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"MLflow tracking URI {tracking_uri} cannot be created: {folder} is not a writable "
+            raise ConfigError(f"MLflow tracking URI {tracking_uri} cannot be used: {folder} is not a writable "
                               "folder; fix mlflow.tracking_uri")
         return
     try:
