@@ -159,7 +159,10 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
                               "folder; fix mlflow.tracking_uri")
         return
     try:
-        client(tracking_uri).search_experiments(max_results=1)
+        with _creating(tracking_uri):  # a SQLite file may be new and still being created by another process
+            client(tracking_uri).search_experiments(max_results=1)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
         if getattr(e, "error_code", None) in ("UNAUTHENTICATED", "PERMISSION_DENIED") or \
                 re.search(r"error code (401|403)\b", str(e)):
@@ -172,26 +175,36 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
                           "fix mlflow.tracking_uri") from e
 
 
-def open_store(tracking_uri: str, timeout_s: float = 300.0) -> MlflowClient:
-    """A client of the store, creating a new SQLite store under a file lock next to it
-    (`<db>.lock`): MLflow creates a database by migrating it, and two processes migrating the same
-    new file at once fail ("Online migration expected to match one row")."""
-    c = client(tracking_uri)
+@contextlib.contextmanager
+def _creating(tracking_uri: str, timeout_s: float = 300.0) -> Iterator[None]:
+    """For a SQLite store: hold its file lock (`<db>.lock`) while the block runs. MLflow creates a
+    database by migrating it, and two processes migrating the same new file at once fail ("Online
+    migration expected to match one row"); every first access of a run_stage goes through this."""
     path = sqlite_path(tracking_uri)
     if path is None:
-        return c
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(f"{path}.lock", timeout=timeout_s)
     try:
-        with lock:
-            c.search_experiments(max_results=1)
+        with filelock.FileLock(f"{path}.lock", timeout=timeout_s):
+            yield
     except filelock.Timeout as e:
         raise ConfigError(f"the MLflow store {path} stayed locked by another process for {timeout_s:.0f} s "
-                          f"(while creating it, {path}.lock); try again, or delete the lock file if no "
-                          "other process of this sweep runs") from e
+                          f"(while creating it: {path}.lock); try again, or delete the lock file if no other "
+                          "process of this sweep runs") from e
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client of the store; a new SQLite store is created here, under its file lock (`_creating`)."""
+    c = client(tracking_uri)
+    try:
+        with _creating(tracking_uri):
+            c.search_experiments(max_results=1)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-        raise ConfigError(f"the MLflow store {path} could not be created or opened: {str(e).splitlines()[0]}; "
-                          "fix mlflow.tracking_uri") from e
+        raise ConfigError(f"the MLflow store {tracking_uri} could not be created or opened: "
+                          f"{str(e).splitlines()[0]}; fix mlflow.tracking_uri") from e
     return c
 
 

@@ -69,6 +69,23 @@ def test_a_sweep_leaves_one_child_run_per_trial_with_full_histories(ray_session,
     assert all(steps(uri, r.info.run_id) == [1, 2, 3] for r in child_runs(uri))
 
 
+def test_a_new_store_starts_the_sweep_over_instead_of_waiting_for_runs_it_lacks(ray_session, tmp_path, synthetic_root,
+                                                                                caplog):
+    first = _stage(tmp_path, synthetic_root, "coarse", SIM)
+    (tmp_path / "mlflow.db").unlink()   # start over with a new store; the Tune state stays
+    with caplog.at_level("WARNING", logger="orchestration.sweep"):
+        again = _stage(tmp_path, synthetic_root, "coarse", SIM)
+    assert again.sweep_id == f"{first.sweep_id}-r2" and not again.resumed, "a new generation, not a restore"
+    said = [r.getMessage() for r in caplog.records if r.name == "orchestration.sweep"]
+    assert len(said) == 1 and "does not hold" in said[0] and again.sweep_id in said[0], said
+    assert again.complete
+    runs = child_runs(again.tracking_uri)
+    assert len(runs) == 5 and len(parent_runs(again.tracking_uri)) == 1, "one child run per trial"
+    for r in runs:
+        assert r.data.tags[records.TAG_STATUS] == "completed"
+        assert steps(again.tracking_uri, r.info.run_id) == [1, 2]
+
+
 def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_session, tmp_path, synthetic_root):
     # trials with a weight above 0.05 diverge at epoch 2 (as large weights do in real training)
     result = _stage(tmp_path, synthetic_root, "coarse", SIM, "trainer.max_epochs=3", "search.mode=factorial",
