@@ -196,9 +196,9 @@ def _creating(tracking_uri: str, timeout_s: float = 300.0) -> Iterator[None]:
 
 def open_store(tracking_uri: str) -> MlflowClient:
     """A client of the store; a new SQLite store is created here, under its file lock (`_creating`)."""
-    c = client(tracking_uri)
     try:
-        with _creating(tracking_uri):
+        with _creating(tracking_uri):  # MlflowClient opens (and creates) the store as it is made
+            c = client(tracking_uri)
             c.search_experiments(max_results=1)
     except ConfigError:
         raise

@@ -133,6 +133,10 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         run_id=saved.get("mlflow_run_id") if saved else None, wait_s=ctx.flush_timeout_s)
     run.sync(history)  # what a crash or an unreachable server left unsent
     max_epochs = cfg.trainer.max_epochs
+    if len(history) >= max_epochs:  # it had finished after Tune's last snapshot of a driver now restored:
+        run.flush(history, timeout_s=ctx.flush_timeout_s)  # end it with its last result, no new checkpoint
+        tune.report({**history[-1], "epoch": len(history), "mlflow_run_id": run.run_id})
+        return
 
     def on_epoch_end(report: EpochReport) -> None:
         history[report.epoch - 1:] = [dict(report.metrics)]
