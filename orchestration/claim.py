@@ -131,8 +131,15 @@ class MlflowSlots:
         from mlflow.entities import ViewType
 
         pattern = self.prefix.replace("%", "\\%").replace("'", "\\'")
-        found = tracking.retry(lambda: self.client.search_experiments(
-            view_type=ViewType.ALL, filter_string=f"name LIKE '{pattern}%'", max_results=1000), what="claims")
+        found, token = [], None
+        while True:  # every page: one claim per driver start, over the sweep's whole life
+            page = tracking.retry(lambda: self.client.search_experiments(
+                view_type=ViewType.ALL, filter_string=f"name LIKE '{pattern}%'", max_results=1000, page_token=token),
+                what="claims")
+            found.extend(page)
+            token = page.token
+            if not token:
+                break
         tail = [e.name[len(self.prefix):] for e in found if e.name.startswith(self.prefix)]
         return [int(t) for t in tail if t.isdigit()]
 
