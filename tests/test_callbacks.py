@@ -14,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestration import records, tracking
-from orchestration.callbacks import HeartbeatCallback, ProgressCallback, StatusCallback, terminal_status
+from orchestration.callbacks import (HeartbeatCallback, ProgressCallback, PruneGoneCheckpoints, StatusCallback,
+                                     terminal_status)
 from orchestration.spaces import point_key
 
 SWEEP = "coarse-axes-x"
@@ -195,3 +196,28 @@ def test_progress_shows_a_trial_waiting_for_its_retry_as_retrying():
     cb.on_trial_result(0, trials, trials[0], {"epoch": 3, "val/top1": 0.6})
     cb.print(force=True)
     assert "· 2 running ·" in out.getvalue().splitlines()[-3] and "retrying" not in out.getvalue().splitlines()[-1]
+
+
+def test_checkpoints_a_previous_driver_deleted_are_forgotten_on_restore(tmp_path):
+    """Tune's snapshot of a killed driver lists a checkpoint that driver deleted after the snapshot:
+    Tune's own checkpoint manager would fail deleting it again at the trial's next checkpoint."""
+    import shutil
+    from types import SimpleNamespace
+
+    from ray import tune
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    def checkpoint(i: int) -> _TrainingResult:
+        folder = tmp_path / f"checkpoint_{i:06d}"
+        folder.mkdir()
+        return _TrainingResult(tune.Checkpoint.from_directory(str(folder)), {"epoch": i})
+
+    manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=2))
+    for i in range(2):
+        manager.register_checkpoint(checkpoint(i))
+    shutil.rmtree(tmp_path / "checkpoint_000000")   # deleted by the previous driver after its last snapshot
+    trial = SimpleNamespace(trial_id="t0", run_metadata=SimpleNamespace(checkpoint_manager=manager))
+    PruneGoneCheckpoints().on_trial_start(0, [trial], trial)
+    manager.register_checkpoint(checkpoint(2))      # would raise FileNotFoundError without the callback
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
