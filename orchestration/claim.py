@@ -146,10 +146,10 @@ class MlflowSlots:
     def create(self, n: int, holder: Holder) -> bool:
         from mlflow.exceptions import MlflowException
 
-        try:
-            self.client.create_experiment(self.prefix + str(n), tags={
-                records.TAG_DRIVER: f"{holder.host}:{holder.pid}", records.TAG_DRIVER_SINCE: str(holder.since),
-                records.TAG_HEARTBEAT: str(holder.beat)})
+        tags = {records.TAG_DRIVER: f"{holder.host}:{holder.pid}", records.TAG_DRIVER_SINCE: str(holder.since),
+                records.TAG_HEARTBEAT: str(holder.beat)}
+        try:  # a retry whose first try did create it (the answer was lost) finds it ours in `acquire`
+            tracking.retry(lambda: self.client.create_experiment(self.prefix + str(n), tags=tags), what="claim")
             return True
         except MlflowException as e:
             if e.error_code == "RESOURCE_ALREADY_EXISTS":
@@ -226,6 +226,8 @@ def acquire(slots, *, stage: str, sweep_id: str, stale_s: float = tracking.HEART
             other = slots.read(top)
             if other is None:
                 continue  # removed by hand meanwhile: look again
+            if (other.host, other.pid, other.since) == (holder.host, holder.pid, holder.since):
+                return Claim(slots, top, every_s=every_s)  # created by our own try whose answer was lost
             if other.alive(stale_s):
                 raise tracking.busy(stage, sweep_id, other.describe())
             if other.beat > 0:
