@@ -65,16 +65,19 @@ def _race(kind: str, where: str, rounds: int) -> None:
             assert message.startswith("the coarse stage (sweep coarse-axes-x) is being run by "), message
 
 
+@pytest.mark.slow
 def test_one_of_n_drivers_released_together_claims_a_folder(tmp_path):
     _race("file", str(tmp_path / "claims"), rounds=20)
 
 
+@pytest.mark.slow
 def test_one_of_n_drivers_released_together_claims_a_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.open_store(uri)
     _race("mlflow", uri, rounds=8)
 
 
+@pytest.mark.slow
 def test_one_of_n_drivers_released_together_claims_the_tracking_server(tmp_path):
     from test_tracking_server import _server
 
@@ -113,8 +116,9 @@ def test_claims_live_next_to_the_tune_state_or_in_the_tracking_store(tmp_path):
     folder = claim.slots_for(str(tmp_path / "ray"), "rev2net-synthetic", "coarse-axes-x", "sqlite:///x.db")
     assert isinstance(folder, claim.FileSlots)
     assert folder.where() == str(tmp_path / "ray" / "rev2net-synthetic" / ".claims" / "coarse-axes-x")
-    store = claim.slots_for("s3://bucket/ray", "rev2net-synthetic", "coarse-axes-x", f"sqlite:///{tmp_path}/m.db")
+    store = claim.slots_for("s3://bucket/ray", "rev2net-synthetic", "coarse-axes-x", "http://mlflow.internal:5000")
     assert isinstance(store, claim.MlflowSlots)
+    assert store.where() == "http://mlflow.internal:5000 (experiments rev2net.claim:rev2net-synthetic/coarse-axes-x/<n>)"
 
 
 DRIVER = """
@@ -128,6 +132,7 @@ sys.exit(main(os.environ["ARGS"].split("\\x1f")))
 """
 
 
+@pytest.mark.slow
 def test_drivers_of_a_stage_started_together_run_it_once(tmp_path, synthetic_root):
     """Real drivers (grid.py's main, real Ray and a new SQLite store), released together: one runs the
     stage, the others exit 2 naming it; the store holds one parent run and one child run per trial,
