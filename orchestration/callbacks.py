@@ -124,6 +124,12 @@ class StatusCallback(tune.Callback):
             try:
                 self._set(status)
             except Exception as e:  # noqa: BLE001 - whatever the store says, the sweep goes on
+                if not tracking.transient(e):  # e.g. the run does not exist: no retry changes that answer
+                    log.warning("trial status %s not set in MLflow, and not retried: %s", status["status"],
+                                str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    with self._lock:
+                        self._pending.pop(0)
+                    continue
                 log.warning("MLflow unreachable; %d trial status(es) kept for later: %s", len(self._pending),
                             str(e).splitlines()[0] if str(e) else type(e).__name__)
                 return len(self._pending)
@@ -198,20 +204,20 @@ class StatusCallback(tune.Callback):
 
 class HeartbeatCallback(tune.Callback):
     """Tells the stage's parent run, every `every_s`, that its driver is alive: a scheduled run of the
-    same sweep that starts meanwhile leaves it alone (tracking.live_driver). Never blocks or fails."""
+    same sweep that starts meanwhile leaves it alone (tracking.live_driver). The write runs on a
+    thread of its own, never in Tune's event loop (a restarting server costs the loop nothing); one
+    write at a time, a missed one is harmless."""
 
     def __init__(self, tracking_uri: str, parent_run_id: str, every_s: float = tracking.HEARTBEAT_S):
         self.tracking_uri, self.parent_run_id, self.every_s = tracking_uri, parent_run_id, every_s
         self._client = None
         self._last = 0.0
+        self._thread: threading.Thread | None = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None, "_last": 0.0}
+        return {**self.__dict__, "_client": None, "_last": 0.0, "_thread": None}
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self._last < self.every_s:
-            return
-        self._last = time.monotonic()
+    def _send(self) -> None:
         try:
             if self._client is None:
                 self._client = tracking.client(self.tracking_uri)
@@ -219,6 +225,40 @@ class HeartbeatCallback(tune.Callback):
                                    tags=[RunTag(k, v) for k, v in tracking.driver_tags().items()])
         except Exception as e:  # noqa: BLE001 - a missed heartbeat is harmless; the next one follows
             log.debug("heartbeat not sent: %s", e)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._last < self.every_s or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._send, name="rev2net-mlflow-heartbeat", daemon=True)
+        self._thread.start()
+
+
+class PruneGoneCheckpoints(tune.Callback):
+    """After a driver restore, forgets the checkpoints that Tune's snapshot still lists but that are
+    gone (deleted by the previous driver after its last snapshot, `trial.keep_checkpoints`); else
+    Tune's checkpoint manager fails to delete them again at the trial's next checkpoint and logs an
+    ERROR traceback. Checked once per trial start, before the trial's next checkpoint."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+        results = getattr(manager, "_checkpoint_results", None)  # Tune's own list (Ray 2.x): no public API
+        if not results:
+            return
+        import pyarrow.fs
+
+        def gone(result: Any) -> bool:
+            checkpoint = result.checkpoint
+            try:
+                return checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound
+            except Exception:  # noqa: BLE001 - unsure: keep it (Tune's own deletion decides)
+                return False
+
+        kept = [r for r in results if not gone(r)]
+        if len(kept) < len(results):
+            log.debug("trial %s: %d checkpoint(s) already deleted by a previous driver", trial.trial_id,
+                      len(results) - len(kept))
+            manager._checkpoint_results = kept
 
 
 def _duration(seconds: float) -> str:
@@ -246,6 +286,7 @@ class ProgressCallback(tune.Callback):
         self.scores: dict[str, float] = {}        # trial id -> last metric value
         self.names: dict[str, str] = {}
         self.running: set[str] = set()
+        self.retrying: dict[str, str] = {}        # trial id -> "attempt k of n" while it waits for its retry
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.epochs_at_start = 0
@@ -270,8 +311,16 @@ class ProgressCallback(tune.Callback):
         self.running.add(trial.trial_id)
         self._name(trial)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """The trial failed and Tune will retry it from its last checkpoint: waiting, not running."""
+        self.running.discard(trial.trial_id)
+        attempts = trial.max_failures + 1 if trial.max_failures >= 0 else None
+        self.retrying[trial.trial_id] = f"attempt {trial.num_failures + 1}" + (f" of {attempts}" if attempts else "")
+        self._name(trial)
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.running.add(trial.trial_id)
+        self.retrying.pop(trial.trial_id, None)
         if "epoch" in result:
             self.epochs[trial.trial_id] = int(result["epoch"])
         if self.metric in result:
@@ -279,6 +328,7 @@ class ProgressCallback(tune.Callback):
 
     def _end(self, trial: Any, failed: bool) -> None:
         self.running.discard(trial.trial_id)
+        self.retrying.pop(trial.trial_id, None)
         self.done.add(trial.trial_id)
         if failed or (trial.last_result or {}).get("diverged"):
             self.failed.add(trial.trial_id)
@@ -321,10 +371,15 @@ class ProgressCallback(tune.Callback):
             lines.append(f"  {how}: {self._name(ended)}" + (f"  {self.metric} {score:.3f}" if score is not None else ""))
         lines.append(f"[{self.title}] {len(self.done)}/{self.total} trials done"
                      + (f" ({len(self.failed)} failed)" if self.failed else "")
-                     + f" · {len(self.running)} running · elapsed {_duration(now - self.started)} · ETA {self.eta()}")
+                     + f" · {len(self.running)} running"
+                     + (f" · {len(self.retrying)} retrying" if self.retrying else "")
+                     + f" · elapsed {_duration(now - self.started)} · ETA {self.eta()}")
         if ended is None:
             for tid in sorted(self.running, key=lambda t: self.names.get(t, t)):
                 score = self.scores.get(tid)
                 lines.append(f"    {self.names.get(tid, tid):<40} epoch {self.epochs.get(tid, 0)}/{self.max_epochs}"
                              + (f"  {self.metric} {score:.3f}" if score is not None else ""))
+            for tid in sorted(self.retrying, key=lambda t: self.names.get(t, t)):
+                lines.append(f"    {self.names.get(tid, tid):<40} retrying ({self.retrying[tid]}) from epoch "
+                             f"{self.epochs.get(tid, 0)}/{self.max_epochs}")
         print("\n".join(lines), file=self.out, flush=True)

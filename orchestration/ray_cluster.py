@@ -28,8 +28,16 @@ from orchestration.errors import ConfigError
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a job's entrypoint: the job's runtime env
 
 
+# A gRPC method each kind of Ray endpoint answers (an empty request is a valid protobuf message):
+# the GCS of a cluster (host:port, e.g. head:6379) and the Ray Client server (ray://head:10001).
+GCS_PROBE = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+CLIENT_PROBE = "/ray.rpc.RayletDriver/ClusterInfo"
+
+
 def check_ray_address(address: Optional[str], timeout_s: float = 5.0) -> None:
-    """An explicit Ray address must answer before anything starts (ray.init would retry for minutes)."""
+    """An explicit Ray address must be a Ray cluster before anything starts (ray.init would retry
+    for minutes, whatever answers there): it accepts a TCP connection and answers a Ray gRPC call,
+    each within `timeout_s`."""
     if address in (None, "", "local", "auto"):
         return
     hostport = address.split("://", 1)[-1]
@@ -41,6 +49,36 @@ def check_ray_address(address: Optional[str], timeout_s: float = 5.0) -> None:
             pass
     except OSError as e:
         raise ConfigError(f"Ray cluster at ray.address={address!r} is unreachable ({e}); start it or fix ray.address") from e
+    client = address.startswith("ray://")
+    problem = _ray_answer(hostport, CLIENT_PROBE if client else GCS_PROBE, timeout_s)
+    if problem:
+        what = "a Ray Client server (ray://, port 10001 by default)" if client else \
+            "a Ray cluster's GCS (the head's port, 6379 by default; ray://host:10001 for Ray Client)"
+        raise ConfigError(f"ray.address={address!r} answers but is not {what}: {problem}; fix ray.address")
+
+
+def _ray_answer(hostport: str, method: str, timeout_s: float) -> Optional[str]:
+    """None when `method` answers at `hostport` within `timeout_s`, else what went wrong. Any
+    answer of the method counts (an authentication refusal too); a server that does not speak
+    gRPC, or does not know the method, does not."""
+    import grpc
+
+    channel = grpc.insecure_channel(hostport, options=[("grpc.enable_retries", 0)])
+    try:
+        call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        call(b"", timeout=timeout_s)
+        return None
+    except grpc.RpcError as e:
+        code = e.code()
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return "a gRPC server without Ray's services"
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+                    grpc.StatusCode.UNKNOWN):
+            detail = (e.details() or "").splitlines()[0] if e.details() else ""
+            return f"no Ray handshake ({code.name.lower()}{': ' + detail[:120] if detail else ''})"
+        return None  # a Ray server that refused this caller (e.g. UNAUTHENTICATED) is still Ray
+    finally:
+        channel.close()
 
 
 def runtime_env() -> Optional[dict[str, Any]]:

@@ -7,8 +7,12 @@ The recipe (`run_stage`, top to bottom), each step in its own room:
     tracking            the MLflow store answers
     plan.prepare_data   the dataset generated (embedded default) and checked
     sweep.locate        which generation of this sweep: new, or continued from its Tune state
-    tracking            the stage's parent run: created, or found again and continued
+                        (every refusal above comes before anything is written anywhere)
+    tracking            the MLflow store opened (a new SQLite store created under a file lock)
+    claim               the sweep claimed for this driver, atomically, or SweepBusy naming the holder
     ray_cluster         Ray started or joined, shared storage checked, resources per trial
+    sweep.check_store   Tune state whose parent run the store does not hold: a new generation
+    tracking            the stage's parent run: created, or found again and continued
     tuner               the Tuner built (or restored) and run: one Ray trial per planned trial,
                         each an MLflow child run (trainable.py), exactly once (tracking.py)
     records             the runs read back: the best configuration, the parent run's end state
@@ -32,7 +36,7 @@ from mlflow.entities import RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from orchestration import plan as planning
-from orchestration import ray_cluster, records, sweep, tracking, tuner
+from orchestration import claim, ray_cluster, records, sweep, tracking, tuner
 from orchestration.config import experiment_name
 from orchestration.spaces import Plan
 from orchestration.trainable import SweepContext
@@ -68,31 +72,41 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
         for note in plan.notes:
             if note.startswith("identical variants"):
                 log.warning(note)
-        ray_cluster.check_ray_address(cfg.ray.address)
-        tracking.check_reachable(cfg.mlflow.tracking_uri)
+        ray_cluster.check_ray_address(cfg.ray.address)      # a Ray handshake, not only a TCP port
+        tracking.check_reachable(cfg.mlflow.tracking_uri)   # a new SQLite store is not created here
         cfg, broken = planning.prepare_data(cfg, plan, progress=progress)  # tolerated broken videos: data.exclude
+        sweep.locate(cfg, plan, fresh=fresh, require_resume=require_resume)  # every refusal before any write
 
-        client = tracking.client(cfg.mlflow.tracking_uri)
-        exp_id = tracking.experiment_id(client, experiment_name(cfg), _artifact_location(cfg))
-        where = sweep.locate(cfg, plan, fresh=fresh, require_resume=require_resume)
-        parent_id = _open_parent(cfg, plan, client, exp_id, where)
-        planning.log_broken_videos(client, parent_id, broken)
+        client = tracking.open_store(cfg.mlflow.tracking_uri)
+        sid = sweep.sweep_id(cfg, plan)
+        with claim.acquire(claim.slots_for(cfg.ray.storage_path, experiment_name(cfg), sid, cfg.mlflow.tracking_uri),
+                           stage=cfg.stage, sweep_id=sid):   # one driver per sweep, or SweepBusy naming it
+            ray_cluster.start(cfg)
+            ray_cluster.check_shared_storage(cfg.ray.storage_path)
+            exp_id = tracking.experiment_id(client, experiment_name(cfg), _artifact_location(cfg))
+            where = sweep.locate(cfg, plan, fresh=fresh, require_resume=require_resume)
+            where = sweep.check_store(cfg, plan, where, functools.partial(_has_parent, client, exp_id))
+            parent_id = _open_parent(cfg, plan, client, exp_id, where)
+            planning.log_broken_videos(client, parent_id, broken)
 
-        ray_cluster.start(cfg)
-        ray_cluster.check_shared_storage(cfg.ray.storage_path)
-        run = functools.partial(_run_trials, cfg, exp_id=exp_id, parent_id=parent_id, progress=progress,
-                                progress_interval_s=progress_interval_s)
-        trials = run(plan, where)
-        confirm = planning.confirm_plan(cfg, plan, parent_id)
-        if confirm is not None:  # the best configurations again, with more seeds, under the same parent run
-            trials += run(confirm, sweep.confirm_location(cfg, confirm, where))
+            run = functools.partial(_run_trials, cfg, exp_id=exp_id, parent_id=parent_id, progress=progress,
+                                    progress_interval_s=progress_interval_s)
+            trials = run(plan, where)
+            confirm = planning.confirm_plan(cfg, plan, parent_id)
+            if confirm is not None:  # the best configurations again, with more seeds, under the same parent run
+                trials += run(confirm, sweep.confirm_location(cfg, confirm, where))
 
-        result = StageResult(stage=cfg.stage, sweep_id=where.sweep_id, experiment=experiment_name(cfg),
-                             tracking_uri=cfg.mlflow.tracking_uri, storage_dir=where.path, plan=plan,
-                             metric=cfg.search.metric, parent_run_id=parent_id, resumed=where.restore, trials=trials)
-        _close_parent(cfg, plan, client, result)
+            result = StageResult(stage=cfg.stage, sweep_id=where.sweep_id, experiment=experiment_name(cfg),
+                                 tracking_uri=cfg.mlflow.tracking_uri, storage_dir=where.path, plan=plan,
+                                 metric=cfg.search.metric, parent_run_id=parent_id, resumed=where.restore,
+                                 trials=trials)
+            _close_parent(cfg, plan, client, result)
     result.wall_s = time.monotonic() - started
     return result
+
+
+def _has_parent(client: Any, exp_id: str, sweep_id: str) -> bool:
+    return bool(tracking.find_runs(client, exp_id, {records.TAG_ROLE: records.ROLE_STAGE, records.TAG_SWEEP: sweep_id}))
 
 
 def _run_trials(cfg: DictConfig, plan: Plan, where: sweep.Location, *, exp_id: str, parent_id: str, progress: bool,

@@ -6,14 +6,17 @@ the tracking URI). Running the same command again therefore continues the same s
 state lives in `<ray.storage_path>/<experiment>/<sweep id>`, finished trials are not rerun,
 unfinished ones continue from their last checkpoint, and their MLflow runs continue. A different
 config is a different sweep. `--fresh` starts the same config over as a new generation
-(`<sweep id>-r2`, `-r3`, ...), leaving the old one.
+(`<sweep id>-r2`, `-r3`, ...), leaving the old one. Tune state is continued only with the store
+that holds its parent run (`check_store`): a new or deleted store starts a new generation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +24,7 @@ from orchestration.config import experiment_name
 from orchestration.errors import ConfigError
 from orchestration.spaces import Plan
 
+log = logging.getLogger(__name__)
 RUNTIME_SECTIONS = ("ray", "trial", "mlflow")  # how and where trials run; not part of a sweep's identity
 
 
@@ -80,6 +84,20 @@ def locate(cfg: DictConfig, plan: Plan, *, fresh: bool = False, require_resume: 
         raise ConfigError(f"--resume: there is no interrupted {cfg.stage} stage with this config under "
                           f"{experiment_dir(cfg)} (the sweep id is {sweep_id(cfg, plan)}); drop --resume to start it")
     return Location(sweep_id(cfg, plan, generation), generation, path, restore)
+
+
+def check_store(cfg: DictConfig, plan: Plan, where: Location, has_parent: Callable[[str], bool]) -> Location:
+    """A restore continues a sweep only in the store that holds its parent run. Tune state whose
+    parent run the store lacks (the store was deleted, or mlflow.tracking_uri points at another
+    one) cannot be continued (its trials' child runs are not there): a new generation starts
+    instead, and says so in one line. `has_parent(sweep_id)`: whether the store holds that run."""
+    if not where.restore or has_parent(where.sweep_id):
+        return where
+    generation = latest_generation(cfg, plan) + 1
+    sid = sweep_id(cfg, plan, generation)
+    log.warning("the Tune state at %s belongs to a sweep that the MLflow store %s does not hold (no parent run "
+                "%s): starting it over as %s", where.path, cfg.mlflow.tracking_uri, where.sweep_id, sid)
+    return Location(sid, generation, f"{experiment_dir(cfg)}/{sid}", False)
 
 
 def confirm_location(cfg: DictConfig, confirm: Plan, main: Location) -> Location:

@@ -41,6 +41,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
+import filelock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -50,7 +51,8 @@ from tenacity import (RetryError, Retrying, retry_if_exception, retry_if_result,
 from orchestration.errors import ConfigError, SweepBusy
 from orchestration.records import (EXPERIMENT_KIND, FAILED, PARENT, ROLE_STAGE, ROLE_TRIAL, RUNNING, TAG_DRIVER,
                                    TAG_EXPERIMENT_KIND, TAG_FAILURE, TAG_HEARTBEAT, TAG_LOGGED_EPOCH, TAG_MODE, TAG_ROLE,
-                                   TAG_STAGE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_KEY, cost_totals, search_all)
+                                   TAG_STAGE, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_KEY, cost_totals, search_all,
+                                   sqlite_path)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,8 +110,9 @@ def redact(text: str) -> str:
     return text
 
 
-def _transient(error: BaseException) -> bool:
-    """A failure a retry can change: anything MLflow or the network raises, except a definite answer."""
+def transient(error: BaseException) -> bool:
+    """A failure a retry can change: anything MLflow or the network raises, except a definite answer
+    (PERMANENT_ERRORS: a run that does not exist is not a server that is down)."""
     return isinstance(error, (MlflowException, OSError)) and getattr(error, "error_code", None) not in PERMANENT_ERRORS
 
 
@@ -124,7 +127,7 @@ def retry(fn: Callable[[], T], *, attempts: int = 5, delay_s: float = 0.2, what:
                   state.attempt_number)
 
     return Retrying(stop=stop_after_delay(timeout_s) if timeout_s > 0 else stop_after_attempt(attempts),
-                    wait=wait_exponential(multiplier=delay_s, max=10.0), retry=retry_if_exception(_transient),
+                    wait=wait_exponential(multiplier=delay_s, max=10.0), retry=retry_if_exception(transient),
                     before_sleep=note, reraise=True)(fn)
 
 
@@ -149,8 +152,18 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         except (urllib.error.URLError, OSError) as e:
             raise ConfigError(f"MLflow tracking URI {tracking_uri} is unreachable ({getattr(e, 'reason', e)}); "
                               "start the server or set mlflow.tracking_uri") from e
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.exists():  # created later by open_store, once nothing can refuse the start
+        folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"MLflow tracking URI {tracking_uri} cannot be used: {folder} is not a writable "
+                              "folder; fix mlflow.tracking_uri")
+        return
     try:
-        client(tracking_uri).search_experiments(max_results=1)
+        with _creating(tracking_uri):  # a SQLite file may be new and still being created by another process
+            client(tracking_uri).search_experiments(max_results=1)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
         if getattr(e, "error_code", None) in ("UNAUTHENTICATED", "PERMISSION_DENIED") or \
                 re.search(r"error code (401|403)\b", str(e)):
@@ -161,6 +174,39 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
                               "(a user with EDIT permission on the experiment)") from e
         raise ConfigError(f"MLflow tracking URI {tracking_uri} cannot be used: {str(e).splitlines()[0]}; "
                           "fix mlflow.tracking_uri") from e
+
+
+@contextlib.contextmanager
+def _creating(tracking_uri: str, timeout_s: float = 300.0) -> Iterator[None]:
+    """For a SQLite store: hold its file lock (`<db>.lock`) while the block runs. MLflow creates a
+    database by migrating it, and two processes migrating the same new file at once fail ("Online
+    migration expected to match one row"); every first access of a run_stage goes through this."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with filelock.FileLock(f"{path}.lock", timeout=timeout_s):
+            yield
+    except filelock.Timeout as e:
+        raise ConfigError(f"the MLflow store {path} stayed locked by another process for {timeout_s:.0f} s "
+                          f"(while creating it: {path}.lock); try again, or delete the lock file if no other "
+                          "process of this sweep runs") from e
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client of the store; a new SQLite store is created here, under its file lock (`_creating`)."""
+    try:
+        with _creating(tracking_uri):  # MlflowClient opens (and creates) the store as it is made
+            c = client(tracking_uri)
+            c.search_experiments(max_results=1)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        raise ConfigError(f"the MLflow store {tracking_uri} could not be created or opened: "
+                          f"{str(e).splitlines()[0]}; fix mlflow.tracking_uri") from e
+    return c
 
 
 def experiment_id(c: MlflowClient, name: str, artifact_location: str | None = None) -> str:
@@ -194,26 +240,37 @@ def driver_tags() -> dict[str, str]:
     return {TAG_DRIVER: f"{socket.gethostname()}:{os.getpid()}", TAG_HEARTBEAT: str(int(time.time()))}
 
 
+def driver_alive(driver: str, beat: float, stale_s: float = HEARTBEAT_STALE_S) -> bool:
+    """Whether the driver `host:pid` whose latest heartbeat was at unix time `beat` is alive: the
+    heartbeat is younger than `stale_s` and, on this machine, the process still exists."""
+    if time.time() - beat > stale_s:
+        return False
+    host, _, pid = driver.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, someone else's
+            pass
+    return True
+
+
+def busy(stage: str, sweep_id: str, driver: str) -> SweepBusy:
+    """The refusal of a second driver: one line naming the one that runs the stage."""
+    return SweepBusy(f"the {stage} stage (sweep {sweep_id}) is being run by {driver}; nothing to do until it "
+                     f"ends, or until its heartbeat is {HEARTBEAT_STALE_S:.0f} s old if it died")
+
+
 def live_driver(run, stale_s: float = HEARTBEAT_STALE_S) -> str | None:
     """Who else drives this stage's parent run right now, if anyone: the run is RUNNING with a fresh
     heartbeat from another process (on this machine: one that is still alive)."""
     driver, beat = run.data.tags.get(TAG_DRIVER), run.data.tags.get(TAG_HEARTBEAT)
     if run.info.status != "RUNNING" or not driver or not beat:
         return None
-    age = time.time() - float(beat)
-    if age > stale_s:
+    if driver == f"{socket.gethostname()}:{os.getpid()}" or not driver_alive(driver, float(beat), stale_s):
         return None
-    host, _, pid = driver.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        if int(pid) == os.getpid():
-            return None
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # alive, someone else's
-            pass
-    return f"{driver} (heartbeat {max(0, int(age))} s ago)"
+    return f"{driver} (heartbeat {max(0, int(time.time() - float(beat)))} s ago)"
 
 
 def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mode: str, run_name: str,
@@ -225,8 +282,7 @@ def start_parent(c: MlflowClient, exp_id: str, *, sweep_id: str, stage: str, mod
         run_id = found[0].info.run_id
         other = live_driver(found[0])
         if other:
-            raise SweepBusy(f"the {stage} stage (sweep {sweep_id}) is being run by {other}; nothing to do until it "
-                            f"ends, or until its heartbeat is {HEARTBEAT_STALE_S:.0f} s old if it died")
+            raise busy(stage, sweep_id, other)
         c.update_run(run_id, status="RUNNING")
         c.log_batch(run_id, tags=[RunTag(k, v) for k, v in driver_tags().items()])
         return run_id, True

@@ -334,6 +334,10 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         marker.write(run.run_id)
     run.sync(history)  # what a crash or an unreachable server left unsent
     max_epochs = cfg.trainer.max_epochs
+    if len(history) >= max_epochs:  # it had finished after Tune's last snapshot of a driver now restored:
+        run.flush(history, timeout_s=ctx.flush_timeout_s)  # end it with its last result, no new checkpoint
+        tune.report({**history[-1], "epoch": len(history), "mlflow_run_id": run.run_id})
+        return
     cost = CostMeter(saved.get("cost") if saved else None,
                      float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))
 

@@ -21,7 +21,7 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestration import records
-from orchestration.callbacks import HeartbeatCallback, ProgressCallback, StatusCallback
+from orchestration.callbacks import HeartbeatCallback, ProgressCallback, PruneGoneCheckpoints, StatusCallback
 from orchestration.spaces import Plan
 from orchestration.sweep import Location, experiment_dir
 from orchestration.trainable import SweepContext, run_sweep_trial, trial_point
@@ -82,7 +82,7 @@ def callbacks(cfg: DictConfig, plan: Plan, experiment_id: str, sweep_id: str, pa
               progress: bool, progress_interval_s: float) -> list[tune.Callback]:
     out = [StatusCallback(cfg.mlflow.tracking_uri, experiment_id, sweep_id, cfg.trainer.max_epochs,
                           flush_timeout_s=cfg.mlflow.flush_timeout_s),
-           HeartbeatCallback(cfg.mlflow.tracking_uri, parent_run_id), JsonLoggerCallback()]
+           HeartbeatCallback(cfg.mlflow.tracking_uri, parent_run_id), PruneGoneCheckpoints(), JsonLoggerCallback()]
     if progress:
         out.append(ProgressCallback(title=f"{cfg.stage} · {plan.mode}", total_trials=plan.num_trials,
                                     max_epochs=cfg.trainer.max_epochs, metric=cfg.search.metric,

@@ -4,6 +4,8 @@ only retries, and a restored callback marks the trials a killed driver left unma
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import threading
 from dataclasses import dataclass, field
@@ -12,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestration import records, tracking
-from orchestration.callbacks import StatusCallback, terminal_status
+from orchestration.callbacks import (HeartbeatCallback, ProgressCallback, PruneGoneCheckpoints, StatusCallback,
+                                     terminal_status)
 from orchestration.spaces import point_key
 
 SWEEP = "coarse-axes-x"
@@ -136,3 +139,85 @@ def test_a_restored_callback_marks_what_the_killed_driver_left_unmarked(store):
     restored.on_experiment_end(trials)
     assert [_status(c, t)[0] for t in trials] == ["completed", "completed", "failed", "running"]
     assert restored.get_state()["marked"] == ["t0", "t1", "t2"]
+
+
+def test_the_heartbeat_is_written_off_the_event_loop(store, monkeypatch):
+    uri, c, exp_id, parent = store
+    release, sent = threading.Event(), []
+    log_batch = MlflowClient.log_batch
+
+    def slow_log_batch(self, *args, **kwargs):
+        release.wait(timeout=60)  # a tracking server restarting: the heartbeat thread waits here
+        sent.append(log_batch(self, *args, **kwargs))
+
+    monkeypatch.setattr(MlflowClient, "log_batch", slow_log_batch)
+    cb = HeartbeatCallback(uri, parent, every_s=0.0)
+    cb.on_step_end(0, [])   # returns while the write is blocked (else this test would wait forever)
+    cb.on_step_end(1, [])   # one write at a time: no second thread while the first waits
+    assert not sent and cb._thread.is_alive()
+    release.set()
+    cb._thread.join(timeout=60)
+    assert len(sent) == 1
+    assert c.get_run(parent).data.tags[records.TAG_DRIVER].endswith(f":{os.getpid()}")
+
+
+def test_a_status_for_a_run_the_store_does_not_hold_is_dropped_not_retried(store):
+    uri, c, exp_id, parent = store
+    trials = _trials(c, exp_id, parent, 2)
+    trials[0].last_result["mlflow_run_id"] = "0" * 32   # e.g. the store was replaced under a restored sweep
+    cb = StatusCallback(uri, exp_id, SWEEP, max_epochs=2, flush_timeout_s=600)
+    cb.on_trial_complete(0, trials, trials[0])
+    cb.on_trial_complete(0, trials, trials[1])
+    cb.on_experiment_end(trials)   # returns at once: nothing is left to retry
+    assert cb.get_state() == {"pending": [], "marked": ["t1"]}
+    assert _status(c, trials[1]) == ("completed", "FINISHED")
+
+
+@dataclass
+class RetriedTrial(FakeTrial):
+    num_failures: int = 0
+    max_failures: int = 2
+
+
+def test_progress_shows_a_trial_waiting_for_its_retry_as_retrying():
+    out = io.StringIO()
+    cb = ProgressCallback(title="coarse · axes", total_trials=2, max_epochs=4, metric="val/top1", interval_s=0,
+                          stream=out)
+    trials = [RetriedTrial(f"t{i}", {"point": {"loss.alpha": float(i)}}) for i in range(2)]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+        cb.on_trial_result(0, trials, t, {"epoch": 2, "val/top1": 0.5})
+    trials[0].num_failures = 1
+    cb.on_trial_recover(0, trials, trials[0])
+    cb.print(force=True)
+    text = out.getvalue().splitlines()
+    assert "· 1 running · 1 retrying ·" in text[-3], text[-3]
+    assert text[-1].rstrip().endswith(" retrying (attempt 2 of 3) from epoch 2/4"), text[-1]
+    cb.on_trial_result(0, trials, trials[0], {"epoch": 3, "val/top1": 0.6})
+    cb.print(force=True)
+    assert "· 2 running ·" in out.getvalue().splitlines()[-3] and "retrying" not in out.getvalue().splitlines()[-1]
+
+
+def test_checkpoints_a_previous_driver_deleted_are_forgotten_on_restore(tmp_path):
+    """Tune's snapshot of a killed driver lists a checkpoint that driver deleted after the snapshot:
+    Tune's own checkpoint manager would fail deleting it again at the trial's next checkpoint."""
+    import shutil
+    from types import SimpleNamespace
+
+    from ray import tune
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    def checkpoint(i: int) -> _TrainingResult:
+        folder = tmp_path / f"checkpoint_{i:06d}"
+        folder.mkdir()
+        return _TrainingResult(tune.Checkpoint.from_directory(str(folder)), {"epoch": i})
+
+    manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=2))
+    for i in range(2):
+        manager.register_checkpoint(checkpoint(i))
+    shutil.rmtree(tmp_path / "checkpoint_000000")   # deleted by the previous driver after its last snapshot
+    trial = SimpleNamespace(trial_id="t0", run_metadata=SimpleNamespace(checkpoint_manager=manager))
+    PruneGoneCheckpoints().on_trial_start(0, [trial], trial)
+    manager.register_checkpoint(checkpoint(2))      # would raise FileNotFoundError without the callback
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001", "checkpoint_000002"]

@@ -8,6 +8,7 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,9 +151,31 @@ def _broken_dataset(root: str) -> str:
     return root
 
 
+@pytest.fixture
+def not_ray():
+    """A TCP server that answers, but is not Ray (as Redis on 6379 or a web server would): host:port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"-ERR unknown command\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
 @pytest.mark.parametrize("case", ["stage", "weight", "space_weight", "key", "type", "dataset", "layout", "mlflow",
-                                  "ray"])
-def test_invalid_input_fails_fast_in_one_line(capsys, tmp_path, synthetic_copy, case):
+                                  "ray", "not_ray", "resume"])
+def test_invalid_input_fails_fast_in_one_line(capsys, tmp_path, synthetic_copy, synthetic_root, not_ray, case):
     import ray
 
     base = tiny_overrides(tmp_path, synthetic_copy)
@@ -166,6 +189,8 @@ def test_invalid_input_fails_fast_in_one_line(capsys, tmp_path, synthetic_copy, 
         "layout": ["--stage", "coarse", *base, "data=ucf101", f"data.root={tmp_path}"],
         "mlflow": ["--stage", "coarse", *base, f"mlflow.tracking_uri=http://127.0.0.1:{_free_port()}"],
         "ray": ["--stage", "coarse", *base, f"ray.address=127.0.0.1:{_free_port()}"],
+        "not_ray": ["--stage", "coarse", *base, f"ray.address={not_ray}"],
+        "resume": ["--stage", "coarse", "--resume", *tiny_overrides(tmp_path, synthetic_root)],  # the data is fine
     }[case]
     expected = {
         "stage": "stage 'corse' is not one of coarse, fine, ablation",
@@ -177,6 +202,8 @@ def test_invalid_input_fails_fast_in_one_line(capsys, tmp_path, synthetic_copy, 
         "layout": "dataset ucf101 at",
         "mlflow": "is unreachable",
         "ray": "Ray cluster at ray.address=",
+        "not_ray": f"ray.address='{not_ray}' answers but is not a Ray cluster's GCS",
+        "resume": "--resume: there is no interrupted coarse stage",
     }[case]
     was_running = ray.is_initialized()
     code, out, err = _run(capsys, *args)
@@ -185,3 +212,4 @@ def test_invalid_input_fails_fast_in_one_line(capsys, tmp_path, synthetic_copy, 
     assert err.startswith("error: ") and err.count("\n") == 1, "one line"
     assert ray.is_initialized() == was_running, "Ray was not started"
     assert not (tmp_path / "ray").exists(), "no trial started"
+    assert not (tmp_path / "mlflow.db").exists(), "nothing written to the store"

@@ -69,6 +69,27 @@ def test_a_sweep_leaves_one_child_run_per_trial_with_full_histories(ray_session,
     assert all(steps(uri, r.info.run_id) == [1, 2, 3] for r in child_runs(uri))
 
 
+def test_a_new_store_starts_the_sweep_over_instead_of_waiting_for_runs_it_lacks(ray_session, tmp_path, synthetic_root):
+    first = _stage(tmp_path, synthetic_root, "coarse", SIM)
+    (tmp_path / "mlflow.db").unlink()   # start over with a new store; the Tune state stays
+    overrides = tiny_overrides(tmp_path, synthetic_root, f"search.spaces_dir={small_spaces(tmp_path)}", SIM,
+                               "ray.num_cpus=2")
+    again = subprocess.run([sys.executable, str(REPO / "orchestration" / "grid.py"), "--stage", "coarse", *overrides],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)   # a new command: a new process
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    said = [line for line in again.stderr.splitlines() if "does not hold" in line]
+    assert len(said) == 1 and f"starting it over as {first.sweep_id}-r2" in said[0], again.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/./mlflow.db"  # the new file: this process's MLflow keeps the deleted one open
+    parents = parent_runs(uri)
+    assert len(parents) == 1 and parents[0].data.tags[records.TAG_SWEEP] == f"{first.sweep_id}-r2"
+    assert parents[0].info.status == "FINISHED"
+    runs = child_runs(uri)
+    assert len(runs) == 5, "one child run per trial"
+    for r in runs:
+        assert r.data.tags[records.TAG_STATUS] == "completed"
+        assert steps(uri, r.info.run_id) == [1, 2]
+
+
 def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_session, tmp_path, synthetic_root):
     # trials with a weight above 0.05 diverge at epoch 2 (as large weights do in real training)
     result = _stage(tmp_path, synthetic_root, "coarse", SIM, "trainer.max_epochs=3", "search.mode=factorial",
