@@ -324,6 +324,8 @@ def read_broken_videos(tracking_uri: str, parent_run_id: str) -> list[dict[str, 
     """The broken videos a stage left out (path, dataset, root, problem), from its parent run; [] when none."""
     import tempfile
 
+    from orchestration import tracking
+
     client = tracking.client(tracking_uri)
     if records.TAG_BROKEN_VIDEOS not in client.get_run(parent_run_id).data.tags:
         return []
