@@ -179,3 +179,16 @@ def _torch_threads_restored():
     yield
     if before is not None and torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray runtime for a module's real stages (left running if another test started one)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    if started:
+        ray.shutdown()

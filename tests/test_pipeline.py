@@ -29,18 +29,6 @@ def test_stage_prefixed_overrides_apply_to_their_stage_only():
                                                    "mlflow.tracking_uri=http://h:5000"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    if started:
-        ray.shutdown()
-
-
 def test_a_scheduled_pipeline_continues_then_does_nothing_and_never_drives_a_busy_stage(local_ray, tmp_path,
                                                                                         synthetic_root, capsys):
     overrides = tiny_overrides(tmp_path, synthetic_root, f"search.spaces_dir={small_spaces(tmp_path)}", SIM,

@@ -17,19 +17,7 @@ from sweep_helpers import child_runs, small_spaces, tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    if started:
-        ray.shutdown()
-
-
-def test_a_trial_leaves_its_predictions_and_its_cost(ray_session, tmp_path, synthetic_root):
+def test_a_trial_leaves_its_predictions_and_its_cost(local_ray, tmp_path, synthetic_root):
     cfg = compose_config(tiny_overrides(tmp_path, synthetic_root, f"search.spaces_dir={small_spaces(tmp_path)}",
                                         "trainer.max_epochs=1", "search.seeds=1", "search.variants=[rev2net]"),
                          stage="ablation")
