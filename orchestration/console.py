@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orchestration import records
 from orchestration.config import experiment_name, to_objects
-from orchestration.plan import device_hours, read_broken_videos, trial_epochs
+from orchestration.plan import device_hours, trial_epochs
 from orchestration.ray_cluster import local_resources, max_concurrency, trial_resources
 from orchestration.spaces import Plan
 from orchestration.sweep import experiment_dir, sweep_id
@@ -135,7 +135,7 @@ def format_summary(result, overrides: list[str], top: int = 5) -> str:
     counts = runs["status"].value_counts().to_dict() if not runs.empty else {}
     lines = [f"{result.stage} stage {'resumed and ' if result.resumed else ''}finished in {result.wall_s / 60:.1f} min: "
              f"{len(runs)} trials (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"]
-    broken = read_broken_videos(result.tracking_uri, result.parent_run_id) if result.parent_run_id else []
+    broken = result.broken_videos  # the stage has them in hand: no read back from the store
     if broken:
         lines.append(f"{len(broken)} broken video(s) left out of every trial (data.max_broken_fraction), listed in "
                      f"the parent run's {records.BROKEN_VIDEOS_ARTIFACT}:")

@@ -320,20 +320,6 @@ def log_broken_videos(client: Any, parent_run_id: str, broken: BrokenVideos) -> 
     client.set_tag(parent_run_id, records.TAG_BROKEN_VIDEOS, str(len(broken.videos)))
 
 
-def read_broken_videos(tracking_uri: str, parent_run_id: str) -> list[dict[str, str]]:
-    """The broken videos a stage left out (path, dataset, root, problem), from its parent run; [] when none."""
-    import tempfile
-
-    from orchestration import tracking
-
-    client = tracking.client(tracking_uri)
-    if records.TAG_BROKEN_VIDEOS not in client.get_run(parent_run_id).data.tags:
-        return []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(parent_run_id, records.BROKEN_VIDEOS_ARTIFACT, tmp)
-        return json.loads(Path(path).read_text())["videos"]
-
-
 def confirm_plan(cfg: DictConfig, plan: Plan, parent_run_id: str) -> Optional[Plan]:
     """The confirmation re-runs of a coarse or fine stage (search.confirm_top_k, search.confirm_seeds):
     its best K configurations by the selection metric (rank_trials: the same order as best_config),

@@ -60,6 +60,7 @@ class StageResult:
     best: Optional[dict[str, Any]] = None                          # params, value, run_id
     wall_s: float = 0.0
     complete: bool = False                                         # every trial ended (parent run FINISHED)
+    broken_videos: list[dict[str, str]] = field(default_factory=list)  # left out by data.max_broken_fraction
 
 
 def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = False, progress: bool = True,
@@ -99,7 +100,7 @@ def run_stage(cfg: DictConfig, *, fresh: bool = False, require_resume: bool = Fa
             result = StageResult(stage=cfg.stage, sweep_id=where.sweep_id, experiment=experiment_name(cfg),
                                  tracking_uri=cfg.mlflow.tracking_uri, storage_dir=where.path, plan=plan,
                                  metric=cfg.search.metric, parent_run_id=parent_id, resumed=where.restore,
-                                 trials=trials)
+                                 trials=trials, broken_videos=broken.to_dict()["videos"])
             _close_parent(cfg, plan, client, result)
     result.wall_s = time.monotonic() - started
     return result
