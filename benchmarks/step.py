@@ -259,7 +259,7 @@ def _family_row(args: argparse.Namespace, device: torch.device, name: str, compi
     seed_everything(0)
     cfg, loss, data, host = _family_batch(args, name, pin=device.type == "cuda")
     model = registry.build(cfg, args.num_classes, data).to(device).train()
-    layout = memory_format(device, args.memory_format)
+    layout = memory_format(device, args.memory_format, model)
     if layout is not None:
         to_channels_last(model)
     inputs = registry.input_keys(registry.data_needs(cfg, loss))
@@ -346,12 +346,13 @@ def families_table(args: argparse.Namespace) -> list[dict]:
     modes = ("eager", "compiled") if args.modes == "auto" and device.type == "cuda" else \
         ("eager",) if args.modes == "auto" else tuple(args.modes.split(","))
     peak, peak_text = _peak_flops(device, args.peak_tflops)
-    layout = memory_format(device, args.memory_format)
+    layout = {"channels_last": "channels-last", "contiguous": "contiguous"}.get(
+        args.memory_format, "channels-last" if device.type == "cuda" else "layout auto (channels-last for all-3D models)")
     print(f"families: batch {args.batch} x {args.frames}x{args.size}x{args.size} (DCD 8 frames, TSN 3 and TSM 8 "
           f"segments), width {args.width}, "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
           f"{torch.get_num_threads()} threads, amp {args.amp}, "
-          f"{'channels-last' if layout is not None else 'contiguous'}, augment on {args.augment}; "
+          f"{layout}, augment on {args.augment}; "
           f"median of {args.steps} steps; peak {peak_text}")
     print(f"{'family':<18}{'mode':<9}{'clips/s':>9}{'step':>9}{'data':>8}{'fwd':>8}{'bwd':>8}{'opt':>8}"
           f"{'peak mem':>10}{'GFLOP/clip':>11}{'TFLOP/s':>9}{'MFU':>7}{'warm-up':>9}")

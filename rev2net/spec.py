@@ -200,7 +200,7 @@ class TrainerConfig:
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU; CPU is deterministic anyway)
     # The GPU path (rev2net/train.py, "Speed"): none of these changes what is computed beyond rounding.
-    memory_format: str = "auto"  # auto (channels_last on CUDA, contiguous on CPU) | channels_last | contiguous:
+    memory_format: str = "auto"  # auto (channels_last on CUDA, and on a CPU for all-3D-conv models) | channels_last | contiguous:
                                  # the layout of the model's 3D (and 2D) conv weights and of its 5D inputs
     compile: bool = False  # torch.compile the training step's forward + objective (decoders and DDP terms included);
                            # worth it on a GPU, minutes of warm-up on a CPU

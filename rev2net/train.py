@@ -140,12 +140,23 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def memory_format(device: torch.device, setting: str = "auto") -> Optional[torch.memory_format]:
-    """`trainer.memory_format` on `device`: torch.channels_last_3d (auto: on CUDA, where cuDNN's 3D
-    convolutions run channels-last natively) or None (PyTorch's default, contiguous)."""
-    if setting == "channels_last" or (setting == "auto" and device.type == "cuda"):
+def memory_format(device: torch.device, setting: str = "auto",
+                  model: Optional[nn.Module] = None) -> Optional[torch.memory_format]:
+    """`trainer.memory_format` on `device`: torch.channels_last_3d or None (PyTorch's default, contiguous).
+
+    `auto`: channels-last on CUDA, where cuDNN's 3D convolutions run channels-last natively; on a
+    CPU, channels-last for a `model` whose convolutions are all 3D (I3D, Rev2Net, the flow and
+    two-stream I3Ds: oneDNN ran their training step 1.5-1.9x faster so, benchmarks/step.py
+    --memory-format), contiguous for models with 2D convolutions (TSN, TSM, DCD, MotionNet), which
+    ran slower channels-last on a CPU."""
+    if setting == "channels_last":
         return torch.channels_last_3d
-    return None
+    if setting != "auto":
+        return None
+    if device.type == "cuda":
+        return torch.channels_last_3d
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)] if model is not None else []
+    return torch.channels_last_3d if convs and all(m.weight.dim() == 5 for m in convs) else None
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -517,7 +528,7 @@ def fit(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not trainer_cfg.deterministic
     model.to(device)
-    layout = memory_format(device, trainer_cfg.memory_format)
+    layout = memory_format(device, trainer_cfg.memory_format, model)
     if layout is not None:
         to_channels_last(model)
     trained = nn.ModuleDict({"model": model, **({"adversary": adapt.adversary.to(device)} if adapt else {})})
