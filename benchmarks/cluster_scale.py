@@ -214,7 +214,7 @@ def main() -> None:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
         cfg = compose_config([
-            f"search.mode={'factorial' if args.trials == 1296 else 'axes'}",
+            f"search.mode={'factorial' if args.trials == 1296 else 'axes'}", "scheduler=fifo",
             "trial.runner=orchestration.simulate:constant_step", f"trainer.max_epochs={args.epochs}",
             f"+trial.runner_args.epoch_s={args.epoch_s}", f"+trial.runner_args.placement_dir={tmp / 'placement'}",
             f"trial.gpus={args.gpus_per_trial:g}", f"trial.cpus={args.cpus_per_trial:g}",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SCHEDULERS = {"fifo": [], "asha": ["scheduler=asha"], "tpe": ["search=optuna"]}
+SCHEDULERS = {"fifo": ["scheduler=fifo"], "asha": ["scheduler=asha"], "tpe": ["search=optuna", "scheduler=fifo"]}
 
 
 def run(name: str, overrides: list[str], workdir: str) -> dict:
@@ -42,7 +42,7 @@ def run(name: str, overrides: list[str], workdir: str) -> dict:
     started = time.perf_counter()
     result = run_stage(cfg, progress=False)
     wall = time.perf_counter() - started
-    promised, how = planning.trial_epochs(cfg, result.plan.num_trials)
+    promised, how = planning.trial_epochs(cfg, result.plan.num_trials, result.plan.mode)
     runs = records.load_runs(result.tracking_uri, result.experiment, parent_run_id=result.parent_run_id)
     parent = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.parent_run_id).data.metrics
     return {"name": name, "trials": len(runs), "trial_epochs": int(runs["epochs"].sum()), "promised": promised,

@@ -1,7 +1,7 @@
 """What the orchestration costs per trial, against a bare Ray Tune configured like it, on this machine.
 
     .venv/bin/python benchmarks/sweep_overhead.py [--trials 1296] [--epochs 1] [--cpus-per-trial 1]
-        [--profile-dir DIR]
+        [--store sqlite|server] [--profile-dir DIR]
 
 Both sweeps run in one Ray session, with the same resources, actor reuse, Tune settings and
 checkpoints, in this order:
@@ -15,6 +15,10 @@ checkpoints, in this order:
            callbacks, the stage's read-back), the training step replaced by
            `orchestration.simulate:constant_step` (no sleep). Its plan: the four weights of
            eq. (3), N values of alpha in factorial mode.
+The store (--store): `sqlite`, a file beside the sweep as on the embedded default, or `server`,
+an MLflow tracking server on a new PostgreSQL database (the cluster's store: orchestration/cluster/
+mlflow_server.sh, through benchmarks/cluster_scale.TrackingServer; PostgreSQL at 127.0.0.1:5432 or
+REV2NET_TEST_POSTGRES), where concurrent writers do not queue on one file lock.
 It prints seconds per trial for both with the ratio `(R× bare)`: over the whole stage (setup and
 read-back included) and over Tune's `fit` alone, and how many child runs MLflow holds (exactly N).
 Target (issue 18): ours ≤ 1.2× bare per trial, at any N and any number of epochs.
@@ -40,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _overrides(n: int, epochs: int, cpus: float, workdir: str) -> list[str]:
+def _overrides(n: int, epochs: int, cpus: float, workdir: str, tracking_uri: str) -> list[str]:
     spaces = Path(workdir) / "spaces"
     spaces.mkdir(parents=True, exist_ok=True)
     for name in (REPO / "search_spaces").glob("*.yaml"):
@@ -52,9 +56,9 @@ def _overrides(n: int, epochs: int, cpus: float, workdir: str) -> list[str]:
     (spaces / "coarse.yaml").write_text(yaml.safe_dump({
         "values": {"loss.alpha": alphas, "loss.beta": [0.1], "loss.lambda_flow": [0.1], "loss.lambda_im": [0.1]},
         "base": {"loss.alpha": alphas[0], "loss.beta": 0.1, "loss.lambda_flow": 0.1, "loss.lambda_im": 0.1}}))
-    return ["search.mode=factorial", f"search.spaces_dir={spaces}",
+    return ["search.mode=factorial", "scheduler=fifo", f"search.spaces_dir={spaces}",
             "trial.runner=orchestration.simulate:constant_step", f"trainer.max_epochs={epochs}",
-            f"trial.cpus={cpus}", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
+            f"trial.cpus={cpus}", f"mlflow.tracking_uri={tracking_uri or f'sqlite:///{workdir}/mlflow.db'}",
             f"ray.storage_path={workdir}/ray_results", f"data.root={workdir}/data/synthetic"]
 
 
@@ -149,6 +153,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1296, help="trials in the plan (any N >= 1)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs (reports and checkpoints) per trial")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--store", choices=("sqlite", "server"), default="sqlite",
+                        help="MLflow store: a SQLite file, or a tracking server on PostgreSQL")
     parser.add_argument("--profile-dir", default="", help="py-spy flame graphs of our sweep's processes here")
     args = parser.parse_args()
     if args.trials < 1 or args.epochs < 1:
@@ -165,7 +171,13 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:
-        cfg = compose_config(_overrides(args.trials, args.epochs, args.cpus_per_trial, tmp), stage="coarse")
+        server = None
+        if args.store == "server":
+            from cluster_scale import TrackingServer
+
+            server = TrackingServer(Path(tmp))
+        cfg = compose_config(_overrides(args.trials, args.epochs, args.cpus_per_trial, tmp,
+                                        server.uri if server else ""), stage="coarse")
         ensure_synthetic(to_objects(cfg).data.root, to_objects(cfg).data.synthetic, progress=False)  # not timed
         t_bare = bare(args.trials, args.epochs, args.cpus_per_trial, f"{tmp}/bare", cfg)
         print(f"bare Ray Tune: {t_bare:.1f} s", flush=True)
@@ -181,10 +193,13 @@ def main() -> None:
         c = tracking.client(result.tracking_uri)
         n_runs = len(list(records.child_runs(c, c.get_experiment_by_name(result.experiment).experiment_id,
                                               result.parent_run_id)))
+        if server is not None:
+            server.close()
     ray.shutdown()
     n = args.trials
     print(f"machine: {os.cpu_count()} CPUs · {n} trials × {args.epochs} epoch(s) · {args.cpus_per_trial:g} CPU per "
-          f"trial · actor reuse on · snapshot every {cfg.ray.snapshot_period_s:g} s")
+          f"trial · actor reuse on · snapshot every {cfg.ray.snapshot_period_s:g} s · MLflow store: "
+          f"{'a tracking server on PostgreSQL' if args.store == 'server' else 'SQLite'}")
     print(f"bare Ray Tune (fit):        {t_bare:8.1f} s   {t_bare / n:.4f} s/trial")
     print(f"orchestration, Tune fit:    {fit.seconds:8.1f} s   {fit.seconds / n:.4f} s/trial   "
           f"({fit.seconds / t_bare:.2f}× bare)")

@@ -46,7 +46,7 @@ def _cost_line(cfg: DictConfig, plan: Plan, extra_epochs: int = 0) -> str:
     local = cfg.ray.address is None
     cluster = local_resources(cfg) if local else None
     resources = trial_resources(cfg, cluster[1] if cluster else 1.0 if cfg.trial.gpus is None else cfg.trial.gpus)
-    hours, how = device_hours(cfg, plan.num_trials, resources["gpu"], extra_epochs=extra_epochs)
+    hours, how = device_hours(cfg, plan.num_trials, resources["gpu"], extra_epochs=extra_epochs, mode=plan.mode)
     if hours is None:
         return f"cost: no estimate: {how}"
     unit = "GPU-hours" if resources["gpu"] > 0 else "device-hours (CPU trials)"
@@ -76,7 +76,7 @@ def format_plan(cfg: DictConfig, plan: Plan) -> str:
         lines.append(f"  then the best {cfg.search.confirm_top_k} configuration(s) again with {cfg.search.confirm_seeds} "
                      f"more seed(s): {confirm} trials; best = the best mean over seeds")
     lines.append(_resources_line(cfg))
-    total, how = trial_epochs(cfg, plan.num_trials)
+    total, how = trial_epochs(cfg, plan.num_trials, plan.mode)
     lines.append(f"trial-epochs: {total + confirm * int(cfg.trainer.max_epochs)} ({how}"
                  + (f"; + {confirm} × {cfg.trainer.max_epochs} confirming" if confirm else "") + ")")
     lines.append(_cost_line(cfg, plan, extra_epochs=confirm * int(cfg.trainer.max_epochs)))

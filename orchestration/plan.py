@@ -97,7 +97,7 @@ def _variants_stage(cfg: DictConfig, space: dict[str, Any], axes: Optional[list[
                 for k, v in OmegaConf.to_container(cfg[group], resolve=True).items()}
     return variant_plan(cfg.stage, space, weights, seeds=s.seeds, variants=list(s.variants) or None,
                         splits=list(s.splits), axes=axes, first_seed=int(cfg.trainer.seed), source=source,
-                        defaults=defaults)
+                        defaults=defaults, dataset=str(cfg.data.name))
 
 
 def _dataset(name: str, synthetic: dict[str, Any]) -> str:
@@ -344,7 +344,20 @@ def confirm_plan(cfg: DictConfig, plan: Plan, parent_run_id: str) -> Optional[Pl
     return Plan(cfg.stage, "confirm", points, values, {}, notes=[note])
 
 
-def trial_epochs(cfg: DictConfig, n_trials: int) -> tuple[int, str]:
+SEARCH_MODES = ("axes", "factorial")  # the grid stages' plans (coarse, fine), which a scheduler may cut short
+
+
+def stops_early(cfg: DictConfig, mode: str) -> bool:
+    """Whether `scheduler` (asha) may stop this plan's trials early: only in a grid search (coarse,
+    fine), and only with a rung before the last epoch (grace_period < trainer.max_epochs). The
+    variant stages (ablation, compare, cross) and the confirmation re-runs train every trial to
+    trainer.max_epochs whatever the scheduler: a variant stopped early would leave its row of the
+    papers' tables without a test score."""
+    return (cfg.scheduler.name == "asha" and mode in SEARCH_MODES
+            and int(cfg.scheduler.grace_period) < int(cfg.trainer.max_epochs))
+
+
+def trial_epochs(cfg: DictConfig, n_trials: int, mode: str = "axes") -> tuple[int, str]:
     """Trial-epochs the stage will train. For ASHA, the synchronous successive-halving count, an
     estimate and not a bound: Ray's ASHA is asynchronous, a trial reaching a rung goes on when it
     is in the top 1/η of the results that rung has seen *so far*, so the first trials of a wave
@@ -352,8 +365,11 @@ def trial_epochs(cfg: DictConfig, n_trials: int) -> tuple[int, str]:
     where nearly every trial is at chance after epoch 1) and late ones against many (33 against 35
     with the constant-time stand-in); benchmarks/schedulers.py measures it."""
     R = int(cfg.trainer.max_epochs)
-    if cfg.scheduler.name == "fifo":
-        return n_trials * R, f"fifo: {n_trials} trials × {R} epochs"
+    if not stops_early(cfg, mode):
+        why = "" if cfg.scheduler.name == "fifo" else (
+            f"; {cfg.scheduler.name} stops only grid-search trials early" if mode not in SEARCH_MODES else
+            f"; {cfg.scheduler.name}'s first rung, epoch {cfg.scheduler.grace_period}, is not before the last")
+        return n_trials * R, f"fifo: {n_trials} trials × {R} epochs{why}"
     g, eta = int(cfg.scheduler.grace_period), int(cfg.scheduler.reduction_factor)
     rungs = []
     r = g
@@ -393,7 +409,7 @@ def steps_per_epoch(cfg: DictConfig) -> tuple[Optional[int], str]:
 
 
 def device_hours(cfg: DictConfig, n_trials: int, gpus_per_trial: float, *,
-                 extra_epochs: int = 0) -> tuple[Optional[float], str]:
+                 extra_epochs: int = 0, mode: str = "axes") -> tuple[Optional[float], str]:
     """The stage's GPU-hours (CPU trials: device-hours) from a measured step time: trial-epochs
     (`trial_epochs`, the ASHA estimate included) × steps per epoch × search.step_time_s × GPUs per
     trial / 3600 — training steps only (evaluation, forward-only, adds about a tenth). (None, what
@@ -405,7 +421,7 @@ def device_hours(cfg: DictConfig, n_trials: int, gpus_per_trial: float, *,
     steps, how = steps_per_epoch(cfg)
     if steps is None:
         return None, how
-    epochs, _ = trial_epochs(cfg, n_trials)
+    epochs, _ = trial_epochs(cfg, n_trials, mode)
     epochs += int(extra_epochs)
     hours = epochs * steps * float(step_s) / 3600.0
     return hours * (gpus_per_trial if gpus_per_trial > 0 else 1.0), (

@@ -77,6 +77,17 @@ def load_space(stage: str, spaces_dir: str | None = None) -> dict[str, Any]:
     return space
 
 
+def space_seeds(space: dict[str, Any], dataset: str) -> int:
+    """The space's seeds per variant on `dataset`: `seeds: N`, or `seeds: {default: N, <data.name>: M}`
+    (e.g. fewer on the embedded generated dataset, so the stage fits its time budget there)."""
+    seeds = space.get("seeds", 3)
+    if not isinstance(seeds, dict):
+        return seeds
+    if "default" not in seeds:
+        raise ConfigError(f"{space['_path']}: seeds: {seeds} needs a `default` entry (the seeds of every other dataset)")
+    return seeds.get(dataset, seeds["default"])
+
+
 def check_weight(key: str, value: Any, where: str) -> None:
     """Weights of eq. (3) must be finite and non-negative."""
     if key not in WEIGHT_KEYS:
@@ -211,12 +222,13 @@ def _variants(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def variant_plan(stage: str, space: dict[str, Any], weights: dict[str, float], *, seeds: int | None = None,
                  variants: list[str] | None = None, splits: list[int] | tuple[int, ...] = (),
                  axes: list[dict[str, Any]] | None = None, seed_key: str = "trainer.seed", first_seed: int = 0,
-                 source: str = "", defaults: Mapping[str, Any] | None = None) -> Plan:
+                 source: str = "", defaults: Mapping[str, Any] | None = None, dataset: str = "") -> Plan:
     """Registered variants x `axes` (partial points, e.g. cross-dataset direction x adaptation) x
     `splits` x seeds. Each point = the chosen weights, then the variant's overrides, then the axis
     entry's, then the split (data.split, when `splits` are given) and the seed. `defaults` (dotted
     key -> the config's value) fill in what a point does not set when the plan notes the variants
-    that would train alike."""
+    that would train alike. `seeds` (search.seeds) overrides the space's `seeds`: a number, or a
+    mapping of dataset name (data.name) to a number with a `default` for the others."""
     where = space["_path"]
     all_variants = _variants(space)
     chosen = list(variants) if variants else list(all_variants)
@@ -224,7 +236,7 @@ def variant_plan(stage: str, space: dict[str, Any], weights: dict[str, float], *
     if unknown:
         raise ConfigError(f"{stage} variant(s) {', '.join(unknown)} not in {where}; "
                           f"known: {', '.join(all_variants)}")
-    n_seeds = int(seeds if seeds is not None else space.get("seeds", 3))
+    n_seeds = int(seeds if seeds is not None else space_seeds(space, dataset))
     if n_seeds < 1:
         raise ConfigError(f"search.seeds={n_seeds} must be at least 1")
     for k, v in weights.items():

@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestration import records
 from orchestration.callbacks import HeartbeatCallback, ProgressCallback, PruneGoneCheckpoints, StatusCallback
+from orchestration.plan import stops_early
 from orchestration.spaces import Plan
 from orchestration.sweep import Location, experiment_dir
 from orchestration.trainable import SweepContext, run_sweep_trial, trial_point
@@ -71,8 +72,8 @@ def _search_algorithm(cfg: DictConfig, plan: Plan) -> Any:
     return ConcurrencyLimiter(search, max_concurrent=cfg.search.max_concurrent) if cfg.search.max_concurrent else search
 
 
-def _scheduler(cfg: DictConfig) -> Any:
-    if cfg.scheduler.name == "asha":
+def _scheduler(cfg: DictConfig, plan: Plan) -> Any:
+    if stops_early(cfg, plan.mode):
         return ASHAScheduler(time_attr="epoch", max_t=cfg.trainer.max_epochs,
                              grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor)
     return FIFOScheduler()
@@ -101,7 +102,7 @@ def build(cfg: DictConfig, plan: Plan, location: Location, trainable: Any, callb
         param_space=param_space(plan),
         tune_config=tune.TuneConfig(
             metric=cfg.search.metric, mode=cfg.search.metric_mode, search_alg=_search_algorithm(cfg, plan),
-            scheduler=_scheduler(cfg), num_samples=plan.num_samples if plan.algorithm == "optuna" else 1,
+            scheduler=_scheduler(cfg, plan), num_samples=plan.num_samples if plan.algorithm == "optuna" else 1,
             max_concurrent_trials=cfg.search.max_concurrent or None, reuse_actors=cfg.trial.reuse_actors,
             trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(

@@ -12,6 +12,29 @@ import pytest
 
 from rev2net.data.config import SyntheticConfig
 
+# pytest-xdist (pyproject.toml: -n 2 --dist loadgroup). A module's tests share a worker, so its module
+# and session fixtures are built once there; the simulated multi-node clusters share one group, so two
+# of them never run at once; the modules of independent heavy tests are spread test by test.
+CLUSTER_MODULES = {"test_cluster", "test_submit"}
+SPREAD_MODULES = {"test_stage", "test_claim"}
+# the longest modules start first (workers take groups in order), so none of them ends the run alone
+FIRST = ["test_cluster", "test_submit", "test_stage", "test_pipeline", "test_claim", "test_tracking_server"]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        module = item.module.__name__.rpartition(".")[2]
+        return FIRST.index(module) if module in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: each module's tests stay together and in their order
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in CLUSTER_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray_cluster"))
+        elif module not in SPREAD_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 # 3 motion classes x 3 videos (one per group: split 1 trains on 2, tests on 1) of 12 frames, 64 px, and
 # one validation and one more test video per class
 TINY_SYNTHETIC = SyntheticConfig(classes=3, videos_per_class=3, val_videos_per_class=1, test_videos_per_class=1,

@@ -16,13 +16,14 @@ SIM = "trial.runner=orchestration.simulate:constant_step"
 
 def tiny_overrides(tmp: Path, synthetic_root: str, *extra: str) -> list[str]:
     """The embedded default shrunk to seconds: the session's tiny generated dataset, a thin model
-    on 8-frame 32-pixel clips, stores in `tmp`."""
+    on 8-frame 32-pixel clips, stores in `tmp`, every trial trained to trainer.max_epochs (scheduler=fifo:
+    the embedded default's ASHA would stop a 4-epoch trial after 3)."""
     return [
         f"data.root={synthetic_root}", "data.synthetic.classes=3", "data.synthetic.videos_per_class=3",
         "data.synthetic.val_videos_per_class=1", "data.synthetic.test_videos_per_class=1",
         "data.synthetic.frames=12", "data.synthetic.size=64",
         "data.frames=8", "data.crop_size=32", "data.short_side=40", "data.batch_size=2",
-        "model.width=0.125", "trainer.max_epochs=2",
+        "model.width=0.125", "trainer.max_epochs=2", "scheduler=fifo",
         f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", f"ray.storage_path={tmp / 'ray'}",
         *extra,
     ]

@@ -92,10 +92,23 @@ def test_dry_run_json_lists_every_trial_configuration(capsys, tmp_path):
 
 def test_dry_run_asha_counts_trial_epochs(capsys):
     code, out, _ = _run(capsys, "--stage", "coarse", "--dry-run", "search.mode=factorial", "scheduler=asha",
-                        "trainer.max_epochs=9")
+                        "scheduler.grace_period=1", "trainer.max_epochs=9")
     assert code == 0
     # rungs at 1, 3, 9 with η=3: 1296·1 + 432·2 + 144·6 = 3024 trial-epochs (vs 11664 without stopping)
     assert "trial-epochs: 3024 (asha: rungs at epochs 1, 3, 9" in out and "11664 without early stopping" in out
+
+
+def test_the_embedded_default_stops_grid_trials_early_and_never_a_variant(capsys):
+    """data=synthetic picks ASHA with a grace period of 3 epochs for its grids (the 10-minute budget);
+    scheduler=fifo on the command line still wins; a variant stage trains every trial to the end."""
+    code, out, _ = _run(capsys, "--stage", "coarse", "--dry-run")
+    assert code == 0 and "trial-epochs: 91 (asha: rungs at epochs 3, 7, keeping 1/3" in out  # 21·3 + 7·4
+    code, out, _ = _run(capsys, "--stage", "coarse", "--dry-run", "scheduler=fifo")
+    assert code == 0 and "trial-epochs: 147 (fifo: 21 trials × 7 epochs)" in out
+    code, out, _ = _run(capsys, "--stage", "ablation", "--dry-run", "loss=paper", "search.seeds=1")
+    assert code == 0 and "trial-epochs: 70 (fifo: 10 trials × 7 epochs; asha stops only grid-search trials early)" in out
+    code, out, _ = _run(capsys, "--stage", "coarse", "--dry-run", "trainer.max_epochs=3")
+    assert code == 0 and "trial-epochs: 63 (fifo: 21 trials × 3 epochs; asha's first rung, epoch 3, is not before" in out
 
 
 def test_dry_run_of_fine_and_ablation_read_the_coarse_result(capsys, coarse_store):

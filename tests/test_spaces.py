@@ -13,7 +13,7 @@ from orchestration.errors import ConfigError
 from orchestration import fine as fine_rules
 from orchestration.fine import best_as_scale, log_bracket, upper_neighbour
 from orchestration.spaces import (SPACES_DIR, WEIGHT_KEYS, ablation_plan, coarse_plan, fine_plan, grid_points, load_space,
-                                  point_key)
+                                  point_key, space_seeds, variant_plan)
 
 COARSE = [0, 0.0001, 0.001, 0.1, 1, 10]
 
@@ -147,6 +147,23 @@ def test_fine_rule_is_swappable(tmp_path):
     with pytest.raises(ConfigError, match="cannot be imported"):
         fine_plan(load_space("fine", str(tmp_path)), load_space("coarse", str(tmp_path)), {"loss.alpha": 1.0},
                   mode="factorial")
+
+
+def test_seeds_per_dataset_with_a_default():
+    """compare and cross run 1 seed on the embedded generated dataset (its 10-minute budget) and 2
+    elsewhere; search.seeds overrides both; a mapping without `default` is refused."""
+    weights = {"loss.alpha": 0.01, "loss.beta": 0.1, "loss.lambda_flow": 0.1, "loss.lambda_im": 0.1}
+    for stage in ("compare", "cross"):
+        space = load_space(stage)
+        assert (space_seeds(space, "synthetic"), space_seeds(space, "ucf101"), space_seeds(space, "hmdb51")) == (1, 2, 2)
+    space = load_space("compare")
+    seeds = lambda plan: sorted({p["trainer.seed"] for p in plan.points})  # noqa: E731
+    assert seeds(variant_plan("compare", space, weights, dataset="synthetic")) == [0]
+    assert seeds(variant_plan("compare", space, weights, dataset="ucf101")) == [0, 1]
+    assert seeds(variant_plan("compare", space, weights, dataset="synthetic", seeds=3)) == [0, 1, 2]
+    assert space_seeds({"seeds": 4, "_path": "x.yaml"}, "synthetic") == 4
+    with pytest.raises(ConfigError, match="x.yaml.*default"):
+        space_seeds({"seeds": {"synthetic": 1}, "_path": "x.yaml"}, "ucf101")
 
 
 def test_ablation_plan_is_variants_times_seeds():
