@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
 if __package__ in (None, ""):  # run as a script: import the package, not this folder's files
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
@@ -45,6 +47,8 @@ EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "*.egg-info", ".pyt
             "/data", "/ray_results", "/mlruns", "/mlartifacts", "*.db", "/outputs", "/reports", "/multirun"]
 ACTIVE = ("PENDING", "RUNNING")
 COMMAND_KEY = "rev2net.command"  # job metadata: a hash of the command, for --if-idle
+NO_AGENT = "No available agent to submit job"  # a new head's answer until its job agent is up ...
+AGENT_WAIT_S = 120.0                            # ... retried this long
 
 
 def entrypoint(stage: str, overrides: list[str], *, then: list[str] = (), python: str = "python") -> str:
@@ -105,11 +109,14 @@ def submit(client, stage: str, overrides: list[str], *, then: list[str] = (), py
         if running:
             return running, False
     name = "-".join([stage, *then])
-    job_id = client.submit_job(
-        entrypoint=entry, runtime_env=runtime_env(working_dir, pip=pip),
-        submission_id=f"rev2net-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}",
-        metadata={COMMAND_KEY: command_key(entry), "rev2net.stages": name},
-        entrypoint_num_cpus=entrypoint_num_cpus)
+    submission_id = f"rev2net-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    # A head that has just started answers 500 "No available agent to submit job, please try again
+    # later" until its job agent is up (seconds; longer on a loaded head): the job was not created.
+    retrying = Retrying(stop=stop_after_delay(AGENT_WAIT_S), wait=wait_fixed(2.0), reraise=True,
+                        retry=retry_if_exception(lambda e: isinstance(e, RuntimeError) and NO_AGENT in str(e)))
+    job_id = retrying(client.submit_job, entrypoint=entry, runtime_env=runtime_env(working_dir, pip=pip),
+                      submission_id=submission_id, metadata={COMMAND_KEY: command_key(entry), "rev2net.stages": name},
+                      entrypoint_num_cpus=entrypoint_num_cpus)
     return job_id, True
 
 

@@ -63,7 +63,7 @@ def test_dry_run_imports_neither_ray_nor_torch(tmp_path):
     ("coarse", "axes", 21), ("coarse", "factorial", 1296), ("ablation", "axes", 30),
 ])
 def test_dry_run_counts_without_earlier_results(capsys, tmp_path, stage, mode, trials):
-    code, out, err = _run(capsys, "--stage", stage, "--dry-run", f"search.mode={mode}",
+    code, out, err = _run(capsys, "--stage", stage, "--dry-run", f"search.mode={mode}", "scheduler=fifo",
                           f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")
     assert code == 0, err
     assert f"{trials} trials" in out.splitlines()[0]

@@ -96,6 +96,39 @@ def test_if_idle_submits_nothing_while_the_same_command_runs():
     assert submit.submit(client, "coarse", ["data=ucf101"], then=["fine"], if_idle=True)[1], "the last run ended"
 
 
+def test_a_head_without_its_job_agent_yet_is_asked_again_and_other_errors_are_not(monkeypatch):
+    """A head that has just started answers 500 "No available agent ..." until its job agent is up:
+    submit() asks again (the job was not created), once per 2 s; any other error stops it at once."""
+    monkeypatch.setattr(submit, "AGENT_WAIT_S", 30.0)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # tenacity's wait, not the test's time
+
+    class Starting(_Client):
+        refusals = 2
+
+        def submit_job(self, **kwargs):
+            if self.refusals:
+                self.refusals -= 1
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job, please "
+                                   "try again later..")
+            return super().submit_job(**kwargs)
+
+    client = Starting()
+    job_id, new = submit.submit(client, "coarse", ["data=ucf101"])
+    assert new and client.refusals == 0 and [j.submission_id for j in client.jobs] == [job_id]
+
+    class Broken(_Client):
+        calls = 0
+
+        def submit_job(self, **kwargs):
+            self.calls += 1
+            raise RuntimeError("Request failed with status code 400: bad runtime_env")
+
+    broken = Broken()
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        submit.submit(broken, "coarse", ["data=ucf101"])
+    assert broken.calls == 1
+
+
 @pytest.mark.slow
 def test_a_pipeline_job_on_a_local_cluster(tmp_path, synthetic_root, capsys):
     import socket
