@@ -220,9 +220,7 @@ def cost_volume(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
                          f"and {tuple(f2.shape)}")
     if max_displacement < 0:
         raise ValueError(f"max_displacement={max_displacement} must be >= 0")
-    f1 = F.normalize(f1, dim=1, eps=NORMALIZE_EPS)
-    f2 = F.normalize(f2, dim=1, eps=NORMALIZE_EPS)
-    return _local_correlation(f1, f2, max_displacement)
+    return _local_correlation(_normalize(f1), _normalize(f2), max_displacement)
 
 
 def soft_argmax(cost: Tensor, temperature: float) -> Tensor:
@@ -282,9 +280,13 @@ def displacement_map(f1: Tensor, f2: Tensor, max_displacement: int, temperature:
         raise ValueError(f"max_displacement={max_displacement!r} must be an integer >= 0")
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0")
-    f1 = F.normalize(f1, dim=1, eps=NORMALIZE_EPS)
-    f2 = F.normalize(f2, dim=1, eps=NORMALIZE_EPS)
-    return _displacement_map(f1, f2, max_displacement, float(temperature))
+    return _displacement_map(_normalize(f1), _normalize(f2), max_displacement, float(temperature))
+
+
+def _normalize(x: Tensor) -> Tensor:
+    """F.normalize(x, dim=1, eps=NORMALIZE_EPS), (N, C, H, W): the same quotient, with the norm as
+    a sum of squares (torch's vector-norm reduction over dim 1 is ~20x slower on a CPU)."""
+    return x / (x * x).sum(dim=1, keepdim=True).sqrt().clamp_min(NORMALIZE_EPS)  # (N, C, H, W)
 
 
 def _soft_argmax_flat(cost: Tensor, temperature: float, offsets: Tensor) -> tuple[Tensor, Tensor]:
