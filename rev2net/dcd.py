@@ -290,9 +290,12 @@ def _normalize(x: Tensor) -> Tensor:
 
 
 def _soft_argmax_flat(cost: Tensor, temperature: float, offsets: Tensor) -> tuple[Tensor, Tensor]:
-    """cost (n, K, P) on the flat layout -> the softmax weights (n, K, P) and their mean offset
-    (n, 2, P), as `soft_argmax`; offsets (K, 2) from `window_offsets`."""
-    weights = torch.softmax(cost / temperature, dim=1)  # (n, K, P)
+    """cost (n, K, P) on the flat layout, overwritten -> the softmax weights (n, K, P) (in cost's
+    memory) and their mean offset (n, 2, P), as `soft_argmax`; offsets (K, 2) from `window_offsets`.
+    The softmax written out in place: torch.softmax over dim 1 is ~4x slower on a CPU."""
+    top = cost.amax(dim=1, keepdim=True)  # (n, 1, P)
+    weights = cost.sub_(top).div_(temperature).exp_()  # (n, K, P), unnormalised
+    weights.div_(weights.sum(dim=1, keepdim=True))
     return weights, torch.matmul(offsets.t(), weights)  # (2, K) @ (n, K, P) -> (n, 2, P)
 
 
