@@ -208,6 +208,12 @@ def window_offsets(max_displacement: int, device=None) -> Tensor:
     return torch.stack([dx.reshape(-1), dy.reshape(-1)], dim=1)
 
 
+def _normalize(x: Tensor) -> Tensor:
+    """F.normalize(x, dim=1, eps=NORMALIZE_EPS), (N, C, H, W): the same quotient, with the norm as
+    a sum of squares (torch's vector-norm reduction over dim 1 is ~20x slower on a CPU)."""
+    return x / (x * x).sum(dim=1, keepdim=True).sqrt().clamp_min(NORMALIZE_EPS)  # (N, C, H, W)
+
+
 def cost_volume(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
     """Cost volume C_t of Zhao et al. 2018, Sec. 3.3: cosine similarity between f1 at (i, j) and f2
     at (i + dy, j + dx) for every offset of a (2d+1) x (2d+1) window, d = `max_displacement`.
@@ -281,12 +287,6 @@ def displacement_map(f1: Tensor, f2: Tensor, max_displacement: int, temperature:
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0")
     return _displacement_map(_normalize(f1), _normalize(f2), max_displacement, float(temperature))
-
-
-def _normalize(x: Tensor) -> Tensor:
-    """F.normalize(x, dim=1, eps=NORMALIZE_EPS), (N, C, H, W): the same quotient, with the norm as
-    a sum of squares (torch's vector-norm reduction over dim 1 is ~20x slower on a CPU)."""
-    return x / (x * x).sum(dim=1, keepdim=True).sqrt().clamp_min(NORMALIZE_EPS)  # (N, C, H, W)
 
 
 def _soft_argmax_flat(cost: Tensor, temperature: float, offsets: Tensor) -> tuple[Tensor, Tensor]:
