@@ -113,32 +113,40 @@ def _flat_pair(f1: Tensor, f2: Tensor, d: int) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def _flat_offsets(d: int, row: int) -> list[int]:
-    """Each window offset's shift in the flat layout of `_flat_pair`, in window order."""
-    k = 2 * d + 1
-    return [dy * row + dx for dy in range(k) for dx in range(k)]
+def _window_row(b: Tensor, d: int, dy: int, row: int, p: int) -> Tensor:
+    """The 2d + 1 offsets (dy, 0..2d) of one window row as a view of b (n, C, ...): (n, C, 2d + 1, P),
+    [:, :, dx, q] = b[:, :, q + dy * row + dx] (the offsets of a row are consecutive in the flat layout)."""
+    n, c = b.shape[:2]
+    return b.as_strided((n, c, 2 * d + 1, p), (b.stride(0), b.stride(1), 1, 1), b.storage_offset() + dy * row)
 
 
-def _correlate_flat(a: Tensor, b: Tensor, offsets: Sequence[int], out: Tensor) -> Tensor:
-    """out[n, k, q] = sum_c a[n, c, q] * b[n, c, q + offsets[k]]; a (n, C, P), b (n, C, >= P + max
-    offset), out (n, K, P), written in place and returned."""
-    p = a.shape[-1]
-    product = torch.empty_like(a)  # (n, C, P)
-    for index, shift in enumerate(offsets):
-        torch.mul(a, b[:, :, shift:shift + p], out=product)
-        torch.sum(product, dim=1, out=out[:, index])
+def _correlate_flat(a: Tensor, b: Tensor, d: int, row: int, out: Tensor) -> Tensor:
+    """out[n, k, q] = sum_c a[n, c, q] * b[n, c, q + dy' * row + dx'] for window offset k = dy' * (2d + 1)
+    + dx' (dy', dx' in [0, 2d]; `_flat_pair`'s layout, row = W + 2d); a (n, C, P), b (n, C, >= P + 2d *
+    (row + 1)), out (n, K, P), written in place and returned.
+    One product and one channel sum per window row (2d + 1 offsets at once)."""
+    k, p = 2 * d + 1, a.shape[-1]
+    product = a.new_empty(a.shape[0], a.shape[1], k, p)  # (n, C, 2d + 1, P)
+    for dy in range(k):
+        torch.mul(a.unsqueeze(2), _window_row(b, d, dy, row, p), out=product)
+        torch.sum(product, dim=1, out=out[:, dy * k:(dy + 1) * k])
     return out
 
 
-def _correlate_flat_backward(a: Tensor, b: Tensor, offsets: Sequence[int], grad: Tensor) -> tuple[Tensor, Tensor]:
+def _correlate_flat_backward(a: Tensor, b: Tensor, d: int, row: int, grad: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of `_correlate_flat` for grad (n, K, P) of its output: (n, C, P) for a and the
     shape of b for b (zero where no window reads)."""
-    p = a.shape[-1]
+    k, p = 2 * d + 1, a.shape[-1]
     grad_a, grad_b = torch.zeros_like(a), torch.zeros_like(b)
-    for index, shift in enumerate(offsets):
-        g = grad[:, index:index + 1]  # (n, 1, P)
-        grad_a.addcmul_(g, b[:, :, shift:shift + p])
-        grad_b[:, :, shift:shift + p].addcmul_(g, a)
+    product = a.new_empty(a.shape[0], a.shape[1], k, p)  # (n, C, 2d + 1, P)
+    for dy in range(k):
+        g = grad[:, dy * k:(dy + 1) * k]  # (n, 2d + 1, P)
+        torch.mul(g.unsqueeze(1), _window_row(b, d, dy, row, p), out=product)
+        grad_a += product.sum(dim=2)
+        # the window row's offsets overlap in b: one in-place product per offset
+        for dx in range(k):
+            shift = dy * row + dx
+            grad_b[:, :, shift:shift + p].addcmul_(g[:, dx:dx + 1], a)
     return grad_a, grad_b
 
 
@@ -146,11 +154,10 @@ def _correlate(f1: Tensor, f2: Tensor, d: int) -> Tensor:
     """sum_c f1[n, c, i, j] * f2[n, c, i + dy, j + dx] for every offset of the window, f2 zero outside."""
     n, _, h, w = f1.shape
     row = w + 2 * d
-    offsets = _flat_offsets(d, row)
     a, b = _flat_pair(f1, f2, d)
-    out = a.new_empty(n, len(offsets), a.shape[-1])  # (N, K, H * (W + 2d))
+    out = a.new_empty(n, (2 * d + 1) ** 2, a.shape[-1])  # (N, K, H * (W + 2d))
     for s in range(0, n, CHUNK_SAMPLES):
-        _correlate_flat(a[s:s + CHUNK_SAMPLES], b[s:s + CHUNK_SAMPLES], offsets, out[s:s + CHUNK_SAMPLES])
+        _correlate_flat(a[s:s + CHUNK_SAMPLES], b[s:s + CHUNK_SAMPLES], d, row, out[s:s + CHUNK_SAMPLES])
     return out.view(n, -1, h, row)[..., :w]  # (N, K, H, W), a view on rows of W + 2d
 
 
@@ -180,13 +187,12 @@ def _correlation_backward(ctx, grad: Tensor):
     d = ctx.max_displacement
     n, _, h, w = f1.shape
     row = w + 2 * d
-    offsets = _flat_offsets(d, row)
     a, b = _flat_pair(f1, f2.to(f1.dtype), d)
-    grad = F.pad(grad.to(f1.dtype), (0, 2 * d)).reshape(n, len(offsets), -1)  # (N, K, H * (W + 2d))
+    grad = F.pad(grad.to(f1.dtype), (0, 2 * d)).reshape(n, (2 * d + 1) ** 2, -1)  # (N, K, H * (W + 2d))
     grad1, grad2 = torch.empty_like(a), torch.empty_like(b)
     for s in range(0, n, CHUNK_SAMPLES):
         chunk = slice(s, s + CHUNK_SAMPLES)
-        grad1[chunk], grad2[chunk] = _correlate_flat_backward(a[chunk], b[chunk], offsets, grad[chunk])
+        grad1[chunk], grad2[chunk] = _correlate_flat_backward(a[chunk], b[chunk], d, row, grad[chunk])
     grad1 = grad1.view(n, -1, h, row)[..., :w]
     grad2 = grad2.view(n, -1, h + 2 * d + 1, row)[:, :, d:d + h, d:d + w]
     return grad1.contiguous(), grad2.to(ctx.f2_dtype).contiguous(), None
@@ -304,13 +310,13 @@ def _displacement_map(f1: Tensor, f2: Tensor, max_displacement: int, temperature
     d = max_displacement
     n, _, h, w = f1.shape
     row = w + 2 * d
-    shifts = _flat_offsets(d, row)
+    k = (2 * d + 1) ** 2
     offsets = window_offsets(d, device=f1.device).to(f1.dtype)  # (K, 2)
     a, b = _flat_pair(f1, f2.to(f1.dtype), d)  # (N, C, P), (N, C, P + (2d + 1)(W + 2d))
     v = a.new_empty(n, 2, a.shape[-1])  # (N, 2, P), P = H * (W + 2d)
     for s in range(0, n, CHUNK_SAMPLES):
         chunk = slice(s, s + CHUNK_SAMPLES)
-        cost = _correlate_flat(a[chunk], b[chunk], shifts, a.new_empty(len(a[chunk]), len(shifts), a.shape[-1]))
+        cost = _correlate_flat(a[chunk], b[chunk], d, row, a.new_empty(len(a[chunk]), k, a.shape[-1]))  # (n, K, P)
         v[chunk] = _soft_argmax_flat(cost, temperature, offsets)[1]
     return v.view(n, 2, h, row)[..., :w].contiguous()  # (N, 2, H, W)
 
@@ -334,7 +340,7 @@ def _displacement_backward(ctx, grad: Tensor):
     d, temperature = ctx.max_displacement, ctx.temperature
     n, _, h, w = f1.shape
     row = w + 2 * d
-    shifts = _flat_offsets(d, row)
+    k = (2 * d + 1) ** 2
     offsets = window_offsets(d, device=f1.device).to(f1.dtype)  # (K, 2)
     a, b = _flat_pair(f1, f2.to(f1.dtype), d)
     grad = F.pad(grad.to(f1.dtype), (0, 2 * d)).reshape(n, 2, -1)  # (N, 2, P), zero on the extra columns
@@ -342,11 +348,11 @@ def _displacement_backward(ctx, grad: Tensor):
     grad1, grad2 = torch.empty_like(a), torch.empty_like(b)
     for s in range(0, n, CHUNK_SAMPLES):
         chunk = slice(s, s + CHUNK_SAMPLES)
-        cost = _correlate_flat(a[chunk], b[chunk], shifts, a.new_empty(len(a[chunk]), len(shifts), a.shape[-1]))
+        cost = _correlate_flat(a[chunk], b[chunk], d, row, a.new_empty(len(a[chunk]), k, a.shape[-1]))  # (n, K, P)
         weights = _soft_argmax_flat(cost, temperature, offsets)[0]  # (n, K, P)
         along = torch.matmul(offsets, grad[chunk])  # (K, 2) @ (n, 2, P) -> (n, K, P): grad . offset_k
         along.sub_((grad[chunk] * v[chunk]).sum(dim=1, keepdim=True)).mul_(weights).div_(temperature)
-        grad1[chunk], grad2[chunk] = _correlate_flat_backward(a[chunk], b[chunk], shifts, along)
+        grad1[chunk], grad2[chunk] = _correlate_flat_backward(a[chunk], b[chunk], d, row, along)
     grad1 = grad1.view(n, -1, h, row)[..., :w]
     grad2 = grad2.view(n, -1, h + 2 * d + 1, row)[:, :, d:d + h, d:d + w]
     return grad1.contiguous(), grad2.to(ctx.f2_dtype).contiguous(), None, None
