@@ -295,14 +295,12 @@ def displacement_map(f1: Tensor, f2: Tensor, max_displacement: int, temperature:
     return _displacement_map(_normalize(f1), _normalize(f2), max_displacement, float(temperature))
 
 
-def _soft_argmax_flat(cost: Tensor, temperature: float, offsets: Tensor) -> tuple[Tensor, Tensor]:
-    """cost (n, K, P) on the flat layout, overwritten -> the softmax weights (n, K, P) (in cost's
-    memory) and their mean offset (n, 2, P), as `soft_argmax`; offsets (K, 2) from `window_offsets`.
-    The softmax written out in place: torch.softmax over dim 1 is ~4x slower on a CPU."""
+def _softmax_flat(cost: Tensor, temperature: float) -> Tensor:
+    """softmax(cost / temperature) over the window, cost (n, K, P) overwritten with it and returned
+    (`soft_argmax`'s weights); written out in place: torch.softmax over dim 1 is ~4x slower on a CPU."""
     top = cost.amax(dim=1, keepdim=True)  # (n, 1, P)
     weights = cost.sub_(top).div_(temperature).exp_()  # (n, K, P), unnormalised
-    weights.div_(weights.sum(dim=1, keepdim=True))
-    return weights, torch.matmul(offsets.t(), weights)  # (2, K) @ (n, K, P) -> (n, 2, P)
+    return weights.div_(weights.sum(dim=1, keepdim=True))
 
 
 @torch.library.custom_op("rev2net::displacement_map", mutates_args=())
@@ -317,7 +315,7 @@ def _displacement_map(f1: Tensor, f2: Tensor, max_displacement: int, temperature
     for s in range(0, n, CHUNK_SAMPLES):
         chunk = slice(s, s + CHUNK_SAMPLES)
         cost = _correlate_flat(a[chunk], b[chunk], d, row, a.new_empty(len(a[chunk]), k, a.shape[-1]))  # (n, K, P)
-        v[chunk] = _soft_argmax_flat(cost, temperature, offsets)[1]
+        v[chunk] = torch.matmul(offsets.t(), _softmax_flat(cost, temperature))  # (2, K) @ (n, K, P) -> (n, 2, P)
     return v.view(n, 2, h, row)[..., :w].contiguous()  # (N, 2, H, W)
 
 
@@ -349,7 +347,7 @@ def _displacement_backward(ctx, grad: Tensor):
     for s in range(0, n, CHUNK_SAMPLES):
         chunk = slice(s, s + CHUNK_SAMPLES)
         cost = _correlate_flat(a[chunk], b[chunk], d, row, a.new_empty(len(a[chunk]), k, a.shape[-1]))  # (n, K, P)
-        weights = _soft_argmax_flat(cost, temperature, offsets)[0]  # (n, K, P)
+        weights = _softmax_flat(cost, temperature)  # (n, K, P)
         along = torch.matmul(offsets, grad[chunk])  # (K, 2) @ (n, 2, P) -> (n, K, P): grad . offset_k
         along.sub_((grad[chunk] * v[chunk]).sum(dim=1, keepdim=True)).mul_(weights).div_(temperature)
         grad1[chunk], grad2[chunk] = _correlate_flat_backward(a[chunk], b[chunk], d, row, along)
