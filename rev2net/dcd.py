@@ -216,8 +216,11 @@ def window_offsets(max_displacement: int, device=None) -> Tensor:
 
 def _normalize(x: Tensor) -> Tensor:
     """F.normalize(x, dim=1, eps=NORMALIZE_EPS), (N, C, H, W): the same quotient, with the norm as
-    a sum of squares (torch's vector-norm reduction over dim 1 is ~20x slower on a CPU)."""
-    return x / (x * x).sum(dim=1, keepdim=True).sqrt().clamp_min(NORMALIZE_EPS)  # (N, C, H, W)
+    a sum of squares (torch's vector-norm reduction over dim 1 is ~20x slower on a CPU). The norm is
+    taken in float32 at least, so bf16 features come out float32, as F.normalize's under CUDA
+    autocast (its norm runs in float32 there)."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return x / (wide * wide).sum(dim=1, keepdim=True).sqrt().clamp_min(NORMALIZE_EPS)  # (N, C, H, W)
 
 
 def cost_volume(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
