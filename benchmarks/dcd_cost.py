@@ -7,7 +7,7 @@ Every model is built on the meta device and its eval-mode forward traced by
 torch.utils.flop_counter.FlopCounterMode: multiply-adds = counted FLOPs / 2, per clip. The count
 covers convolutions, linear layers, matrix products and DCD's cost volume (a custom op with its
 own formula); elementwise work (BatchNorm, pooling, softmax, the bilinear warp) is not counted,
-for I3D as for DCD. Rows: the DCD variants (rev2net.dcd.DCD_VARIANTS) at both displacement
+for I3D as for DCD. Rows: the DCD variants (rev2net.dcd.BRANCH_SETS) at both displacement
 strides, per branch where it helps to see where the cost goes, then I3D.
 """
 
@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rev2net.dcd import DCD_VARIANTS, build_dcd  # noqa: E402
+from rev2net.dcd import BRANCH_SETS, build_dcd  # noqa: E402
 from rev2net.i3d import InceptionI3d  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     rows: dict[str, dict[str, Any]] = {}
     for stride in (1, 2):
-        for name, branches in DCD_VARIANTS.items():
+        for name, branches in BRANCH_SETS.items():
             if stride == 2 and branches == ("static",):
                 continue  # no displacement maps: the same network at both strides
             rows[f"{name} (displacement stride {stride})"] = cost(

@@ -85,20 +85,80 @@ NORMALIZE_EPS = 1e-3  # cosine similarity: feature vectors shorter than this cou
 
 # ------------------------------------------------------------------------------ dynamics ops
 #
-# Conventions of the three functions below: feature maps (N, C, H, W); a displacement map is
+# Conventions of the functions below: feature maps (N, C, H, W); a displacement map is
 # (N, 2, H, W), channel 0 = x (right), 1 = y (down), in pixels of the feature map (the project's
 # flow channel order; the paper writes (v^y, v^x)); window offsets are enumerated row-major,
 # index k = (dy + d) * (2d + 1) + (dx + d) for dy, dx in [-d, d].
+#
+# How the window is computed (CPU speed, the same values): both maps are laid out on rows of
+# W + 2d positions and flattened, f1 zero-padded on the right, f2 zero-padded by d all round (and
+# one more row below), so that f2(i + dy, j + dx) is f2's flat sequence read at f1's position plus
+# one constant offset per window offset. Each of the K = (2d+1)^2 offsets is then one product of
+# two contiguous slices summed over the channels, with no gather, and the 2d extra columns per
+# row (zeros of f1) are cropped at the end. The work runs over a few samples at a time
+# (CHUNK_SAMPLES) so that the temporaries stay in the CPU's cache instead of allocating map-sized
+# (K x the features) tensors; `displacement_map` fuses the soft-argmax into the same pass, so the
+# (N, K, H, W) cost volume is never held in the model's forward or backward.
+
+CHUNK_SAMPLES = 4  # samples per pass of the window loops (temporaries ~ 4 x K x H x (W + 2d) floats)
+
+
+def _flat_pair(f1: Tensor, f2: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """f1, f2 (N, C, H, W) -> a (N, C, H * (W + 2d)), b (N, C, (H + 2d + 1) * (W + 2d)): a[q] is
+    f1 at q = i * (W + 2d) + j, and b[q + dy' * (W + 2d) + dx'] is f2(i + dy' - d, j + dx' - d), zero
+    outside f2, for dy', dx' in [0, 2d]."""
+    n, c = f1.shape[:2]
+    a = F.pad(f1, (0, 2 * d)).reshape(n, c, -1)  # (N, C, H, W + 2d) flattened
+    b = F.pad(f2, (d, d, d, d + 1)).reshape(n, c, -1)  # (N, C, H + 2d + 1, W + 2d) flattened
+    return a, b
+
+
+def _window_row(b: Tensor, d: int, dy: int, row: int, p: int) -> Tensor:
+    """The 2d + 1 offsets (dy, 0..2d) of one window row as a view of b (n, C, ...): (n, C, 2d + 1, P),
+    [:, :, dx, q] = b[:, :, q + dy * row + dx] (the offsets of a row are consecutive in the flat layout)."""
+    n, c = b.shape[:2]
+    return b.as_strided((n, c, 2 * d + 1, p), (b.stride(0), b.stride(1), 1, 1), b.storage_offset() + dy * row)
+
+
+def _correlate_flat(a: Tensor, b: Tensor, d: int, row: int, out: Tensor) -> Tensor:
+    """out[n, k, q] = sum_c a[n, c, q] * b[n, c, q + dy' * row + dx'] for window offset k = dy' * (2d + 1)
+    + dx' (dy', dx' in [0, 2d]; `_flat_pair`'s layout, row = W + 2d); a (n, C, P), b (n, C, >= P + 2d *
+    (row + 1)), out (n, K, P), written in place and returned.
+    One product and one channel sum per window row (2d + 1 offsets at once)."""
+    k, p = 2 * d + 1, a.shape[-1]
+    product = a.new_empty(a.shape[0], a.shape[1], k, p)  # (n, C, 2d + 1, P)
+    for dy in range(k):
+        torch.mul(a.unsqueeze(2), _window_row(b, d, dy, row, p), out=product)
+        torch.sum(product, dim=1, out=out[:, dy * k:(dy + 1) * k])
+    return out
+
+
+def _correlate_flat_backward(a: Tensor, b: Tensor, d: int, row: int, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of `_correlate_flat` for grad (n, K, P) of its output: (n, C, P) for a and the
+    shape of b for b (zero where no window reads)."""
+    k, p = 2 * d + 1, a.shape[-1]
+    grad_a, grad_b = torch.zeros_like(a), torch.zeros_like(b)
+    product = a.new_empty(a.shape[0], a.shape[1], k, p)  # (n, C, 2d + 1, P)
+    for dy in range(k):
+        g = grad[:, dy * k:(dy + 1) * k]  # (n, 2d + 1, P)
+        torch.mul(g.unsqueeze(1), _window_row(b, d, dy, row, p), out=product)
+        grad_a += product.sum(dim=2)
+        # the window row's offsets overlap in b: one in-place product per offset
+        for dx in range(k):
+            shift = dy * row + dx
+            grad_b[:, :, shift:shift + p].addcmul_(g[:, dx:dx + 1], a)
+    return grad_a, grad_b
 
 
 def _correlate(f1: Tensor, f2: Tensor, d: int) -> Tensor:
     """sum_c f1[n, c, i, j] * f2[n, c, i + dy, j + dx] for every offset of the window, f2 zero outside."""
-    h, w = f1.shape[-2:]
-    f2 = F.pad(f2, (d, d, d, d))  # (N, C, H + 2d, W + 2d)
-    k = 2 * d + 1
-    return torch.stack(
-        [(f1 * f2[:, :, dy:dy + h, dx:dx + w]).sum(1) for dy in range(k) for dx in range(k)], dim=1
-    )  # (N, K, H, W)
+    n, _, h, w = f1.shape
+    row = w + 2 * d
+    a, b = _flat_pair(f1, f2, d)
+    out = a.new_empty(n, (2 * d + 1) ** 2, a.shape[-1])  # (N, K, H * (W + 2d))
+    for s in range(0, n, CHUNK_SAMPLES):
+        _correlate_flat(a[s:s + CHUNK_SAMPLES], b[s:s + CHUNK_SAMPLES], d, row, out[s:s + CHUNK_SAMPLES])
+    return out.view(n, -1, h, row)[..., :w]  # (N, K, H, W), a view on rows of W + 2d
 
 
 # The correlation is a custom op so that torch.utils.flop_counter counts its multiply-adds
@@ -107,7 +167,7 @@ def _correlate(f1: Tensor, f2: Tensor, d: int) -> Tensor:
 # the products instead of keeping K copies of the feature map alive.
 @torch.library.custom_op("rev2net::local_correlation", mutates_args=())
 def _local_correlation(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
-    return _correlate(f1, f2.to(f1.dtype), max_displacement)
+    return _correlate(f1, f2.to(f1.dtype), max_displacement).contiguous()
 
 
 @_local_correlation.register_fake
@@ -125,17 +185,17 @@ def _correlation_setup(ctx, inputs, output) -> None:
 def _correlation_backward(ctx, grad: Tensor):
     f1, f2 = ctx.saved_tensors
     d = ctx.max_displacement
-    h, w = f1.shape[-2:]
-    k = 2 * d + 1
-    f2 = F.pad(f2.to(f1.dtype), (d, d, d, d))
-    grad1 = torch.zeros_like(f1)
-    grad2 = torch.zeros_like(f2)  # on the padded grid, cropped at the end
-    for index in range(k * k):
-        dy, dx = divmod(index, k)
-        g = grad[:, index:index + 1]  # (N, 1, H, W)
-        grad1 += g * f2[:, :, dy:dy + h, dx:dx + w]
-        grad2[:, :, dy:dy + h, dx:dx + w] += g * f1
-    return grad1, grad2[:, :, d:d + h, d:d + w].to(ctx.f2_dtype), None
+    n, _, h, w = f1.shape
+    row = w + 2 * d
+    a, b = _flat_pair(f1, f2.to(f1.dtype), d)
+    grad = F.pad(grad.to(f1.dtype), (0, 2 * d)).reshape(n, (2 * d + 1) ** 2, -1)  # (N, K, H * (W + 2d))
+    grad1, grad2 = torch.empty_like(a), torch.empty_like(b)
+    for s in range(0, n, CHUNK_SAMPLES):
+        chunk = slice(s, s + CHUNK_SAMPLES)
+        grad1[chunk], grad2[chunk] = _correlate_flat_backward(a[chunk], b[chunk], d, row, grad[chunk])
+    grad1 = grad1.view(n, -1, h, row)[..., :w]
+    grad2 = grad2.view(n, -1, h + 2 * d + 1, row)[:, :, d:d + h, d:d + w]
+    return grad1.contiguous(), grad2.to(ctx.f2_dtype).contiguous(), None
 
 
 _local_correlation.register_autograd(_correlation_backward, setup_context=_correlation_setup)
@@ -154,6 +214,15 @@ def window_offsets(max_displacement: int, device=None) -> Tensor:
     return torch.stack([dx.reshape(-1), dy.reshape(-1)], dim=1)
 
 
+def _normalize(x: Tensor) -> Tensor:
+    """F.normalize(x, dim=1, eps=NORMALIZE_EPS), (N, C, H, W): the same quotient, with the norm as
+    a sum of squares (torch's vector-norm reduction over dim 1 is ~20x slower on a CPU). The norm is
+    taken in float32 at least, so bf16 features come out float32, as F.normalize's under CUDA
+    autocast (its norm runs in float32 there)."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return x / (wide * wide).sum(dim=1, keepdim=True).sqrt().clamp_min(NORMALIZE_EPS)  # (N, C, H, W)
+
+
 def cost_volume(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
     """Cost volume C_t of Zhao et al. 2018, Sec. 3.3: cosine similarity between f1 at (i, j) and f2
     at (i + dy, j + dx) for every offset of a (2d+1) x (2d+1) window, d = `max_displacement`.
@@ -166,9 +235,7 @@ def cost_volume(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
                          f"and {tuple(f2.shape)}")
     if max_displacement < 0:
         raise ValueError(f"max_displacement={max_displacement} must be >= 0")
-    f1 = F.normalize(f1, dim=1, eps=NORMALIZE_EPS)
-    f2 = F.normalize(f2, dim=1, eps=NORMALIZE_EPS)
-    return _local_correlation(f1, f2, max_displacement)
+    return _local_correlation(_normalize(f1), _normalize(f2), max_displacement)
 
 
 def soft_argmax(cost: Tensor, temperature: float) -> Tensor:
@@ -211,6 +278,97 @@ def warp(features: Tensor, displacement: Tensor) -> Tensor:
     gy = (ys + displacement[:, 1]) * (2.0 / (h - 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1).to(features.dtype)  # (N, H, W, 2)
     return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def displacement_map(f1: Tensor, f2: Tensor, max_displacement: int, temperature: float) -> Tensor:
+    """soft_argmax(cost_volume(f1, f2, max_displacement), temperature) in one pass: the displacement
+    maps V_t of Zhao et al. 2018, eqs. (1)-(2), for f1 = frame t's and f2 = frame t+1's features.
+
+    f1, f2 (N, C, H, W) -> (N, 2, H, W), (x, y) in feature-map pixels. The same values as the two
+    functions one after the other; the cost volume is computed a few samples at a time and never
+    kept (the backward recomputes it), which is what the model's forward uses.
+    """
+    if f1.dim() != 4 or f1.shape != f2.shape:
+        raise ValueError(f"displacement_map needs two (N, C, H, W) maps of one shape, got {tuple(f1.shape)} "
+                         f"and {tuple(f2.shape)}")
+    if not (isinstance(max_displacement, int) and max_displacement >= 0):
+        raise ValueError(f"max_displacement={max_displacement!r} must be an integer >= 0")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    return _displacement_map(_normalize(f1), _normalize(f2), max_displacement, float(temperature))
+
+
+def _softmax_flat(cost: Tensor, temperature: float) -> Tensor:
+    """softmax(cost / temperature) over the window, cost (n, K, P) overwritten with it and returned
+    (`soft_argmax`'s weights); written out in place: torch.softmax over dim 1 is ~4x slower on a CPU."""
+    top = cost.amax(dim=1, keepdim=True)  # (n, 1, P)
+    weights = cost.sub_(top).div_(temperature).exp_()  # (n, K, P), unnormalised
+    return weights.div_(weights.sum(dim=1, keepdim=True))
+
+
+@torch.library.custom_op("rev2net::displacement_map", mutates_args=())
+def _displacement_map(f1: Tensor, f2: Tensor, max_displacement: int, temperature: float) -> Tensor:
+    d = max_displacement
+    n, _, h, w = f1.shape
+    row = w + 2 * d
+    k = (2 * d + 1) ** 2
+    offsets = window_offsets(d, device=f1.device).to(f1.dtype)  # (K, 2)
+    a, b = _flat_pair(f1, f2.to(f1.dtype), d)  # (N, C, P), (N, C, P + (2d + 1)(W + 2d))
+    v = a.new_empty(n, 2, a.shape[-1])  # (N, 2, P), P = H * (W + 2d)
+    for s in range(0, n, CHUNK_SAMPLES):
+        chunk = slice(s, s + CHUNK_SAMPLES)
+        cost = _correlate_flat(a[chunk], b[chunk], d, row, a.new_empty(len(a[chunk]), k, a.shape[-1]))  # (n, K, P)
+        v[chunk] = torch.matmul(offsets.t(), _softmax_flat(cost, temperature))  # (2, K) @ (n, K, P) -> (n, 2, P)
+    return v.view(n, 2, h, row)[..., :w].contiguous()  # (N, 2, H, W)
+
+
+@_displacement_map.register_fake
+def _(f1: Tensor, f2: Tensor, max_displacement: int, temperature: float) -> Tensor:
+    n, _, h, w = f1.shape
+    return f1.new_empty(n, 2, h, w)
+
+
+def _displacement_setup(ctx, inputs, output) -> None:
+    f1, f2, ctx.max_displacement, ctx.temperature = inputs
+    ctx.f2_dtype = f2.dtype
+    ctx.save_for_backward(f1, f2, output)
+
+
+def _displacement_backward(ctx, grad: Tensor):
+    """Recompute each chunk's cost volume and softmax weights p; the gradient of the mean offset v
+    with respect to cost k is p_k (offset_k - v) / temperature; then the correlation's backward."""
+    f1, f2, v = ctx.saved_tensors
+    d, temperature = ctx.max_displacement, ctx.temperature
+    n, _, h, w = f1.shape
+    row = w + 2 * d
+    k = (2 * d + 1) ** 2
+    offsets = window_offsets(d, device=f1.device).to(f1.dtype)  # (K, 2)
+    a, b = _flat_pair(f1, f2.to(f1.dtype), d)
+    grad = F.pad(grad.to(f1.dtype), (0, 2 * d)).reshape(n, 2, -1)  # (N, 2, P), zero on the extra columns
+    v = F.pad(v, (0, 2 * d)).reshape(n, 2, -1)  # (N, 2, P)
+    grad1, grad2 = torch.empty_like(a), torch.empty_like(b)
+    for s in range(0, n, CHUNK_SAMPLES):
+        chunk = slice(s, s + CHUNK_SAMPLES)
+        cost = _correlate_flat(a[chunk], b[chunk], d, row, a.new_empty(len(a[chunk]), k, a.shape[-1]))  # (n, K, P)
+        weights = _softmax_flat(cost, temperature)  # (n, K, P)
+        along = torch.matmul(offsets, grad[chunk])  # (K, 2) @ (n, 2, P) -> (n, K, P): grad . offset_k
+        along.sub_((grad[chunk] * v[chunk]).sum(dim=1, keepdim=True)).mul_(weights).div_(temperature)
+        grad1[chunk], grad2[chunk] = _correlate_flat_backward(a[chunk], b[chunk], d, row, along)
+    grad1 = grad1.view(n, -1, h, row)[..., :w]
+    grad2 = grad2.view(n, -1, h + 2 * d + 1, row)[:, :, d:d + h, d:d + w]
+    return grad1.contiguous(), grad2.to(ctx.f2_dtype).contiguous(), None, None
+
+
+_displacement_map.register_autograd(_displacement_backward, setup_context=_displacement_setup)
+
+
+@register_flop_formula(torch.ops.rev2net.displacement_map)
+def _displacement_map_flops(f1_shape, f2_shape, max_displacement, temperature, *args, out_shape=None,
+                            **kwargs) -> int:
+    n, c, h, w = f1_shape
+    # C multiply-adds per offset and position for the cost volume, 2 for the mean offset (as the
+    # einsum of `soft_argmax` is counted)
+    return 2 * n * h * w * (2 * max_displacement + 1) ** 2 * (c + 2)
 
 
 # -------------------------------------------------------------------------------- 3D pooling
@@ -299,7 +457,7 @@ class DCD(nn.Module):
         if self.dynamics:
             f1, f2 = self._pairs(low, t)  # (B*(T-1), C, h, w) each: frame t and frame t+1
             if "motion" in self.branches or "change" in self.branches:
-                v = soft_argmax(cost_volume(f1, f2, self.max_displacement), self.temperature)  # (B*(T-1), 2, h, w)
+                v = displacement_map(f1, f2, self.max_displacement, self.temperature)  # (B*(T-1), 2, h, w)
             if "motion" in self.branches:
                 inputs["motion"] = (v / self.max_displacement, t - 1)  # in [-1, 1]
             if "change" in self.branches:
@@ -327,7 +485,7 @@ class DCD(nn.Module):
         if self.stem_stride != self.displacement_stride:
             raise ValueError(f"this DCD has no displacement maps (branches={tuple(self.branches)})")
         f1, f2 = self._pairs(self._stem(frames), t)
-        v = soft_argmax(cost_volume(f1, f2, self.max_displacement), self.temperature)  # (B*(T-1), 2, h, w)
+        v = displacement_map(f1, f2, self.max_displacement, self.temperature)  # (B*(T-1), 2, h, w)
         return v.view(b, t - 1, *v.shape[1:]).transpose(1, 2)
 
     # -------------------------------------------------------------------------------- internals

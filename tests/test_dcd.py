@@ -12,7 +12,9 @@ from rev2net.dcd import (
     BRANCHES,
     BRANCH_SETS,
     build_dcd,
+    CHUNK_SAMPLES,
     cost_volume,
+    displacement_map,
     load_dcd_imagenet,
     soft_argmax,
     temporal_max_pool,
@@ -126,12 +128,102 @@ def test_flop_counter_counts_the_cost_volume_on_the_meta_device() -> None:
     assert macs == 3 * 10 * 12 * 25 * (8 + 2), f"counted {macs} multiply-adds"
 
 
+def _reference_cost_volume(f1: torch.Tensor, f2: torch.Tensor, d: int) -> torch.Tensor:
+    """The straightforward cost volume, differentiated by autograd: cosine features, f2 zero-padded,
+    one shifted product summed over channels per window offset (in window_offsets order)."""
+    f1, f2 = F.normalize(f1, dim=1, eps=1e-3), F.normalize(f2, dim=1, eps=1e-3)
+    h, w, k = f1.shape[2], f1.shape[3], 2 * d + 1
+    padded = F.pad(f2, (d, d, d, d))
+    return torch.stack([(f1 * padded[:, :, dy:dy + h, dx:dx + w]).sum(1) for dy in range(k) for dx in range(k)], 1)
+
+
+def _reference_displacement(f1: torch.Tensor, f2: torch.Tensor, d: int, temperature: float) -> torch.Tensor:
+    weights = torch.softmax(_reference_cost_volume(f1, f2, d) / temperature, dim=1)  # (N, K, H, W)
+    return torch.einsum("nkhw,ko->nohw", weights, window_offsets(d).to(weights.dtype))
+
+
+# shapes (N, C, H, W) and d: more samples than one chunk (and a partial last chunk), odd and
+# non-square maps, a window wider than the map
+SHAPES = [((2 * CHUNK_SAMPLES + 1, 6, 9, 13), 4), ((3, 5, 7, 4), 2), ((1, 3, 2, 3), 3), ((CHUNK_SAMPLES, 12, 16, 16), 1)]
+
+
+def _pair_and_grad(shape, out_channels: int, dtype: torch.dtype = torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    f1, f2 = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_() for _ in range(2))
+    n, _, h, w = shape
+    return f1, f2, torch.randn(n, out_channels, h, w, generator=g, dtype=dtype)
+
+
+# (values, gradients relative to their largest): float32 rounds differently in another order of
+# sums, amplified by 1 / temperature in the gradients; float64 shows that the computation is the same
+TOLERANCE = {torch.float32: (1e-5, 1e-3), torch.float64: (1e-10, 1e-10)}
+
+
+@pytest.mark.parametrize("shape, d", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cost_volume_and_its_gradients_equal_the_reference(shape, d: int, dtype: torch.dtype) -> None:
+    f1, f2, grad = _pair_and_grad(shape, (2 * d + 1) ** 2, dtype)
+    cost = cost_volume(f1, f2, d)
+    expected = _reference_cost_volume(f1, f2, d)
+    tol, grad_tol = TOLERANCE[dtype]
+    assert cost.dtype == dtype
+    torch.testing.assert_close(cost, expected, atol=tol, rtol=tol)
+    got = torch.autograd.grad(cost, (f1, f2), grad)
+    want = torch.autograd.grad(expected, (f1, f2), grad)
+    for name, a, b in zip(("f1", "f2"), got, want):
+        torch.testing.assert_close(a, b, atol=grad_tol * b.abs().max().item(), rtol=grad_tol,
+                                   msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("shape, d", SHAPES)
+@pytest.mark.parametrize("temperature", [0.05, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_displacement_map_and_its_gradients_equal_the_reference(shape, d: int, temperature: float,
+                                                               dtype: torch.dtype) -> None:
+    """The model's fused pass against soft_argmax(cost_volume) written out plainly, and against the
+    two public functions."""
+    f1, f2, grad = _pair_and_grad(shape, 2, dtype)
+    v = displacement_map(f1, f2, d, temperature)
+    expected = _reference_displacement(f1, f2, d, temperature)
+    tol, grad_tol = TOLERANCE[dtype]
+    assert v.shape == (shape[0], 2, *shape[2:]) and v.dtype == dtype
+    torch.testing.assert_close(v, expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(v, soft_argmax(cost_volume(f1, f2, d), temperature), atol=tol, rtol=tol)
+    got = torch.autograd.grad(v, (f1, f2), grad)
+    want = torch.autograd.grad(expected, (f1, f2), grad)
+    for name, a, b in zip(("f1", "f2"), got, want):
+        # gradients scale with 1 / temperature: compare relative to their size
+        torch.testing.assert_close(a, b, atol=grad_tol * b.abs().max().item(), rtol=grad_tol,
+                                   msg=lambda m: f"grad {name}: {m}")
+
+
+def test_displacement_map_gradients_match_finite_differences() -> None:
+    g = torch.Generator().manual_seed(0)
+    f1, f2 = (torch.randn(CHUNK_SAMPLES + 1, 2, 3, 4, dtype=torch.double, generator=g).requires_grad_()
+              for _ in range(2))
+    assert torch.autograd.gradcheck(lambda a, b: displacement_map(a, b, 1, 0.5), (f1, f2))
+
+
+def test_flop_counter_counts_the_fused_displacement_map_once() -> None:
+    """The same multiply-adds as cost_volume + soft_argmax, on the meta device and on real tensors
+    (the products inside the op are not counted a second time)."""
+    expected = 3 * 10 * 12 * 25 * (8 + 2)
+    for device in ("meta", "cpu"):
+        f1, f2 = torch.zeros(3, 8, 10, 12, device=device), torch.zeros(3, 8, 10, 12, device=device)
+        with FlopCounterMode(display=False) as counter:
+            v = displacement_map(f1, f2, 2, 0.1)
+        assert v.shape == (3, 2, 10, 12)
+        assert counter.get_total_flops() // 2 == expected, f"{device}: counted {counter.get_total_flops() // 2}"
+
+
 @pytest.mark.parametrize("bad", [
     lambda: cost_volume(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4), 1),
     lambda: cost_volume(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3), -1),
     lambda: soft_argmax(torch.zeros(1, 8, 3, 3), 0.1),
     lambda: soft_argmax(torch.zeros(1, 9, 3, 3), 0.0),
     lambda: warp(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4)),
+    lambda: displacement_map(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4), 1, 0.1),
+    lambda: displacement_map(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3), 1, 0.0),
 ])
 def test_ops_refuse_bad_arguments(bad) -> None:
     with pytest.raises(ValueError):
