@@ -6,12 +6,14 @@ orchestration.simulate:curve_step).
 Fitted (`fit`) from one stage's child runs: their params and per-epoch `val/top1`, read through
 `records.load_runs` / `records.load_histories` (`fit_store`). Three parts:
 
-  final value   logit(final val/top1) = intercept + Σ_w effect_w[value of w]: additive main effects of
-                the four weights on the logit scale, by least squares over the completed trials' levels
-                (a trial's level: chance + its gain, the least-squares scale of the shared shape that
-                best fits its whole curve, i.e. its final value with the noise of the last epoch
-                averaged down by the earlier ones), each weight's most frequent value the reference
-                (effect 0). From an axes design (one weight
+  final value   final = chance + (1 − chance)·sigmoid(intercept + Σ_w effect_w[value of w]): additive
+                main effects of the four weights on the logit of the share of the way from chance to
+                1 (so no combination falls below chance, where real trials stay when they learn
+                nothing), by least squares over the completed trials' levels (a trial's level:
+                chance + its gain, the least-squares scale of the shared shape that best fits its
+                whole curve, i.e. its final value with the noise of the last epoch averaged down by
+                the earlier ones; a level at or below chance is clipped to a gain share of EPS), each
+                weight's most frequent value the reference (effect 0). From an axes design (one weight
                 moved at a time around a base point: 21 trials for 6 values × 4 weights) the 21
                 parameters are exactly identified and no residual is left; what an axes design cannot
                 estimate at all are the interactions: every axes trial holds three weights at the
@@ -32,7 +34,7 @@ Fitted (`fit`) from one stage's child runs: their params and per-epoch `val/top1
                 configurations learn late.
 
 A simulated trial at point p with seed s logs, at epoch e,
-    chance + (sigmoid(intercept + Σ effects(p)) − chance)·S(e) + σ·z(p, s, e), clipped to [0, 1],
+    chance + (final(p) − chance)·S(e) + σ·z(p, s, e), clipped to [0, 1],
 with z a standard normal drawn from a hash of (p, s, e): the same trial logs the same values
 whatever the order it runs in, is paused or resumed, so a FIFO grid's results follow without
 running it (`grid`). A weight value whose only trials diverged (failed) has no effect to fit: it
@@ -59,7 +61,7 @@ import pandas as pd
 from orchestration import records
 
 FORMAT = "rev2net.curves/1"
-EPS = 1e-3   # finals are clipped to [EPS, 1 − EPS] before the logit
+EPS = 1e-3   # gain shares are clipped to [EPS, 1 − EPS] before the logit
 
 
 def logit(p: float) -> float:
@@ -78,7 +80,7 @@ class CurveModel:
     metric: str                                   # the modelled per-epoch metric (val/top1)
     epochs: int                                   # E: the real trials' trainer.max_epochs
     chance: float                                 # where an untrained model's metric sits (1 / classes)
-    intercept: float                              # logit of the final value at every reference level
+    intercept: float                              # logit of the gain share at every reference level
     effects: dict[str, list[list[float]]]         # weight key -> [[value, effect on the logit], ...]
     shape: list[float]                            # S(1..E), S(E) = 1
     noise_sd: float                               # σ per epoch
@@ -116,7 +118,7 @@ class CurveModel:
                 raise KeyError(f"{key}={point[key]!r} is not a value the curve model was fitted on "
                                f"({', '.join(f'{v:g}' for v in sorted(known))}); fit it from a stage that ran it")
             eta += effect
-        return sigmoid(eta)
+        return self.chance + (1.0 - self.chance) * sigmoid(eta)
 
     def value(self, point: Mapping[str, float], seed: int, epoch: int) -> float:
         """The simulated metric of the trial (`point`, `seed`) at `epoch` (1-based)."""
@@ -201,7 +203,7 @@ def fit(runs: pd.DataFrame, histories: pd.DataFrame, *, chance: float, metric: s
     residuals = curves - chance - gains[:, None] * shape[None, :]
     dof = residuals.size - len(gains)
     noise = float(np.sqrt(np.sum(residuals ** 2) / dof)) if dof > 0 else 0.0
-    levels = np.array([logit(chance + g) for g in gains])
+    levels = np.array([logit(g / (1.0 - chance)) for g in gains])
     intercept, effects, residual_sd = _main_effects(done[keys], levels, keys)
     diverged = _diverged(runs, done, keys, effects)
     return CurveModel(metric=metric, epochs=epochs, chance=float(chance), intercept=float(intercept), effects=effects,
