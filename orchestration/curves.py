@@ -51,6 +51,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -145,7 +146,10 @@ class CurveModel:
         return pd.DataFrame(rows)
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, **asdict(self)}, indent=1)
+        text = json.dumps({"format": FORMAT, **asdict(self)}, indent=1)
+        # one line per innermost list of numbers ([value, effect] pairs, the shape)
+        return re.sub(r"\[\s+([-+0-9.eE,\s]+?)\s+\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",")
+                      + "]", text)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
