@@ -72,7 +72,8 @@ def run(name: str, overrides: list[str], workdir: str) -> dict:
             "how": how, "wall_s": wall, "device_s": parent.get(records.COST_DEVICE_S, float("nan")),
             "best": result.best, "metric": result.metric,
             "reached": runs["epochs"].value_counts().sort_index().to_dict(),
-            "grace": int(cfg.scheduler.grace_period) if name == "asha" else None}
+            "grace": int(cfg.scheduler.grace_period) if name == "asha" else None,
+            "eta": int(cfg.scheduler.reduction_factor) if name == "asha" else None}
 
 
 TINY_DATA = ["data.synthetic.classes=3", "data.synthetic.videos_per_class=3", "data.synthetic.val_videos_per_class=1",
@@ -180,8 +181,8 @@ def factorial(args: argparse.Namespace) -> None:
             f"within the winner's interval (grid rank {int(row['rank'])}, modelled rank {int(row['modelled_rank'])})"
             if row and row[model.metric] >= band else
             f"NOT within the winner's interval (grid rank {int(row['rank'])} of {len(points)})" if row else "no best")
-        floor = f"; every trial trains grace_period={r['grace']} epoch(s), so ASHA's floor is {r['grace'] / model.epochs:.3f}" \
-            if r["grace"] else ""
+        floor = (f"; grace_period={r['grace']}, reduction_factor={r['eta']}: every trial trains {r['grace']} "
+                 f"epoch(s), ASHA's floor is {r['grace'] / model.epochs:.3f}") if r["grace"] else ""
         print(f"{r['name']}: trials by last epoch {', '.join(f'{n} at {e}' for e, n in r['reached'].items())}{floor}")
         print(f"{r['name']}: {r['trials']} trials, {r['trial_epochs']} trial-epochs measured (dry-run promise "
               f"{r['promised']}) = {ratio:.3f} of the grid's {fifo_epochs} ({'meets' if ratio <= 0.2 else 'misses'} the "
