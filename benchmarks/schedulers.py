@@ -125,6 +125,11 @@ def factorial(args: argparse.Namespace) -> None:
 
     model = curve_model(args.curves, args.experiment, args.chance)
     if args.save_curves:
+        import subprocess
+
+        head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        model.source["fitted_with"] = f"benchmarks/schedulers.py --factorial --curves {args.curves} at commit {head}"
         model.save(args.save_curves)
         print(f"curve model written to {args.save_curves}")
     workdir = Path(tempfile.mkdtemp(prefix="schedulers-factorial-"))
