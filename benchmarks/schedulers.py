@@ -32,7 +32,7 @@ epochs, by construction) and the 1/5 target, and whether ASHA's best is FIFO's w
 interval. FIFO's winner is not run but computed: the curve model's values depend only on (point,
 seed, epoch), so the grid's final values are the model's values at epoch E for every point, ranked
 by records.best_config as a FIFO stage's would be. Its interval: the points whose simulated final
-value is within 1.96·√2·σ of the winner's (σ: the model's per-epoch noise; two single-seed values
+value is within 1.96·√2·σ_E of the winner's (σ_E: the model's noise at the last epoch; two single-seed values
 closer than that cannot be told apart at 95%). `--fifo` runs FIFO through run_stage as well (as a
 check of that computation; 1296 x E trial-epochs take long on 2 cores).
 """
@@ -138,7 +138,9 @@ def factorial(args: argparse.Namespace) -> None:
     print(f"curve model from {model.source.get('tracking_uri', args.curves)} ({model.source.get('mode')} stage "
           f"{model.source.get('parent_run_id')}, commit {str(model.source.get('git_commit'))[:10]}): "
           f"{model.source.get('completed')} completed trials x {model.epochs} epochs; shape "
-          f"{', '.join(f'{x:.2f}' for x in model.shape)}; noise sd {model.noise_sd:.4f}")
+          f"{', '.join(f'{x:.2f}' for x in model.shape)}; noise sd by epoch "
+          f"{', '.join(f'{model.sd(e):.4f}' for e in range(1, model.epochs + 1))}; values in steps of "
+          f"1/{model.resolution or 'inf'}")
     common = [*args.overrides, "search.mode=factorial", "trial.runner=orchestration.simulate:curve_step",
               f"+trial.runner_args.curves={model_path}", f"+trial.runner_args.epoch_s={args.epoch_s}",
               f"trainer.max_epochs={model.epochs}", f"data.root={workdir}/data/synthetic", *TINY_DATA,
@@ -158,7 +160,8 @@ def factorial(args: argparse.Namespace) -> None:
     points = planning.prepare(cfg)[1].points
     grid = model.grid(points, seed=seed)
     winner = records.best_config(grid, metric=model.metric, keys=model.keys)
-    band = winner.value - 1.96 * math.sqrt(2.0) * model.noise_sd
+    half = 1.96 * math.sqrt(2.0) * model.sd(model.epochs)
+    band = winner.value - half
     within = grid[grid[model.metric] >= band]
     grid["rank"] = grid[model.metric].rank(ascending=False, method="min")
     grid["modelled_rank"] = grid["modelled"].rank(ascending=False, method="min")
@@ -175,7 +178,7 @@ def factorial(args: argparse.Namespace) -> None:
           f"on {os.cpu_count()} cores")
     print(f"FIFO grid (computed from the model, not run): {fifo_epochs} trial-epochs; winner "
           f"{records.run_name(winner.params)} val/top1 {winner.value:.4f} (modelled {locate(winner.params)['modelled']:.4f}); "
-          f"{len(within)} point(s) within 1.96·√2·σ = {1.96 * math.sqrt(2.0) * model.noise_sd:.4f} of it")
+          f"{len(within)} point(s) within 1.96·√2·σ = {half:.4f} of it")
     for r in out:
         best = r["best"] or {}
         params = best.get("params") or {}

@@ -24,9 +24,12 @@ Fitted (`fit`) from one stage's child runs: their params and per-epoch `val/top1
   shape         S(e), e = 1..E: the median over the trials that learned (gain above chance by more
                 than `margin`) of (value_e − chance) / gain, scaled so S(E) = 1; shape and gains are
                 refined alternately (three rounds, starting from gain = final − chance).
-  noise         σ: the root-mean-square deviation of every completed trial's curve from its own
-                modelled curve, chance + gain·S(e), over all epochs (one degree of freedom per trial
-                taken by its gain). It holds the epoch-to-epoch jitter (training,
+  noise         σ_e: the root-mean-square deviation of the completed trials' curves from their own
+                modelled curves, chance + gain·S(e), at each epoch e (one degree of freedom per trial
+                taken by its gain, shared among the epochs); σ over all epochs. Values are rounded to
+                the real values' resolution (1/150 for 150 validation videos, found as the smallest
+                n that makes every value a multiple of 1/n): trials that all sit exactly at chance
+                tie, as real ones do at epoch 1 (and ASHA then stops none of them). σ_e holds the epoch-to-epoch jitter (training,
                 a finite validation set) and each trial's own departure from the shared shape; the
                 model draws it independently per epoch, the last included, so a point's final value
                 carries seed-like noise too. A real trial's lasting departure (a late learner) is
@@ -84,8 +87,10 @@ class CurveModel:
     intercept: float                              # logit of the gain share at every reference level
     effects: dict[str, list[list[float]]]         # weight key -> [[value, effect on the logit], ...]
     shape: list[float]                            # S(1..E), S(E) = 1
-    noise_sd: float                               # σ per epoch
+    noise_sd: float                               # σ over all epochs
     diverged: dict[str, list[list[float]]] = field(default_factory=dict)  # weight key -> [[value, epoch], ...]
+    epoch_noise_sd: list[float] = field(default_factory=list)  # σ_e at each epoch (empty: noise_sd at every one)
+    resolution: int = 0                           # values are multiples of 1/resolution (the validation videos; 0: any)
     final_residual_sd: Optional[float] = None     # the finals' residual sd (None: no degree of freedom left)
     source: dict[str, Any] = field(default_factory=dict)  # where it was fitted from (store, sweep, commit, date)
 
@@ -127,7 +132,12 @@ class CurveModel:
             raise ValueError(f"epoch {epoch} is outside the model's 1..{self.epochs}; set trainer.max_epochs={self.epochs}")
         f = self.final(point)
         mean = self.chance + (f - self.chance) * self.shape[epoch - 1]
-        return min(1.0, max(0.0, mean + self.noise_sd * _normal(point, self.keys, seed, epoch)))
+        value = min(1.0, max(0.0, mean + self.sd(epoch) * _normal(point, self.keys, seed, epoch)))
+        return round(value * self.resolution) / self.resolution if self.resolution else value
+
+    def sd(self, epoch: int) -> float:
+        """The noise's standard deviation at `epoch`."""
+        return self.epoch_noise_sd[epoch - 1] if self.epoch_noise_sd else self.noise_sd
 
     def curve(self, point: Mapping[str, float], seed: int) -> list[float]:
         return [self.value(point, seed, e) for e in range(1, self.epochs + 1)]
@@ -207,13 +217,25 @@ def fit(runs: pd.DataFrame, histories: pd.DataFrame, *, chance: float, metric: s
     residuals = curves - chance - gains[:, None] * shape[None, :]
     dof = residuals.size - len(gains)
     noise = float(np.sqrt(np.sum(residuals ** 2) / dof)) if dof > 0 else 0.0
+    per_epoch = np.sqrt(np.sum(residuals ** 2, axis=0) / dof * epochs) if dof > 0 else np.zeros(epochs)
     levels = np.array([logit(g / (1.0 - chance)) for g in gains])
     intercept, effects, residual_sd = _main_effects(done[keys], levels, keys)
     diverged = _diverged(runs, done, keys, effects)
     return CurveModel(metric=metric, epochs=epochs, chance=float(chance), intercept=float(intercept), effects=effects,
                       shape=[float(x) for x in shape], noise_sd=noise, diverged=diverged,
+                      epoch_noise_sd=[float(x) for x in per_epoch], resolution=resolution(curves),
                       final_residual_sd=residual_sd,
                       source={"trials": int(len(runs)), "completed": int(len(done)), "learned": int(learned.sum())})
+
+
+def resolution(values: np.ndarray, most: int = 5000) -> int:
+    """The smallest n <= `most` that makes every value a multiple of 1/n (an accuracy on n videos), else 0."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    for n in range(1, most + 1):
+        if np.all(np.abs(v * n - np.round(v * n)) < 1e-6 * n):
+            return n
+    return 0
 
 
 def _main_effects(design: pd.DataFrame, y: np.ndarray, keys: list[str]

@@ -142,3 +142,17 @@ def test_fit_store_reads_the_trials_back_from_mlflow_and_the_model_round_trips(t
     again = curves.load(fitted.save(tmp_path / "model.json"))
     assert again == fitted
     np.testing.assert_allclose(again.curve(points[1], 0), truth.curve(points[1], 0), atol=1e-6)
+
+
+def test_the_noise_is_per_epoch_and_values_keep_the_validation_sets_resolution():
+    truth = planted(noise_sd=0.02)
+    truth.epoch_noise_sd = [0.0] + [0.02] * (truth.epochs - 1)   # every trial exactly at its mean after epoch 1
+    truth.resolution = 150
+    points = axes_points()
+    runs, histories = histories_of(truth, points)
+    assert all(abs(v * 150 - round(v * 150)) < 1e-9 for v in histories["value"])
+    fitted = curves.fit(runs, histories, chance=CHANCE)
+    assert fitted.resolution == 150 and curves.resolution(np.array([0.25, 0.5, 1 / 3])) == 12
+    assert fitted.sd(1) < fitted.sd(4), "epoch 1 quieter than the later epochs, as planted"
+    simulated = [fitted.value(p, 0, e) for p in points for e in (1, 4)]
+    assert all(abs(v * 150 - round(v * 150)) < 1e-9 for v in simulated), "simulated values in steps of 1/150"
