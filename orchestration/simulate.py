@@ -6,6 +6,10 @@ an epoch is `epoch_s` seconds of sleep instead of training. The sweep machinery 
 Tune, MLflow child runs, checkpoints, retries, resume) is the real one, so this measures and
 exercises exactly that: `trial.runner=orchestration.simulate:constant_step`.
 
+`curve_step` is the same stand-in driven by a learning-curve model fitted from real trials
+(orchestration/curves.py): `trial.runner=orchestration.simulate:curve_step
++trial.runner_args.curves=<model.json>`; it logs the modelled val/top1 of its point and seed.
+
 Its metrics are a fixed, smooth function of the weights with a known optimum at the paper's
 values (α=0.01, β=0.1, λ_flow=0.1, λ_im=0.1), so a sweep of it has a meaningful "best".
 
@@ -26,6 +30,7 @@ recorded: the stand-in trains nothing, so there is nothing to parallelise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -114,6 +119,56 @@ def _placement(folder: str, key: str, resumed_from: int, processes: int) -> tupl
     path = os.path.join(folder, f"{key}-{os.getpid()}-{time.time_ns()}.json")
     _write_json(path, record)
     return path, record
+
+
+def curve_step(spec: Any, *, resume: Optional[dict], on_epoch_end: Callable[[EpochReport], None],
+               shuffle_protocols: Sequence[str] = (), curves: str = "", epoch_s: float = 0.0,
+               processes: int = 1) -> dict[str, float]:
+    """`spec.trainer.max_epochs` epochs of `epoch_s` seconds logging the curve model's values for
+    the trial's weights and seed (`curves`: the model's JSON, orchestration.curves.CurveModel.save);
+    a point with a value that diverged in the real trials raises DivergedError at that epoch, as they
+    did. Resumes from a state like `constant_step`; the values depend on (point, seed, epoch) only.
+    It models val/top1 alone: val/loss is −log(val/top1) (so ties break as by accuracy), and no
+    shuffle metrics are logged (the coarse stage has none)."""
+    if not curves:
+        raise ValueError("curve_step needs its model: +trial.runner_args.curves=<path of a curve model JSON> "
+                         "(orchestration.curves.fit_store(...).save(path))")
+    model = _curve_model(os.path.abspath(curves), os.path.getmtime(curves))
+    if spec.trainer.max_epochs > model.epochs:
+        raise ValueError(f"trainer.max_epochs={spec.trainer.max_epochs} is beyond the curve model's {model.epochs} "
+                         f"epochs ({curves}); set trainer.max_epochs<={model.epochs}")
+    point = {k: float(_dotted(spec, k)) for k in model.keys}
+    seed = int(spec.trainer.seed)
+    fails = model.diverges_at(point)
+    epoch0, history = (resume["epoch"], list(resume["history"])) if resume else (0, [])
+    for epoch in range(epoch0 + 1, spec.trainer.max_epochs + 1):
+        started = time.perf_counter()
+        if epoch_s:
+            time.sleep(epoch_s)
+        if fails is not None and epoch >= fails:
+            key = min((k for k in model.diverged if model.diverges_at({k: point[k]}) == fails))
+            term = next((t for t, fix in DivergedError._FIX.items() if fix == key), "total")
+            raise DivergedError(term=term, epoch=epoch, step=epoch * 10, value=float("nan"))
+        val = model.value(point, seed, epoch)
+        metrics = {model.metric: val, "val/loss": -math.log(max(val, 1e-6)), "skipped_videos": 0.0,
+                   "epoch_time_s": time.perf_counter() - started, "clips_per_s": 0.0}
+        history.append(metrics)
+        snapshot = {"epoch": epoch, "history": list(history)}
+        on_epoch_end(EpochReport(epoch, dict(metrics), lambda s=snapshot: s))
+    return dict(history[-1]) if history else {}
+
+
+@functools.lru_cache(maxsize=4)
+def _curve_model(path: str, mtime: float) -> Any:
+    from orchestration import curves as curve_models
+
+    return curve_models.load(path)
+
+
+def _dotted(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _epochs(spec: Any, state: _State, rng: random.Random, on_epoch_end: Callable[[EpochReport], None],
