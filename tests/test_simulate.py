@@ -63,7 +63,7 @@ def test_asha_stops_curve_step_trials_early_through_the_stage(local_ray, tmp_pat
                                                                    "loss.lambda_flow": [0.1], "loss.lambda_im": [0.1]},
                                                         "base": {k: 0.1 for k in W}}))
     cfg = compose_config(tiny_overrides(tmp_path, synthetic_root, f"search.spaces_dir={spaces}",
-                                        "search.mode=factorial", "scheduler=asha", "trainer.max_epochs=3",
+                                        "search.mode=factorial", "scheduler=asha", "scheduler.grace_period=1", "trainer.max_epochs=3",
                                         "trial.runner=orchestration.simulate:curve_step",
                                         f"+trial.runner_args.curves={path}"), stage="coarse")
     result = run_stage(cfg, progress=False)
