@@ -810,6 +810,17 @@ def top_trials(runs: pd.DataFrame, *, k: int = 10, metric: str = SELECTED, mode:
     return Table(name, title, data, shown, notes, evidence={"top": proof, "ranked": ranked, "reported": reported})
 
 
+def _domain(runs: pd.DataFrame, name: str, domain: str) -> list[str]:
+    """Each run's dataset by `name`, the generated one with its look (`domain`): the embedded
+    default's cross-dataset directions are synthetic (default) → synthetic (shifted) and back, two
+    columns, not one."""
+    names = runs[name].astype(str)
+    if domain not in runs:
+        return names.tolist()
+    looks = runs[domain]
+    return [f"{n} ({d})" if n == "synthetic" and isinstance(d, str) and d else n for n, d in zip(names, looks)]
+
+
 def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statuses: Sequence[str] = AVERAGED,
                         paper: bool = False, digits: int = 1, predictions: Optional[pd.DataFrame] = None) -> Table:
     """Table 5 layout (2020 paper): top-1 on the target dataset (data.eval_name) of models trained
@@ -823,7 +834,9 @@ def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statu
     adapt = pool["adapt.name"].fillna(ADAPT_NONE) if "adapt.name" in pool else pd.Series(ADAPT_NONE, index=pool.index)
     adapted = (adapt != ADAPT_NONE).any()
     rows = variants.where(adapt == ADAPT_NONE, variants + ADAPT_SEP + adapt) if adapted else variants
-    pool = pool.assign(_variant=rows.to_numpy(), _direction=list(zip(pool["data.name"], pool["data.eval_name"])))
+    pool = pool.assign(_variant=rows.to_numpy(), _direction=list(zip(_domain(pool, "data.name", "data.synthetic.domain"),
+                                                                      _domain(pool, "data.eval_name",
+                                                                              "data.eval_synthetic.domain"))))
     reference = registry.REV2NET
     if adapted and (rows == registry.REV2NET + ADAPT_SEP + adapt[adapt != ADAPT_NONE].iloc[0]).any():
         reference = registry.REV2NET + ADAPT_SEP + adapt[adapt != ADAPT_NONE].iloc[0]   # like with like: adapted

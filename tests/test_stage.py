@@ -234,6 +234,16 @@ def test_compare_and_cross_stages_end_to_end_with_real_training(ray_session, tmp
         assert {"cross/top1", "val/top1", "test/top1"} <= set(r.data.metrics), r.info.run_name
         assert ("train/domain" in r.data.metrics) == (r.data.params["adapt.name"] == "dann"), r.info.run_name
     assert os.path.isfile(os.path.join(synthetic_root + "-shifted", "synthetic.json")), "the target, made on first use"
+    # Table 5 from MLflow: one column per direction (the two looks of the generated set are two
+    # datasets, not one averaged over both directions), each cell one trial
+    from analysis import tables
+
+    table = tables.cross_dataset_table(records.load_runs(cross.tracking_uri, cross.experiment,
+                                                         parent_run_id=cross.parent_run_id))
+    columns = [f"{a} → {b} (%)" for a, b in (d.split(" → ") for d in directions)]
+    assert set(columns) <= set(table.shown.columns), list(table.shown.columns)
+    assert set(table.data["train"]) == {"synthetic (default)", "synthetic (shifted)"}
+    assert len(table.data) == 8 and (table.data["n"] == 1).all(), "4 rows x 2 directions, one trial each"
 
 
 def test_confirmation_reruns_leave_one_run_per_configuration_and_seed(ray_session, tmp_path, synthetic_root):
