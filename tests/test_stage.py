@@ -211,10 +211,12 @@ def test_three_stages_end_to_end_with_real_training(ray_session, tmp_path, synth
     assert "train/flow" not in runs["i3d"].data.metrics and runs["i3d"].data.params["model.flow_decoder"] == "False"
 
 
-def test_compare_and_cross_stages_end_to_end_with_real_training(ray_session, tmp_path, synthetic_root):
+def test_compare_and_cross_stages_end_to_end_with_real_training(ray_session, tmp_path, synthetic_copy):
     """Every compared family is a real training from its registry entry, one child run per trial;
-    the cross stage runs both directions with and without DANN, each trial scoring the target."""
-    compare = _stage(tmp_path, synthetic_root, "compare", "trainer.max_epochs=1", "search.seeds=1",
+    the cross stage runs both directions with and without DANN, each trial scoring the target.
+    On a copy of the dataset: the flow streams extract flow for its evaluation videos, and the
+    cross stage generates the shifted look beside it."""
+    compare = _stage(tmp_path, synthetic_copy, "compare", "trainer.max_epochs=1", "search.seeds=1",
                      "search.variants=[rev2net,two_stream_i3d,tsn_flow,dcd]", "search.splits=[1,2]")
     runs = child_runs(compare.tracking_uri, parent=compare.parent_run_id)
     assert sorted((r.data.params["variant"], r.data.params["data.split"]) for r in runs) == sorted(
@@ -224,7 +226,7 @@ def test_compare_and_cross_stages_end_to_end_with_real_training(ray_session, tmp
         assert {"val/top1", "test/top1", "shuffle/complete/top1"} <= set(r.data.metrics), r.info.run_name
     assert {r.data.params["variant"]: r.data.params["model.name"] for r in runs}["tsn_flow"] == "tsn"
 
-    cross = _stage(tmp_path, synthetic_root, "cross", "trainer.max_epochs=1", "search.seeds=1")
+    cross = _stage(tmp_path, synthetic_copy, "cross", "trainer.max_epochs=1", "search.seeds=1")
     runs = child_runs(cross.tracking_uri, parent=cross.parent_run_id)
     cells = sorted((r.data.params["variant"], r.data.params["direction"], r.data.params["adapt.name"]) for r in runs)
     directions = ("synthetic (default) → synthetic (shifted)", "synthetic (shifted) → synthetic (default)")
@@ -233,7 +235,7 @@ def test_compare_and_cross_stages_end_to_end_with_real_training(ray_session, tmp
         assert r.data.tags[records.TAG_STATUS] == "completed", r.data.tags.get(records.TAG_FAILURE)
         assert {"cross/top1", "val/top1", "test/top1"} <= set(r.data.metrics), r.info.run_name
         assert ("train/domain" in r.data.metrics) == (r.data.params["adapt.name"] == "dann"), r.info.run_name
-    assert os.path.isfile(os.path.join(synthetic_root + "-shifted", "synthetic.json")), "the target, made on first use"
+    assert os.path.isfile(os.path.join(synthetic_copy + "-shifted", "synthetic.json")), "the target, made on first use"
     # Table 5 from MLflow: one column per direction (the two looks of the generated set are two
     # datasets, not one averaged over both directions), each cell one trial
     from analysis import tables
