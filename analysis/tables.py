@@ -47,7 +47,7 @@ from analysis import paper as published
 from analysis import stats
 from orchestration.records import (AVERAGED, LABEL, N_SEEDS, PRED, RANKED, RUN_IDS, SEED_PARAM, SEEDS,
                                    SHUFFLE_PROTOCOLS, STATUSES, TEST, VIDEO, WEIGHT_INFO, WEIGHT_SYMBOLS, WEIGHTS,
-                                   best_config, rank_trials, variant_of)
+                                   best_config, dataset_label, rank_trials, variant_of)
 from rev2net import registry
 
 WEIGHT_NAMES = {k: f"{w.symbol} ({w.meaning})" for k, w in WEIGHT_INFO.items()}
@@ -811,14 +811,10 @@ def top_trials(runs: pd.DataFrame, *, k: int = 10, metric: str = SELECTED, mode:
 
 
 def _domain(runs: pd.DataFrame, name: str, domain: str) -> list[str]:
-    """Each run's dataset by `name`, the generated one with its look (`domain`): the embedded
-    default's cross-dataset directions are synthetic (default) → synthetic (shifted) and back, two
-    columns, not one."""
-    names = runs[name].astype(str)
-    if domain not in runs:
-        return names.tolist()
-    looks = runs[domain]
-    return [f"{n} ({d})" if n == "synthetic" and isinstance(d, str) and d else n for n, d in zip(names, looks)]
+    """Each run's dataset by `name`, the generated one with its look (`domain`), as the cross
+    stage's directions name them (records.dataset_label): two columns, not one averaged over both."""
+    looks = runs[domain] if domain in runs else [None] * len(runs)
+    return [dataset_label(n, d) for n, d in zip(runs[name].astype(str), looks)]
 
 
 def cross_dataset_table(runs: pd.DataFrame, *, metric: str = "cross/top1", statuses: Sequence[str] = AVERAGED,

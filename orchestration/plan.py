@@ -100,10 +100,6 @@ def _variants_stage(cfg: DictConfig, space: dict[str, Any], axes: Optional[list[
                         defaults=defaults, dataset=str(cfg.data.name))
 
 
-def _dataset(name: str, synthetic: dict[str, Any]) -> str:
-    return f"{name} ({synthetic['domain']})" if name == "synthetic" else name
-
-
 def cross_directions(cfg: DictConfig, space: dict[str, Any]) -> list[dict[str, Any]]:
     """The cross stage's directions as partial points: `forward` is the configured source (data.name,
     data.root) and target (data.eval_name, data.eval_root), `reverse` the two swapped. On the
@@ -129,7 +125,8 @@ def cross_directions(cfg: DictConfig, space: dict[str, Any]) -> list[dict[str, A
     if unknown:
         raise ConfigError(f"{space['_path']}: directions {', '.join(unknown)} are not forward | reverse")
     own_flow = {"data.flow_root": None} if d["flow_root"] else {}  # a flow_root set for the source is not the target's
-    return [{records.DIRECTION_PARAM: f"{_dataset(a[0], a[2])} → {_dataset(b[0], b[2])}",
+    label = lambda side: records.dataset_label(side[0], side[2]["domain"])  # noqa: E731
+    return [{records.DIRECTION_PARAM: f"{label(a)} → {label(b)}",
              **side(*a, as_target=False), **side(*b, as_target=True), **(own_flow if a is other else {})}
             for a, b in (pairs[w] for w in wanted)]
 

@@ -121,6 +121,12 @@ _RUN_COLUMNS = ["run_id", "run_name", "parent_run_id", "stage", "status", "failu
                 "ray_trial_id", "epochs", "start_time", "end_time", "duration_s", "artifact_uri"]
 
 
+def dataset_label(name: str, domain: Any = None) -> str:
+    """A dataset as the cross-dataset directions name it: the generated one with its look
+    (`synthetic (default)`, `synthetic (shifted)`: two datasets of one name), others by name."""
+    return f"{name} ({domain})" if name == "synthetic" and isinstance(domain, str) and domain else str(name)
+
+
 def run_name(point: dict[str, Any]) -> str:
     """A trial's run name, readable in the MLflow UI: `α=0.01 β=0.1 λf=0.1 λi=0.1`, `no_ddp seed=1`."""
     if VARIANT_PARAM in point:
