@@ -270,11 +270,17 @@ def _duration(seconds: float) -> str:
 
 class ProgressCallback(tune.Callback):
     """A compact, log-friendly progress display: trials done/total, the running trials' weights,
-    epoch and val accuracy, the best so far, and an ETA from the trial-epochs completed so far."""
+    epoch and val accuracy, the best so far, and an ETA from the trial-epochs completed so far.
+
+    The ETA's total is `planned_epochs`, the trial-epochs the stage is expected to train
+    (orchestration.plan.trial_epochs: under ASHA its successive-halving estimate; default every
+    trial to `max_epochs`), and never less than what the trials still running or waiting can train:
+    a trial that ended before `max_epochs` (stopped by ASHA) adds no more."""
 
     def __init__(self, *, title: str, total_trials: int, max_epochs: int, metric: str, interval_s: float = 15.0,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, planned_epochs: int | None = None):
         self.title, self.total, self.max_epochs, self.metric = title, total_trials, max_epochs, metric
+        self.planned_epochs = planned_epochs if planned_epochs is not None else total_trials * max_epochs
         self.interval_s = interval_s
         self.stream = stream
         self._reset()
@@ -350,14 +356,23 @@ class ProgressCallback(tune.Callback):
             self.done_at_start = len(self.done)
         self.print()
 
-    def eta(self) -> str:
-        total = self.total * self.max_epochs
+    def remaining_epochs(self) -> int:
+        """Trial-epochs still to train: the plan's count less those trained, at least one more
+        epoch for each trial not yet ended and at most every such trial to `max_epochs`."""
         done = sum(self.epochs.values())
-        new = done - self.epochs_at_start
+        open_trials = [t for t in self.epochs if t not in self.done]
+        unstarted = max(0, self.total - len(self.done) - len(open_trials))
+        least = len(open_trials) + unstarted
+        most = sum(max(0, self.max_epochs - self.epochs[t]) for t in open_trials) + unstarted * self.max_epochs
+        return min(max(self.planned_epochs - done, least), most)
+
+    def eta(self) -> str:
+        new = sum(self.epochs.values()) - self.epochs_at_start
         if new <= 0 or len(self.done) == self.done_at_start:  # start-up would dominate the estimate
             return "?"
         rate = new / (time.monotonic() - self.started)
-        return _duration((total - done) / rate) if total > done else "0s"
+        remaining = self.remaining_epochs()
+        return _duration(remaining / rate) if remaining > 0 else "0s"
 
     def print(self, force: bool = False, ended: Any = None) -> None:
         now = time.monotonic()

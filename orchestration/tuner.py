@@ -22,7 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestration import records
 from orchestration.callbacks import HeartbeatCallback, ProgressCallback, PruneGoneCheckpoints, StatusCallback
-from orchestration.plan import stops_early
+from orchestration.plan import stops_early, trial_epochs
 from orchestration.spaces import Plan
 from orchestration.sweep import Location, experiment_dir
 from orchestration.trainable import SweepContext, run_sweep_trial, trial_point
@@ -87,7 +87,8 @@ def callbacks(cfg: DictConfig, plan: Plan, experiment_id: str, sweep_id: str, pa
     if progress:
         out.append(ProgressCallback(title=f"{cfg.stage} · {plan.mode}", total_trials=plan.num_trials,
                                     max_epochs=cfg.trainer.max_epochs, metric=cfg.search.metric,
-                                    interval_s=progress_interval_s))
+                                    interval_s=progress_interval_s,
+                                    planned_epochs=trial_epochs(cfg, plan.num_trials, plan.mode)[0]))
     return out
 
 

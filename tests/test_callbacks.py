@@ -221,3 +221,28 @@ def test_checkpoints_a_previous_driver_deleted_are_forgotten_on_restore(tmp_path
     PruneGoneCheckpoints().on_trial_start(0, [trial], trial)
     manager.register_checkpoint(checkpoint(2))      # would raise FileNotFoundError without the callback
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
+
+
+def test_progress_eta_counts_the_planned_epochs_and_trials_asha_stopped():
+    """The ETA's remaining work is the plan's trial-epochs (ASHA's estimate), less what trained, and
+    a trial that ended early (stopped at a rung) adds nothing more."""
+    cb = ProgressCallback(title="coarse · axes", total_trials=4, max_epochs=7, metric="val/top1", interval_s=0,
+                          stream=io.StringIO(), planned_epochs=16)
+    assert cb.remaining_epochs() == 16
+    trials = [FakeTrial(f"t{i}", {"point": {"loss.alpha": float(i)}}) for i in range(4)]
+    for t in trials[:2]:
+        cb.on_trial_start(0, trials, t)
+        cb.on_trial_result(0, trials, t, {"epoch": 3, "val/top1": 0.5})
+    assert cb.remaining_epochs() == 16 - 6
+    cb.on_trial_complete(0, trials, trials[0])   # stopped by ASHA at epoch 3
+    assert cb.remaining_epochs() == 10           # still the plan's count: the others may go on
+    cb.on_trial_result(0, trials, trials[1], {"epoch": 7, "val/top1": 0.6})
+    cb.on_trial_complete(0, trials, trials[1])
+    assert cb.remaining_epochs() == 6            # 16 - 10 trained, within [2, 14] for the two unstarted
+    fifo = ProgressCallback(title="x", total_trials=2, max_epochs=7, metric="val/top1", interval_s=0,
+                            stream=io.StringIO())
+    assert fifo.remaining_epochs() == 14
+    fifo.on_trial_start(0, trials, trials[0])
+    fifo.on_trial_result(0, trials, trials[0], {"epoch": 2})
+    fifo.on_trial_complete(0, trials, trials[0])  # ended early (diverged): its unrun epochs leave the total
+    assert fifo.remaining_epochs() == 7
