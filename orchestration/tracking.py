@@ -314,13 +314,22 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+BATCH_METRICS = 900  # metrics per log_batch (MLflow's SQL store takes at most 1000)
+
+
 @dataclass
 class ChildRun:
     """A trial's MLflow run, and what it has received so far.
 
     Store calls per trial: one `create_run` (tags and name), then one `log_batch` per epoch; the
     params ride on the first of them (`pending_params`), or on `flush` when the trial ends before
-    its first epoch."""
+    its first epoch.
+
+    `epoch_key` names a metric that every epoch of the history carries. MLflow's SQL store commits
+    a `log_batch`'s metrics and its tags in separate transactions, so a process killed between the
+    two leaves epochs in the run beyond its `logged_epoch` tag; a continued run counts the last step
+    of `epoch_key` as held too, and `sync` never splits an epoch across batches unless it is wider
+    than one (its `epoch_key` then goes in the last part)."""
 
     client: MlflowClient
     run_id: str
@@ -330,11 +339,12 @@ class ChildRun:
     # MLflow's SQL store drops, instead of a second point at the same step.
     stamps: dict[int, int] = field(default_factory=dict)
     pending_params: dict[str, Any] = field(default_factory=dict)   # not in the run yet
+    epoch_key: str | None = None
 
     @classmethod
     def open(cls, c: MlflowClient, *, experiment_id: str, parent_id: str, sweep_id: str, key: str, run_name: str,
              params: dict[str, Any], tags: dict[str, str], run_id: str | None = None, search: bool = True,
-             wait_s: float = 0.0) -> "ChildRun":
+             wait_s: float = 0.0, epoch_key: str | None = None) -> "ChildRun":
         """Find the trial's run (by `run_id`, e.g. from its checkpoint, else, with `search`, by trial
         key) or create it; with `wait_s`, wait that long for a tracking server that does not answer
         (restarting). `search=False` is the caller's word that no run of this trial key exists
@@ -354,14 +364,19 @@ class ChildRun:
             run = retry(lambda: c.create_run(experiment_id, run_name=run_name, tags={
                 PARENT: parent_id, TAG_ROLE: ROLE_TRIAL, TAG_SWEEP: sweep_id, TAG_TRIAL_KEY: key,
                 TAG_STATUS: RUNNING, TAG_LOGGED_EPOCH: "0", **tags}), what="create_run", timeout_s=wait_s)
-            return cls(c, run.info.run_id, 0, pending_params=dict(params))
+            return cls(c, run.info.run_id, 0, pending_params=dict(params), epoch_key=epoch_key)
         # A continued run: mark it running again with the current attempt's tags.
         retry(lambda: c.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, RUNNING)] +
                                   [RunTag(k, str(v)) for k, v in tags.items()]), what="retag", timeout_s=wait_s)
         if run.info.status != "RUNNING":
             retry(lambda: c.update_run(run.info.run_id, status="RUNNING"), what="update_run", timeout_s=wait_s)
         logged = int(run.data.tags.get(TAG_LOGGED_EPOCH, "0") or 0)
-        return cls(c, run.info.run_id, logged, pending_params={} if run.data.params else dict(params))
+        if epoch_key:  # epochs whose metrics landed without the tag (a process killed inside log_batch)
+            held = retry(lambda: c.get_metric_history(run.info.run_id, epoch_key), what="get_metric_history",
+                         timeout_s=wait_s)
+            logged = max([logged, *(m.step for m in held)])
+        return cls(c, run.info.run_id, logged, pending_params={} if run.data.params else dict(params),
+                   epoch_key=epoch_key)
 
     def sync(self, history: list[dict[str, float]], *, raise_errors: bool = False, final: bool = False) -> bool:
         """Send the epochs of `history` (epoch e = history[e-1]) that the run does not hold yet,
@@ -371,19 +386,26 @@ class ChildRun:
         if len(history) <= self.logged_epoch and not (final and self.pending_params):
             return True
         now = int(time.time() * 1000)
-        metrics: list[Metric] = []
+        # MLflow's SQL store accepts at most 1000 metrics per log_batch: whole epochs per batch, the
+        # tag with the last one, the params with the first
+        chunks: list[list[Metric]] = [[]]
         for epoch in range(self.logged_epoch + 1, len(history) + 1):
             stamp = self.stamps.setdefault(epoch, now)
-            metrics.extend(Metric(k, float(v), stamp, epoch) for k, v in history[epoch - 1].items() if _finite(v))
+            metrics = [Metric(k, float(v), stamp, epoch) for k, v in
+                       sorted(history[epoch - 1].items(), key=lambda kv: kv[0] == self.epoch_key) if _finite(v)]
+            if chunks[-1] and len(chunks[-1]) + len(metrics) > BATCH_METRICS:
+                chunks.append([])
+            while len(metrics) > BATCH_METRICS:  # one epoch wider than a batch: epoch_key in its last part
+                chunks[-1].extend(metrics[:BATCH_METRICS])
+                chunks.append([])
+                metrics = metrics[BATCH_METRICS:]
+            chunks[-1].extend(metrics)
         new_epoch = max(len(history), self.logged_epoch)
         params = [Param(k, _param(v)) for k, v in self.pending_params.items()]
         try:
-            # MLflow's SQL store accepts at most 1000 metrics per log_batch; the tag goes with the last chunk.
-            for start in range(0, max(1, len(metrics)), 900):
-                chunk = metrics[start:start + 900]
-                last = start + 900 >= len(metrics)
-                tags = [RunTag(TAG_LOGGED_EPOCH, str(new_epoch))] if last else []
-                first = params if start == 0 else []
+            for i, chunk in enumerate(chunks):
+                tags = [RunTag(TAG_LOGGED_EPOCH, str(new_epoch))] if i == len(chunks) - 1 else []
+                first = params if i == 0 else []
                 retry(lambda: self.client.log_batch(self.run_id, metrics=chunk, params=first, tags=tags,
                                                     synchronous=True), attempts=3, what="log_batch")
         except (MlflowException, OSError) as e:

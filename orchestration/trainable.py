@@ -6,7 +6,8 @@ Order inside an epoch's end, chosen so that nothing is lost or written twice:
     2. state   -> Ray checkpoint, with the metrics -> Tune (`tune.report`)
 Tune may stop a trial inside `tune.report` (ASHA, max_t), so everything the trial owes MLflow is
 sent before it. A crash between 1 and 2 re-runs that epoch from the previous checkpoint; the run
-already holds it, so `sync` skips it.
+already holds it, so `sync` skips it. So does a crash inside 1, after the store committed the
+metrics but not the run's logged-epoch tag (`ChildRun.epoch_key`: the cost rides on every epoch).
 
 What else the record gets, in step 1: every epoch carries the trial's cost so far
 (records.COST_METRICS, cumulative over its attempts: `CostMeter`), and the last epoch first
@@ -329,7 +330,7 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         client, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id, sweep_id=ctx.sweep_id,
         key=key, run_name=records.run_name(point), params=trial_params(cfg, point),
         tags={records.TAG_RAY_TRIAL: trial_id, records.TAG_STAGE: ctx.stage, records.TAG_NODE: _node_ip()},
-        run_id=run_id, search=search, wait_s=ctx.flush_timeout_s)
+        run_id=run_id, search=search, wait_s=ctx.flush_timeout_s, epoch_key=records.COST_CLIPS)  # on every epoch
     if marker is not None:
         marker.write(run.run_id)
     run.sync(history)  # what a crash or an unreachable server left unsent

@@ -137,13 +137,19 @@ def test_a_pipeline_job_on_a_local_cluster(tmp_path, synthetic_root, capsys):
     from ray.cluster_utils import Cluster
     from ray.job_submission import JobSubmissionClient
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port = free_port()
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    # A head's job agent listens on 52365 unless told otherwise; a Ray runtime of another test
+    # worker holds that port, and the job server then answers "No available agent" for good.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "dashboard_agent_listen_port": free_port()})
     try:
         deadline = time.monotonic() + 60
         while True:

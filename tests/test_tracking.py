@@ -8,6 +8,7 @@ import time
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from orchestration import records, tracking
 from orchestration.errors import ConfigError
@@ -63,6 +64,42 @@ def test_child_run_is_nested_and_continued_not_duplicated(store):
     assert [r.info.run_id for r in children] == [run.run_id], "one child run per trial"
     # a different trial key is a different run
     assert _open(c, exp_id, parent, key="k2").run_id != run.run_id
+
+
+def test_epochs_whose_tag_was_lost_are_not_written_again(store):
+    """MLflow's SQL store commits a log_batch's metrics, then its tags, in two transactions: a worker
+    killed between them leaves epoch 1 in the run with logged_epoch still 0. The next attempt
+    (restored from epoch 1's checkpoint, or from scratch) must not write epoch 1 a second time."""
+    uri, c, exp_id, parent = store
+    run = _open(c, exp_id, parent)
+    run.sync(_history(1)[:0], final=True)  # the params, as the first epoch's batch would carry them
+    now = int(time.time() * 1000)
+    c.log_batch(run.run_id, metrics=[Metric(k, v, now, 1) for k, v in _history(1)[0].items()])  # no tag
+    assert c.get_run(run.run_id).data.tags[records.TAG_LOGGED_EPOCH] == "0"
+
+    again = tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id="coarse-axes-x", key="k1",
+                                   run_name="α=0.1", params={"loss.alpha": 0.1}, tags={}, epoch_key="val/top1")
+    assert again.run_id == run.run_id and again.logged_epoch == 1
+    assert again.sync(_history(3))
+    assert [m.step for m in c.get_metric_history(run.run_id, "train/loss")] == [1, 2, 3]
+    assert c.get_run(run.run_id).data.tags[records.TAG_LOGGED_EPOCH] == "3"
+
+
+def test_batches_hold_whole_epochs_with_the_epoch_key_last(store, monkeypatch):
+    uri, c, exp_id, parent = store
+    run = tracking.ChildRun.open(c, experiment_id=exp_id, parent_id=parent, sweep_id="coarse-axes-x", key="wide",
+                                 run_name="wide", params={}, tags={}, epoch_key="m0")
+    batches = []
+    real = run.client.log_batch
+    monkeypatch.setattr(run.client, "log_batch", lambda run_id, **kw: (batches.append(kw), real(run_id, **kw))[1])
+    wide = [{f"m{i}": float(e * i) for i in range(400)} for e in range(1, 4)]  # 400 each: 2 epochs per batch
+    wide.append({f"m{i}": float(i) for i in range(1000)})                      # wider than one batch
+    assert run.sync(wide)
+    steps = [sorted({m.step for m in b["metrics"]}) for b in batches]
+    assert steps == [[1, 2], [3], [4], [4]], "whole epochs per batch; only an epoch wider than one is split"
+    assert all(b["tags"] == [] for b in batches[:-1]) and batches[-1]["tags"][0].value == "4"
+    assert "m0" not in {m.key for m in batches[2]["metrics"]}, "a split epoch's key goes in its last part"
+    assert len(c.get_metric_history(run.run_id, "m7")) == 4
 
 
 def test_run_id_from_checkpoint_wins(store):
