@@ -235,3 +235,14 @@ def test_params_ride_on_the_first_epoch_or_on_flush(store, monkeypatch):
     # continued by a retry that has no checkpoint: found by key, its params not sent again
     again = _open(c, exp_id, parent, key="early")
     assert again.run_id == early.run_id and not again.pending_params
+
+
+def test_a_sqlite_store_runs_on_the_write_ahead_log(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "new" / "mlflow.db"
+    tracking.open_store(f"sqlite:///{path}")
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal", "kept in the file for every process"
+    c = tracking.open_store(f"sqlite:///{path}")  # opening it again changes nothing
+    assert c.search_experiments(max_results=1)
