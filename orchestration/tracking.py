@@ -201,9 +201,13 @@ def open_store(tracking_uri: str) -> MlflowClient:
     and runs on SQLite's write-ahead log (`_write_ahead_log`)."""
     try:
         with _creating(tracking_uri):  # MlflowClient opens (and creates) the store as it is made
+            path = sqlite_path(tracking_uri)
+            if path is not None and not path.exists():  # a log left by a deleted store is not the new one's
+                for orphan in (f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(orphan)
             c = client(tracking_uri)
             c.search_experiments(max_results=1)
-            path = sqlite_path(tracking_uri)
             if path is not None:
                 _write_ahead_log(path)
     except ConfigError:
@@ -221,7 +225,9 @@ def _write_ahead_log(path: os.PathLike) -> None:
     Under WAL readers never block, and each trial's store calls cost about a third less with three
     processes writing at once (`benchmarks/sweep_overhead.py`, README "Orchestration overhead").
     WAL needs every process on the file's host, which a SQLite store's sweep is. A filesystem that
-    cannot hold the log (some network mounts) keeps the default mode, with a warning."""
+    cannot hold the log (some network mounts) keeps the default mode, with a warning. The log lives
+    beside the file (`<db>-wal`, `<db>-shm`) and outlives a killed process; `open_store` removes
+    those of a deleted database before it creates a new one there."""
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]

@@ -4,7 +4,10 @@ are written exactly once, and an unreachable store never costs a training its me
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -12,6 +15,8 @@ from mlflow.entities import Metric
 
 from orchestration import records, tracking
 from orchestration.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -246,3 +251,31 @@ def test_a_sqlite_store_runs_on_the_write_ahead_log(tmp_path):
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal", "kept in the file for every process"
     c = tracking.open_store(f"sqlite:///{path}")  # opening it again changes nothing
     assert c.search_experiments(max_results=1)
+
+
+def test_a_deleted_store_s_log_never_reaches_the_new_one(tmp_path):
+    """A killed sweep leaves mlflow.db-wal beside mlflow.db; a user who deletes mlflow.db to start
+    over gets an empty store, not the old one's last transactions replayed into it."""
+    import shutil
+    import sqlite3
+
+    path = tmp_path / "mlflow.db"
+    c = tracking.open_store(f"sqlite:///{path}")
+    tracking.experiment_id(c, "old-sweep")
+    held = sqlite3.connect(path)  # a process that never closed: its writes stay in the log
+    held.execute("PRAGMA wal_autocheckpoint=0")
+    held.execute("UPDATE experiments SET name = 'changed in the log' WHERE name = 'old-sweep'")
+    held.commit()
+    shutil.copy(f"{path}-wal", tmp_path / "left.wal")
+    held.close()
+    path.unlink()
+    shutil.copy(tmp_path / "left.wal", f"{path}-wal")
+
+    # a new process, as the user's next sweep is (this one's MLflow keeps the deleted file open)
+    names = subprocess.run([sys.executable, "-c", (
+        "import sys; from orchestration import tracking; c = tracking.open_store(sys.argv[1]); "
+        "tracking.experiment_id(c, 'new-sweep'); print(sorted(e.name for e in c.search_experiments()))"),
+        f"sqlite:///{path}"], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip().splitlines()[-1]
+    assert names == "['Default', 'new-sweep']", names
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
