@@ -29,6 +29,7 @@ whose logged copy is scrubbed of their values anyway (`redact`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import math
@@ -40,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import filelock
@@ -196,16 +198,20 @@ def _creating(tracking_uri: str, timeout_s: float = 300.0) -> Iterator[None]:
                           "process of this sweep runs") from e
 
 
-def open_store(tracking_uri: str) -> MlflowClient:
+def open_store(tracking_uri: str, settle_s: float = 120.0) -> MlflowClient:
     """A client of the store; a new SQLite store is created here, under its file lock (`_creating`),
-    and runs on SQLite's write-ahead log (`_write_ahead_log`)."""
+    and runs on SQLite's write-ahead log (`_write_ahead_log`). Processes outside the sweep take no
+    lock (an `mlflow ui`, a notebook's `MlflowClient`), and two migrations of one file break each
+    other ("table ... already exists"): a new file is therefore migrated aside and put in place
+    whole (`_create_sqlite_store`), and a file another process is migrating is left to it until it
+    is done (`_await_migration`)."""
     try:
         with _creating(tracking_uri):  # MlflowClient opens (and creates) the store as it is made
             path = sqlite_path(tracking_uri)
-            if path is not None and not path.exists():  # a log left by a deleted store is not the new one's
-                for orphan in (f"{path}-wal", f"{path}-shm", f"{path}-journal"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(orphan)
+            if path is not None and not path.exists():
+                _create_sqlite_store(path)
+            if path is not None:
+                _await_migration(path, settle_s)
             c = client(tracking_uri)
             c.search_experiments(max_results=1)
             if path is not None:
@@ -216,6 +222,70 @@ def open_store(tracking_uri: str) -> MlflowClient:
         raise ConfigError(f"the MLflow store {tracking_uri} could not be created or opened: "
                           f"{str(e).splitlines()[0]}; fix mlflow.tracking_uri") from e
     return c
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """A new SQLite store at `path`, migrated under a temporary name beside it and hard-linked into
+    place only if `path` is still free, so no other process ever opens it half-migrated; one that
+    created `path` meanwhile keeps it (and `_await_migration` waits for it). The log files of a
+    deleted store at `path` are removed first: they would be replayed into the new one. Where the
+    filesystem has no hard links, the store is migrated in place, as MLflow does."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    aside = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(aside)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{aside}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)  # MLflow's default root
+        store.engine.dispose()  # migrated and closed
+        if path.exists():
+            return  # created meanwhile by a process outside the sweep, whose log files these are
+        for orphan in (f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(orphan)
+        os.link(aside, path)
+    except FileExistsError:
+        pass  # created meanwhile by a process outside the sweep
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        log.warning("no hard links in %s (%s): the MLflow store is migrated in place", path.parent, e)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(aside)
+
+
+def _await_migration(path: os.PathLike, settle_s: float, still_s: float = 5.0) -> None:
+    """Wait while the SQLite store's schema revision moves towards MLflow's head: another process is
+    migrating (creating) it, and opening it now would start a second migration that breaks both
+    ("table ... already exists", "Online migration expected to match one row"). A revision at head,
+    or one that has not moved for `still_s` (nobody is migrating it: an older MLflow's store, which
+    MLflow then names), ends the wait."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    deadline = time.monotonic() + settle_s
+    seen, since = object(), time.monotonic()
+    while time.monotonic() < deadline:
+        revision = _schema_revision(path)
+        if revision == head:
+            return
+        if revision != seen:
+            seen, since = revision, time.monotonic()
+        elif time.monotonic() - since > still_s:
+            return
+        time.sleep(0.1)
+
+
+def _schema_revision(path: os.PathLike) -> str | None:
+    """The store's alembic revision, None before its first migration has written one."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as con:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 def _write_ahead_log(path: os.PathLike) -> None:

@@ -172,8 +172,10 @@ def test_the_driver_killed_mid_sweep_continues_when_run_again(tmp_path, syntheti
             break
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started die at once
     first.wait(timeout=30)
+    printed = first.stdout.read()[-6000:]
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("rev2net-synthetic"), printed
     before = {r.info.run_id: r for r in child_runs(uri)}
-    assert 2 <= len(before) < 5, "killed mid-sweep"
+    assert 2 <= len(before) < 5, f"killed mid-sweep\n{printed}"
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

@@ -279,3 +279,43 @@ def test_a_deleted_store_s_log_never_reaches_the_new_one(tmp_path):
     assert names == "['Default', 'new-sweep']", names
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+FOREIGN_CREATOR = ("import sys, time; from mlflow import MlflowClient; time.sleep(float(sys.argv[2])); "
+                   "MlflowClient(tracking_uri=sys.argv[1]).search_experiments(); print('created')")
+
+
+@pytest.mark.parametrize("offset_s", [0.0, 0.3])
+def test_a_store_created_by_a_process_outside_the_sweep_at_the_same_time(tmp_path, offset_s):
+    """An `mlflow ui` or a notebook opening a new store takes no lock: while it migrates the file,
+    the sweep neither starts a second migration of it (which breaks both) nor removes its journal.
+    The sweep opens the store just after the other process has created the file (offset 0: its
+    first instant) or while its migration runs."""
+    import sqlite3
+
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    other = subprocess.Popen([sys.executable, "-c", FOREIGN_CREATOR, uri, "0"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(offset_s)
+    c = tracking.open_store(uri)
+    tracking.experiment_id(c, "sweep")
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 0 and "created" in out, err[-2000:]
+    assert sorted(e.name for e in c.search_experiments()) == ["Default", "sweep"]
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [p.name for p in tmp_path.iterdir() if "creating" in p.name] == []
+
+
+def test_a_new_store_is_put_in_place_whole(tmp_path):
+    """The sweep migrates a new store aside and links it in: the file at the path is complete from
+    the first instant another process can open it, and nothing is left beside it."""
+    path = tmp_path / "sub" / "mlflow.db"
+    c = tracking.open_store(f"sqlite:///{path}")
+    assert [e.name for e in c.search_experiments()] == ["Default"]
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("mlflow.db")) == []
+    assert tracking._schema_revision(path) is not None
