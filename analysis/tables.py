@@ -493,7 +493,7 @@ def variants_table(runs: pd.DataFrame, *, stage: str, metric: str = REPORTED, st
                         r[f"paper_{key}_pct"] = value if value is not None else np.nan
         shown_rows.append(shown)
     notes = [_averaging_note(metric, statuses, "seeds") + "; 95% CI: percentile bootstrap of the mean over seeds "
-             "(and splits), Wilson's interval from the test videos for a single trial"] + notes
+             "(and splits), Wilson's interval from the test videos for a single trial"] + notes + budget_note(part)
     for d in datasets:
         notes += [(f"{DATASET_LABELS.get(d, d)}: " if len(datasets) > 1 else "") + n
                   for n in _test_note(proof[d], ref_label, metric)]
@@ -503,6 +503,23 @@ def variants_table(runs: pd.DataFrame, *, stage: str, metric: str = REPORTED, st
     title = (f"Ablation: {METRIC_LABELS.get(metric, metric)} per model variant" if stage == "ablation"
              else f"{stage.capitalize()}: {METRIC_LABELS.get(metric, metric)} per model")
     return Table(stage, title, pd.DataFrame(data_rows), pd.DataFrame(shown_rows).fillna(""), notes, evidence=proof)
+
+
+def budget_note(part: pd.DataFrame) -> list[str]:
+    """What each variant trained on: the same epochs (said by nothing: the default), or the same
+    wall time (`trainer.max_train_s`), where the epochs differ by variant and are named here."""
+    budget = pd.to_numeric(part.get("trainer.max_train_s", pd.Series(dtype=float)), errors="coerce").fillna(0)
+    if not (budget > 0).any():
+        return []
+    epochs = part.assign(_epochs=pd.to_numeric(part["epochs"], errors="coerce")).groupby("_variant")["_epochs"]
+    spans = [f"{registry.label(v) if v in registry.VARIANTS else v} "
+             + (f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}")
+             for v, lo, hi in ((v, e.min(), e.max()) for v, e in epochs)]
+    budgets = ", ".join(f"{num(b, 0)} s" for b in sorted(set(budget[budget > 0])))
+    return [f"equal wall time: every trial trained whole epochs within trainer.max_train_s = {budgets} of training "
+            "and validation (not its final evaluations), each LR schedule spanning the budget; epochs trained: "
+            + "; ".join(spans)
+            + (" (trials without the budget too: not on equal terms)" if (budget == 0).any() else "")]
 
 
 MODALITY_LABELS = {"rgb": "RGB", "flow": "flow", "rgb_flow": "RGB + flow"}   # registry.Variant.modality
@@ -566,7 +583,7 @@ def systems_table(runs: pd.DataFrame, *, stage: str = "compare", metric: str = R
     ref_label = registry.label(registry.REV2NET)
     notes = [_averaging_note(metric, statuses, "seeds") + "; cells: mean ± std [95% CI: bootstrap of the mean, "
              f"Wilson for one trial]; {SAME}: cannot be told apart from {ref_label} on the same dataset (Holm over "
-             "every variant of the stage); seeds per filled cell, left to right"] + notes
+             "every variant of the stage); seeds per filled cell, left to right"] + notes + budget_note(part)
     for d in datasets:
         notes += [(f"{DATASET_LABELS.get(d, d)}: " if len(datasets) > 1 else "") + n
                   for n in _test_note(proof[d], ref_label, metric)]

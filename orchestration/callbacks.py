@@ -14,7 +14,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 
 from orchestration import records, tracking
 from orchestration.spaces import point_key
-from orchestration.trainable import trial_point
+from orchestration.trainable import FINAL, trial_point
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def terminal_status(result: dict[str, Any], max_epochs: int, error: str | None =
         return records.FAILED, error
     if result.get("diverged"):
         return records.FAILED, str(result.get("failure_reason"))
-    if int(result.get("epoch", 0)) < max_epochs:
+    if int(result.get("epoch", 0)) < max_epochs and not result.get(FINAL):  # FINAL: a wall-time budget spent
         return records.STOPPED_EARLY, f"stopped by the scheduler after epoch {result.get('epoch', 0)}"
     return records.COMPLETED, None
 

@@ -79,6 +79,9 @@ def format_plan(cfg: DictConfig, plan: Plan) -> str:
     total, how = trial_epochs(cfg, plan.num_trials, plan.mode)
     lines.append(f"trial-epochs: {total + confirm * int(cfg.trainer.max_epochs)} ({how}"
                  + (f"; + {confirm} × {cfg.trainer.max_epochs} confirming" if confirm else "") + ")")
+    if cfg.trainer.max_train_s:
+        lines.append(f"  at most: each trial trains whole epochs within trainer.max_train_s={_fmt(cfg.trainer.max_train_s)} s "
+                     "of training and validation (the same wall time for every trial; faster models train more epochs)")
     lines.append(_cost_line(cfg, plan, extra_epochs=confirm * int(cfg.trainer.max_epochs)))
     lines.append(f"sweep id {sweep_id(cfg, plan)} · Tune state under {experiment_dir(cfg)} · "
                  f"MLflow {cfg.mlflow.tracking_uri}, experiment {experiment_name(cfg)}")

@@ -11,7 +11,8 @@ Layout (written by orchestration/tracking.py, read here and by analysis/):
                                              params: the trial's config (`trial_params`); metrics: every
                                              epoch's (rev2net.train) at step = epoch, the final evaluations
 
-Statuses (the status tag): `completed` (trained to trainer.max_epochs), `stopped_early` (stopped by
+Statuses (the status tag): `completed` (trained to trainer.max_epochs, or until its wall-time budget
+trainer.max_train_s was spent: its `epochs` say how many), `stopped_early` (stopped by
 ASHA: its metrics come from fewer epochs), `failed` (diverged or crashed; the failure reason says
 why) and `running` (still training, or interrupted: its driver died before marking it;
 `mlflow_status` then says FINISHED/KILLED/FAILED rather than RUNNING). A run without the tag is
@@ -111,7 +112,7 @@ EPOCH_METRICS = ("train/loss", "train/ce", "train/ddp_high", "train/ddp_low", "t
                  "epoch_time_s", "skipped_videos")
 BEST_EPOCH_KEYS = ("val/top1", "val/top5")    # read at each trial's best epoch: `best_epoch/<key>`
 
-FLOAT_PARAMS = WEIGHTS + ("model.width", "trainer.lr")
+FLOAT_PARAMS = WEIGHTS + ("model.width", "trainer.lr", "trainer.max_train_s")
 INT_PARAMS = ("data.split", "data.frames", "data.frame_stride", "data.crop_size", "trainer.seed",
               "trainer.max_epochs", "data.batch_size")
 BOOL_PARAMS = ("model.flow_decoder", "model.frame_decoder")

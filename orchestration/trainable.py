@@ -48,6 +48,7 @@ from rev2net.train import DivergedError, EpochReport
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trial_state.pt"
+FINAL = "final_epoch"  # a Tune result's flag: 1.0 on the trial's last epoch (max_epochs, or its wall-time budget spent)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def trial_params(cfg: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
         "model.modality": m.modality, "model.segments": m.segments, "model.branches": list(m.branches),
         "data.name": d.name, "data.split": d.split, "data.frames": d.frames, "data.frame_stride": d.frame_stride,
         "data.crop_size": d.crop_size, "data.class_map": d.class_map, "data.eval_name": d.eval_name,
-        "trainer.seed": t.seed, "trainer.max_epochs": t.max_epochs, "trainer.lr": t.lr,
+        "trainer.seed": t.seed, "trainer.max_epochs": t.max_epochs, "trainer.max_train_s": t.max_train_s,
+        "trainer.lr": t.lr,
         "trainer.schedule": t.schedule, "data.batch_size": d.batch_size, "adapt.name": cfg.adapt.name,
         "data.val_fraction": d.val_fraction, "data.val_seed": d.val_seed,
     }
@@ -335,9 +337,9 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         marker.write(run.run_id)
     run.sync(history)  # what a crash or an unreachable server left unsent
     max_epochs = cfg.trainer.max_epochs
-    if len(history) >= max_epochs:  # it had finished after Tune's last snapshot of a driver now restored:
-        run.flush(history, timeout_s=ctx.flush_timeout_s)  # end it with its last result, no new checkpoint
-        tune.report({**history[-1], "epoch": len(history), "mlflow_run_id": run.run_id})
+    if len(history) >= max_epochs or (saved or {}).get("finished"):  # it had finished after Tune's last snapshot
+        run.flush(history, timeout_s=ctx.flush_timeout_s)  # of a driver now restored: end it with its last result
+        tune.report({**history[-1], "epoch": len(history), "mlflow_run_id": run.run_id, FINAL: 1.0})
         return
     cost = CostMeter(saved.get("cost") if saved else None,
                      float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))
@@ -347,17 +349,18 @@ def run_sweep_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         # the cost so far rides on every epoch (the last value is the trial's): a trial that the
         # scheduler stops inside tune.report has logged its cost already
         history[-1].update(cost.metrics(_clips(history, report.predictions, cfg.data.eval_clips)))
-        if report.epoch >= max_epochs:
+        last = report.last or report.epoch >= max_epochs  # max_epochs, or the wall-time budget spent
+        if last:
             log_predictions(client, run.run_id, report.predictions, timeout_s=ctx.flush_timeout_s)
             run.flush(history, timeout_s=ctx.flush_timeout_s)  # the last chance before Tune may stop us
         else:
             run.sync(history)
         state = {"runner": report.state_dict(), "history": list(history), "mlflow_run_id": run.run_id,
-                 "cost": cost.state()}
+                 "cost": cost.state(), "finished": last}
         tmp = tempfile.mkdtemp(prefix="rev2net-ckpt-")
         try:
             torch.save(state, os.path.join(tmp, STATE_FILE))
-            tune.report({**report.metrics, "epoch": report.epoch, "mlflow_run_id": run.run_id},
+            tune.report({**report.metrics, "epoch": report.epoch, "mlflow_run_id": run.run_id, FINAL: float(last)},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

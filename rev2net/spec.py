@@ -187,6 +187,9 @@ class TrainerConfig:
     rev2net/train.py says why these defaults."""
 
     max_epochs: int = 40  # epochs of one trial
+    max_train_s: float = 0.0  # a wall-time budget per trial (0 = none): whole epochs (each with its validation) while
+                              # the next one, at the mean epoch time so far, fits in it, summed over the trial's attempts;
+                              # the LR schedule then spans the budget instead of max_epochs (rev2net/train.py, "Budgets")
     optimizer: str = "sgd"  # sgd (with momentum, as I3D is trained) | adamw (for short from-scratch trials)
     lr: float = 0.01  # SGD learning rate at the start (I3D's 0.1 at 160 clips per update, scaled to ~8-16 clips)
     momentum: float = 0.9  # SGD momentum
@@ -213,6 +216,8 @@ class TrainerConfig:
     def validate(self) -> None:
         if self.max_epochs < 1:
             raise ValueError(f"trainer.max_epochs={self.max_epochs!r} must be >= 1")
+        if not (math.isfinite(self.max_train_s) and self.max_train_s >= 0):
+            raise ValueError(f"trainer.max_train_s={self.max_train_s!r} must be a number of seconds >= 0 (0 = no budget)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"trainer.lr={self.lr!r} must be a finite number > 0")
         if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):

@@ -38,6 +38,16 @@ The checkpoint (`EpochReport.state_dict()`) holds model, optimizer, scheduler, e
 lists and numbers, so `torch.load(path, weights_only=True)` reads it, and training resumed from it
 continues bit-identically on CPU.
 
+Budgets: a trial trains `trainer.max_epochs` epochs, or, with `trainer.max_train_s` > 0, whole
+epochs for as long as the next one fits that many seconds at the mean epoch time so far
+(`budget_spent`; training and validation, over every attempt of the trial, so a resumed trial
+spends only what is left; at least one epoch), and at most `max_epochs`. Under a budget the LR
+schedule spans the budget, not the epochs (`budget_lr`): a slow model annealed over `max_epochs`
+would stop at a high rate. This is the compare stage's "equal wall time" (README, "Compare"): a
+slow family trains fewer epochs in the same seconds. Wall time depends on the machine and on what
+shares it, so the epochs a budget gives are not reproducible to the epoch; epochs are the default.
+The epoch that ends training is `EpochReport.last`; the final evaluations run after it.
+
 Speed (the GPU path; README, Performance): `trainer.memory_format` stores the model and its 5D
 inputs channels-last (auto: on CUDA; `to_channels_last`), `trainer.compile` compiles the step's
 forward + objective (`TrainingStep`), and the host waits for the device only every
@@ -94,15 +104,19 @@ class DivergedError(RuntimeError):
 class EpochReport:
     """What `fit` hands to `on_epoch_end` after each epoch.
 
-    `epoch` is the number of finished epochs (1-based), `metrics` that epoch's metrics: the entry of
+    `epoch` is the number of finished epochs (1-based), `last` whether training ends with it (callers
+    that build reports themselves may leave it False: `epoch >= max_epochs` then says it), `metrics`
+    that epoch's metrics: the entry of
     the history itself, so metrics a callback adds (e.g. a final extra evaluation) join the history
     and the checkpoint. `state_dict()` builds the full checkpoint (a CPU copy) when called and is
     valid only inside the callback, so callers that do not checkpoint this epoch do not pay for it.
     """
 
-    def __init__(self, epoch: int, metrics: dict[str, float], state_fn: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, epoch: int, metrics: dict[str, float], state_fn: Callable[[], dict[str, Any]],
+                 last: bool = False) -> None:
         self.epoch = epoch
         self.metrics = metrics
+        self.last = last  # no epoch follows: max_epochs reached, or the wall-time budget (trainer.max_train_s) spent
         self.predictions: dict[str, dict[str, Any]] = {}  # per-video results of final evaluations (rev2net.trial)
         self._state_fn: Optional[Callable[[], dict[str, Any]]] = state_fn
 
@@ -181,10 +195,29 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimiz
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per epoch."""
+    """Stepped once per epoch (without a wall-time budget; with one, `budget_lr` sets the rate)."""
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_every, gamma=cfg.step_gamma)
+
+
+def budget_spent(history: Sequence[Mapping[str, float]], budget_s: float) -> bool:
+    """Whether a trial with this history stops under a wall-time budget: the next epoch, at the mean
+    epoch time so far (`epoch_time_s`, training and validation, over every attempt), would end past
+    `budget_s`. A trial always trains its first epoch."""
+    spent = sum(float(h.get("epoch_time_s", 0.0)) for h in history)
+    return bool(history) and spent + spent / len(history) > budget_s
+
+
+def budget_lr(cfg: TrainerConfig, history: Sequence[Mapping[str, float]]) -> float:
+    """The learning rate of the next epoch under a wall-time budget: the configured schedule with
+    the budget in place of `max_epochs` (the fraction f of the budget spent stands for epoch
+    f·max_epochs): cosine 0.5·(1 + cos(π·f)), step γ^⌊f·max_epochs / step_every⌋."""
+    spent = sum(float(h.get("epoch_time_s", 0.0)) for h in history)
+    fraction = min(1.0, spent / cfg.max_train_s)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    return cfg.lr * cfg.step_gamma ** math.floor(fraction * cfg.max_epochs / cfg.step_every)
 
 
 def rng_state() -> dict[str, Any]:
@@ -558,11 +591,15 @@ def fit(
         ranks_rng = resume.get("rng_ranks") if distributed else None
         set_rng_state(ranks_rng[rank] if ranks_rng and len(ranks_rng) == world else resume["rng"])
 
+    budget = trainer_cfg.max_train_s
     for epoch in range(start, trainer_cfg.max_epochs):
         started = time.perf_counter()
         for sampler in (getattr(train_loader, "sampler", None), getattr(train_loader, "batch_sampler", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+        if budget:  # the same on every rank: rank 0's history is broadcast below each epoch
+            for group in optimizer.param_groups:
+                group["lr"] = budget_lr(trainer_cfg, history)
         lr = optimizer.param_groups[0]["lr"]
         steps = len(train_loader) if hasattr(train_loader, "__len__") else 1
         metrics, clips, skipped = _train_epoch(net, train_loader, optimizer, trainer_cfg, loss_cfg, device, epoch + 1,
@@ -579,10 +616,16 @@ def fit(
             skipped += int(val.pop("skipped_videos"))
             metrics.update({f"val/{k}": v for k, v in val.items()})
             evaluated = len(val_loader.dataset) if hasattr(val_loader, "dataset") else 0
-        scheduler.step()
+        if not budget:
+            scheduler.step()
         metrics.update(lr=lr, clips_per_s=clips / train_time, epoch_time_s=time.perf_counter() - started,
                        skipped_videos=float(skipped), clips=float(clips + evaluated))
+        if distributed and budget:  # rank 0's clock decides for every rank
+            shared = [metrics["epoch_time_s"]]
+            dist.broadcast_object_list(shared, src=0)
+            metrics["epoch_time_s"] = shared[0]
         history.append(metrics)
+        last = epoch + 1 == trainer_cfg.max_epochs or (budget > 0 and budget_spent(history, budget))
         ranks_rng: Optional[list] = None
         if distributed:  # every rank takes part; rank 0's checkpoint holds them all
             ranks_rng = [None] * world
@@ -601,10 +644,12 @@ def fit(
                     out["rng_ranks"] = ranks_rng
                 return _cpu_copy(out)
 
-            report = EpochReport(epoch + 1, metrics, state)
+            report = EpochReport(epoch + 1, metrics, state, last=last)
             try:
                 on_epoch_end(report)
             finally:
                 report._expire()
                 set_rng_state(rng)
+        if last:
+            break
     return history

@@ -154,7 +154,7 @@ def _train(spec: TrialSpec, *, resume: Optional[dict], on_epoch_end: Optional[Ca
     max_epochs = spec.trainer.max_epochs
 
     def report(epoch_report: EpochReport) -> None:
-        if epoch_report.epoch >= max_epochs:
+        if epoch_report.last or epoch_report.epoch >= max_epochs:
             metrics, epoch_report.predictions = final_evaluations(model, spec, clip, device, shuffle_protocols)
             epoch_report.metrics.update(metrics)
         if on_epoch_end is not None:

@@ -17,6 +17,7 @@ from orchestration import records, tracking
 from orchestration.callbacks import (HeartbeatCallback, ProgressCallback, PruneGoneCheckpoints, StatusCallback,
                                      terminal_status)
 from orchestration.spaces import point_key
+from orchestration.trainable import FINAL
 
 SWEEP = "coarse-axes-x"
 
@@ -65,6 +66,8 @@ def _status(c, trial: FakeTrial) -> tuple[str | None, str]:
 def test_terminal_status_names_how_a_trial_ended():
     assert terminal_status({"epoch": 3}, 3) == ("completed", None)
     assert terminal_status({"epoch": 1}, 3) == ("stopped_early", "stopped by the scheduler after epoch 1")
+    assert terminal_status({"epoch": 1, FINAL: 1.0}, 3) == ("completed", None), "its wall-time budget spent"
+    assert terminal_status({"epoch": 1, FINAL: 0.0}, 3)[0] == "stopped_early"
     assert terminal_status({"epoch": 2, "diverged": 1.0, "failure_reason": "loss term 'flow' is nan"}, 3) == \
         ("failed", "loss term 'flow' is nan")
     assert terminal_status({"epoch": 3}, 3, error="RayActorError: node died") == ("failed", "RayActorError: node died")

@@ -84,6 +84,16 @@ def test_two_process_trial_reports_once_per_epoch_over_all_data_and_resumes_exac
         assert torch.equal(tensor, state["model"][name]), f"{name} differs after the resume"
 
 
+def test_ranks_stop_together_under_a_wall_time_budget(synthetic_root, synthetic_params):
+    """Rank 0's clock decides when a budget is spent (broadcast each epoch): every rank leaves the
+    loop after the same epoch, so none waits in a collective for an epoch that never comes."""
+    spec = _spec(synthetic_root, synthetic_params, epochs=3)
+    spec = dataclasses.replace(spec, trainer=dataclasses.replace(spec.trainer, max_train_s=0.001))
+    reports = []
+    run_trial(spec, on_epoch_end=lambda r: reports.append((r.epoch, r.last)), processes=2)
+    assert reports == [(1, True)]
+
+
 def test_a_data_parallel_tune_trial_is_one_mlflow_run(tmp_path, synthetic_root):
     import ray
 

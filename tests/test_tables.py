@@ -369,3 +369,20 @@ def test_systems_table_places_each_system_by_what_it_reads(planted_frame):
     assert (dcd["dataset"] == "UCF101").any() and "91.8" in dcd["RGB (%)"].tolist()
     assert "86.85" in shown.loc["paper: TSN", "flow (%)"].tolist()
     assert any("Zhao et al. 2018, Table 8 (top-5: 89.9)" in n for n in table.notes)
+    assert not any("equal wall time" in n for n in table.notes), "epochs are the default budget: nothing to say"
+
+
+def test_a_wall_time_budget_is_named_with_the_epochs_each_system_trained(planted_frame):
+    from rev2net import registry
+
+    runs, predictions = planted_frame
+    part = runs[runs["stage"] == "compare"].copy()
+    part["trainer.max_train_s"] = 600.0
+    part["epochs"] = np.where(tables.variant_of(part) == registry.I3D, 9, 4)
+    (note,) = [n for n in tables.systems_table(part).notes if "equal wall time" in n]
+    assert "trainer.max_train_s = 600 s" in note, note
+    assert f"{registry.label(registry.I3D)} 9;" in note and f"{registry.label(registry.REV2NET)} 4" in note, note
+    assert "not on equal terms" not in note
+    part.loc[part.index[0], "trainer.max_train_s"] = 0.0
+    (mixed,) = [n for n in tables.compare_table(part).notes if "equal wall time" in n]
+    assert "not on equal terms" in mixed

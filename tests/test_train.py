@@ -160,6 +160,69 @@ def test_callback_metrics_join_the_history_and_state_expires() -> None:
         reports[0].state_dict()
 
 
+class TenSecondEpochs:
+    """A loader whose every pass takes ten seconds of `rev2net.train`'s clock (a fake one)."""
+
+    def __init__(self, inner: DataLoader, clock: list[float]) -> None:
+        self.inner, self.clock, self.sampler = inner, clock, inner.sampler
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        self.clock[0] += 10.0
+        return iter(self.inner)
+
+
+def _budgeted(monkeypatch, budget_s: float, max_epochs: int = 10, resume=None, on_epoch_end=None,
+              schedule: str = "cosine") -> list[dict[str, float]]:
+    import types
+
+    import rev2net.train as train_module
+
+    clock = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    data = clips(n=2, frames=4, size=16)
+    cfg = TrainerConfig(max_epochs=max_epochs, lr=0.1, max_train_s=budget_s, schedule=schedule, step_every=4,
+                        step_gamma=0.5)
+    return fit(tiny("i3d"), TenSecondEpochs(loader(data, batch=2), clock), None, cfg, LossConfig(**ZERO),
+               resume=resume, on_epoch_end=on_epoch_end)
+
+
+def test_a_wall_time_budget_trains_the_epochs_that_fit_with_the_schedule_over_the_budget(monkeypatch) -> None:
+    """10-s epochs, 35 s: after 2 epochs (20 s) a third fits (30 s), a fourth would not (40 s). The
+    cosine schedule spans the 35 s: epoch e starts at the fraction 10(e-1)/35 of it."""
+    reports: list[EpochReport] = []
+    history = _budgeted(monkeypatch, 35.0, on_epoch_end=reports.append)
+    assert [m["epoch_time_s"] for m in history] == [10.0, 10.0, 10.0]
+    assert [(r.epoch, r.last) for r in reports] == [(1, False), (2, False), (3, True)]
+    assert [m["lr"] for m in history] == pytest.approx([0.05 * (1 + math.cos(math.pi * 10 * e / 35)) for e in range(3)])
+    # the step schedule: max_epochs (10) stand for the 35 s, a decay every step_every (4) of them: after 14 s
+    step = _budgeted(monkeypatch, 35.0, schedule="step")
+    assert [m["lr"] for m in step] == pytest.approx([0.1, 0.1, 0.05])
+
+
+def test_a_budget_trains_one_epoch_at_least_and_max_epochs_at_most(monkeypatch) -> None:
+    reports: list[EpochReport] = []
+    assert len(_budgeted(monkeypatch, 1.0, on_epoch_end=reports.append)) == 1 and reports[-1].last
+    reports.clear()
+    assert len(_budgeted(monkeypatch, 1000.0, max_epochs=2, on_epoch_end=reports.append)) == 2
+    assert [r.last for r in reports] == [False, True]
+    with pytest.raises(ValueError, match="max_train_s"):
+        TrainerConfig(max_train_s=-1.0)
+
+
+def test_a_resumed_trial_spends_only_what_is_left_of_its_budget(monkeypatch) -> None:
+    """The budget counts the epochs of earlier attempts (the checkpoint's history), so a trial
+    resumed after epoch 1 of a 35-s budget trains epochs 2 and 3, as it would have uninterrupted."""
+    states: list[dict] = []
+    _budgeted(monkeypatch, 35.0, on_epoch_end=lambda r: states.append(r.state_dict()))
+    resumed: list[EpochReport] = []
+    history = _budgeted(monkeypatch, 35.0, resume=states[0], on_epoch_end=resumed.append)
+    assert [(r.epoch, r.last) for r in resumed] == [(2, False), (3, True)] and len(history) == 3
+    assert history[1]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 10 / 35)))
+
+
 def test_a_nan_flow_target_is_caught_and_named() -> None:
     model = tiny()
     before = [p.detach().clone() for p in model.parameters()]

@@ -20,13 +20,17 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_trial_leaves_its_predictions_and_its_cost(local_ray, tmp_path, synthetic_root):
+    """Under a wall-time budget (trainer.max_train_s) that its first epoch spends: the trial ends
+    there, completed, and runs its final evaluations, though max_epochs is 3."""
     cfg = compose_config(tiny_overrides(tmp_path, synthetic_root, f"search.spaces_dir={small_spaces(tmp_path)}",
-                                        "trainer.max_epochs=1", "search.seeds=1", "search.variants=[rev2net]"),
+                                        "trainer.max_epochs=3", "trainer.max_train_s=0.001", "search.seeds=1",
+                                        "search.variants=[rev2net]"),
                          stage="ablation")
     result = run_stage(cfg, progress=False)
     uri = result.tracking_uri
     (run,) = child_runs(uri, parent=result.parent_run_id)
     assert run.data.tags[records.TAG_STATUS] == records.COMPLETED, run.data.tags.get(records.TAG_FAILURE)
+    assert run.data.tags[records.TAG_LOGGED_EPOCH] == "1" and run.data.params["trainer.max_train_s"] == "0.001"
 
     for evaluation in ("test", "shuffle/none", "shuffle/long_term", "shuffle/short_term", "shuffle/complete"):
         frame = records.load_predictions(uri, [run.info.run_id], evaluation)
