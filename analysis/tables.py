@@ -511,13 +511,16 @@ def budget_note(part: pd.DataFrame) -> list[str]:
     budget = pd.to_numeric(part.get("trainer.max_train_s", pd.Series(dtype=float)), errors="coerce").fillna(0)
     if not (budget > 0).any():
         return []
-    epochs = part.assign(_epochs=pd.to_numeric(part["epochs"], errors="coerce")).groupby("_variant")["_epochs"]
+    cap = pd.to_numeric(part.get("trainer.max_epochs", pd.Series(np.nan, index=part.index)), errors="coerce")
+    trained = part.assign(_epochs=pd.to_numeric(part["epochs"], errors="coerce"), _capped=lambda f: f["_epochs"] >= cap)
     spans = [f"{registry.label(v) if v in registry.VARIANTS else v} "
-             + (f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}")
-             for v, lo, hi in ((v, e.min(), e.max()) for v, e in epochs)]
+             + (f"{int(e.min())}" if e.min() == e.max() else f"{int(e.min())}-{int(e.max())}")
+             + (" (trainer.max_epochs reached before the budget)" if g["_capped"].any() else "")
+             for v, g in trained.groupby("_variant") for e in [g["_epochs"]]]
     budgets = ", ".join(f"{num(b, 0)} s" for b in sorted(set(budget[budget > 0])))
-    return [f"equal wall time: every trial trained whole epochs within trainer.max_train_s = {budgets} of training "
-            "and validation (not its final evaluations), each LR schedule spanning the budget; epochs trained: "
+    return [f"equal wall time: every trial trained whole epochs while the next fit in trainer.max_train_s = {budgets} "
+            "of training and validation at its mean epoch time (not counting its final evaluations), each LR "
+            "schedule spanning the budget; epochs trained: "
             + "; ".join(spans)
             + (" (trials without the budget too: not on equal terms)" if (budget == 0).any() else "")]
 

@@ -275,11 +275,14 @@ class ProgressCallback(tune.Callback):
     The ETA's total is `planned_epochs`, the trial-epochs the stage is expected to train
     (orchestration.plan.trial_epochs: under ASHA its successive-halving estimate; default every
     trial to `max_epochs`), and never less than what the trials still running or waiting can train:
-    a trial that ended before `max_epochs` (stopped by ASHA) adds no more."""
+    a trial that ended before `max_epochs` (stopped by ASHA) adds no more. Under a wall-time budget
+    (`by_trials`: trainer.max_train_s) every trial takes about the same time whatever its epochs,
+    and the ETA counts trials ended instead."""
 
     def __init__(self, *, title: str, total_trials: int, max_epochs: int, metric: str, interval_s: float = 15.0,
-                 stream: TextIO | None = None, planned_epochs: int | None = None):
+                 stream: TextIO | None = None, planned_epochs: int | None = None, by_trials: bool = False):
         self.title, self.total, self.max_epochs, self.metric = title, total_trials, max_epochs, metric
+        self.by_trials = by_trials
         self.planned_epochs = planned_epochs if planned_epochs is not None else total_trials * max_epochs
         self.interval_s = interval_s
         self.stream = stream
@@ -370,8 +373,11 @@ class ProgressCallback(tune.Callback):
         new = sum(self.epochs.values()) - self.epochs_at_start
         if new <= 0 or len(self.done) == self.done_at_start:  # start-up would dominate the estimate
             return "?"
+        if self.by_trials:
+            new, remaining = len(self.done) - self.done_at_start, self.total - len(self.done)
+        else:
+            remaining = self.remaining_epochs()
         rate = new / (time.monotonic() - self.started)
-        remaining = self.remaining_epochs()
         return _duration(remaining / rate) if remaining > 0 else "0s"
 
     def print(self, force: bool = False, ended: Any = None) -> None:

@@ -28,12 +28,20 @@ log = logging.getLogger(__name__)
 RUNTIME_SECTIONS = ("ray", "trial", "mlflow")  # how and where trials run; not part of a sweep's identity
 
 
+ADDED_KEYS = (("trainer", "max_train_s", 0),)   # (section, key, default): see sweep_id
+
+
 def sweep_id(cfg: DictConfig, plan: Plan, generation: int = 1) -> str:
     """`<stage>-<mode>-<hash>` (generation 1) or `<stage>-<mode>-<hash>-r<generation>`."""
     identity = OmegaConf.to_container(cfg, resolve=True)
     for k in RUNTIME_SECTIONS:
         identity.pop(k)
     identity["search"].pop("max_concurrent", None)
+    # Keys added after sweeps existed leave those sweeps' ids as they were while at their default,
+    # so a sweep started before an upgrade is continued after it, not started over.
+    for section, key, default in ADDED_KEYS:
+        if identity.get(section, {}).get(key, default) == default:
+            identity.get(section, {}).pop(key, None)
     identity["plan"] = {"points": plan.points, "values": plan.values, "base": plan.base,
                         "num_samples": plan.num_samples}
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -88,7 +88,8 @@ def callbacks(cfg: DictConfig, plan: Plan, experiment_id: str, sweep_id: str, pa
         out.append(ProgressCallback(title=f"{cfg.stage} · {plan.mode}", total_trials=plan.num_trials,
                                     max_epochs=cfg.trainer.max_epochs, metric=cfg.search.metric,
                                     interval_s=progress_interval_s,
-                                    planned_epochs=trial_epochs(cfg, plan.num_trials, plan.mode)[0]))
+                                    planned_epochs=trial_epochs(cfg, plan.num_trials, plan.mode)[0],
+                                    by_trials=bool(cfg.trainer.max_train_s)))
     return out
 
 

@@ -249,3 +249,20 @@ def test_progress_eta_counts_the_planned_epochs_and_trials_asha_stopped():
     fifo.on_trial_result(0, trials, trials[0], {"epoch": 2})
     fifo.on_trial_complete(0, trials, trials[0])  # ended early (diverged): its unrun epochs leave the total
     assert fifo.remaining_epochs() == 7
+
+
+def test_progress_eta_under_a_wall_time_budget_counts_trials(monkeypatch):
+    """trainer.max_train_s: every trial takes about the budget, whatever its epochs; after one of
+    four trials ended in 100 s, three remain: 300 s."""
+    import orchestration.callbacks as callbacks
+
+    now = [1000.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    cb = ProgressCallback(title="compare · variants", total_trials=4, max_epochs=100, metric="val/top1", interval_s=0,
+                          stream=io.StringIO(), by_trials=True)
+    trials = [FakeTrial(f"t{i}", {"point": {"variant": f"v{i}"}}) for i in range(4)]
+    cb.on_trial_start(0, trials, trials[0])
+    now[0] += 100.0
+    cb.on_trial_result(0, trials, trials[0], {"epoch": 30, "val/top1": 0.5})
+    cb.on_trial_complete(0, trials, trials[0])
+    assert cb.eta() == callbacks._duration(300.0)

@@ -382,7 +382,10 @@ def test_a_wall_time_budget_is_named_with_the_epochs_each_system_trained(planted
     (note,) = [n for n in tables.systems_table(part).notes if "equal wall time" in n]
     assert "trainer.max_train_s = 600 s" in note, note
     assert f"{registry.label(registry.I3D)} 9;" in note and f"{registry.label(registry.REV2NET)} 4" in note, note
-    assert "not on equal terms" not in note
+    assert "not on equal terms" not in note and "max_epochs reached" not in note
+    part["trainer.max_epochs"] = 9
+    (capped,) = [n for n in tables.systems_table(part).notes if "equal wall time" in n]
+    assert f"{registry.label(registry.I3D)} 9 (trainer.max_epochs reached before the budget);" in capped, capped
     part.loc[part.index[0], "trainer.max_train_s"] = 0.0
     (mixed,) = [n for n in tables.compare_table(part).notes if "equal wall time" in n]
     assert "not on equal terms" in mixed
