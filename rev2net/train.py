@@ -40,13 +40,13 @@ continues bit-identically on CPU.
 
 Budgets: a trial trains `trainer.max_epochs` epochs, or, with `trainer.max_train_s` > 0, whole
 epochs for as long as the next one fits that many seconds at the mean epoch time so far
-(`budget_spent`; training and validation, over every attempt of the trial, so a resumed trial
-spends only what is left; at least one epoch), and at most `max_epochs`. Under a budget the LR
-schedule spans the budget, not the epochs (`budget_lr`): a slow model annealed over `max_epochs`
-would stop at a high rate. This is the compare stage's "equal wall time" (README, "Compare"): a
-slow family trains fewer epochs in the same seconds. Wall time depends on the machine and on what
-shares it, so the epochs a budget gives are not reproducible to the epoch; epochs are the default.
-The epoch that ends training is `EpochReport.last`; the final evaluations run after it.
+(`budget_spent`; training and validation, over every attempt of the trial, so a resumed trial spends
+only what is left; at least one epoch), and at most `max_epochs`. Under a budget the LR schedule
+spans the budget, not the epochs (`budget_lr`): a slow model annealed over `max_epochs` would stop
+at a high rate. This is the compare stage's "equal wall time" (README, "Equal epochs or equal wall
+time"): a slow family trains fewer epochs in the same seconds. Wall time depends on the machine and
+on what shares it, so the epochs a budget gives are not reproducible to the epoch; epochs are the
+default. The epoch that ends training is `EpochReport.last`; the final evaluations run after it.
 
 Speed (the GPU path; README, Performance): `trainer.memory_format` stores the model and its 5D
 inputs channels-last (auto: on CUDA; `to_channels_last`), `trainer.compile` compiles the step's
@@ -106,9 +106,8 @@ class EpochReport:
 
     `epoch` is the number of finished epochs (1-based), `last` whether training ends with it (callers
     that build reports themselves may leave it False: `epoch >= max_epochs` then says it), `metrics`
-    that epoch's metrics: the entry of
-    the history itself, so metrics a callback adds (e.g. a final extra evaluation) join the history
-    and the checkpoint. `state_dict()` builds the full checkpoint (a CPU copy) when called and is
+    that epoch's metrics: the entry of the history itself, so metrics a callback adds (e.g. a final
+    extra evaluation) join the history and the checkpoint. `state_dict()` builds the full checkpoint (a CPU copy) when called and is
     valid only inside the callback, so callers that do not checkpoint this epoch do not pay for it.
     """
 

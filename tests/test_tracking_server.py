@@ -28,6 +28,7 @@ from orchestration import records, tracking
 from orchestration.config import compose_config
 from orchestration.errors import ConfigError
 from orchestration.stage import run_stage
+from orchestration.trainable import FINAL
 from sweep_helpers import SIM, small_spaces, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ PG = os.environ.get("REV2NET_TEST_POSTGRES", "postgresql+psycopg2://postgres@127
 # What Tune adds to every result, and what the trainable adds for Tune: not training metrics.
 NOT_METRICS = {"epoch", "mlflow_run_id", "done", "trial_id", "should_checkpoint", "training_iteration", "time_total_s",
                "node_ip", "hostname", "pid", "time_this_iter_s", "timestamp", "date", "time_since_restore",
-               "iterations_since_restore", "config", "checkpoint_dir_name"}
+               "iterations_since_restore", "config", "checkpoint_dir_name", FINAL}  # Tune's keys and ours
 
 
 def _free_port() -> int:
