@@ -517,7 +517,7 @@ def budget_note(part: pd.DataFrame) -> list[str]:
              + (f"{int(e.min())}" if e.min() == e.max() else f"{int(e.min())}-{int(e.max())}")
              + (" (trainer.max_epochs reached before the budget)" if g["_capped"].any() else "")
              for v, g in trained.groupby("_variant") for e in [g["_epochs"]]]
-    budgets = ", ".join(f"{num(b, 0)} s" for b in sorted(set(budget[budget > 0])))
+    budgets = ", ".join(f"{b:g} s" for b in sorted(set(budget[budget > 0])))
     return [f"equal wall time: every trial trained whole epochs while the next fit in trainer.max_train_s = {budgets} "
             "of training and validation at its mean epoch time (not counting its final evaluations), each LR "
             "schedule spanning the budget; epochs trained: "

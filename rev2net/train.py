@@ -200,11 +200,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> tor
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_every, gamma=cfg.step_gamma)
 
 
+def seconds_trained(history: Sequence[Mapping[str, float]]) -> float:
+    """The wall time a history's epochs took (`epoch_time_s`: training and validation), over every
+    attempt of the trial: what a wall-time budget counts."""
+    return sum(float(h.get("epoch_time_s", 0.0)) for h in history)
+
+
 def budget_spent(history: Sequence[Mapping[str, float]], budget_s: float) -> bool:
     """Whether a trial with this history stops under a wall-time budget: the next epoch, at the mean
-    epoch time so far (`epoch_time_s`, training and validation, over every attempt), would end past
-    `budget_s`. A trial always trains its first epoch."""
-    spent = sum(float(h.get("epoch_time_s", 0.0)) for h in history)
+    epoch time so far, would end past `budget_s`. A trial always trains its first epoch."""
+    spent = seconds_trained(history)
     return bool(history) and spent + spent / len(history) > budget_s
 
 
@@ -212,8 +217,7 @@ def budget_lr(cfg: TrainerConfig, history: Sequence[Mapping[str, float]]) -> flo
     """The learning rate of the next epoch under a wall-time budget: the configured schedule with
     the budget in place of `max_epochs` (the fraction f of the budget spent stands for epoch
     f·max_epochs): cosine 0.5·(1 + cos(π·f)), step γ^⌊f·max_epochs / step_every⌋."""
-    spent = sum(float(h.get("epoch_time_s", 0.0)) for h in history)
-    fraction = min(1.0, spent / cfg.max_train_s)
+    fraction = min(1.0, seconds_trained(history) / cfg.max_train_s)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
     return cfg.lr * cfg.step_gamma ** math.floor(fraction * cfg.max_epochs / cfg.step_every)
