@@ -228,8 +228,9 @@ def _create_sqlite_store(path: Path) -> None:
     """A new SQLite store at `path`, migrated under a temporary name beside it and hard-linked into
     place only if `path` is still free, so no other process ever opens it half-migrated; one that
     created `path` meanwhile keeps it (and `_await_migration` waits for it). The log files of a
-    deleted store at `path` are removed first: they would be replayed into the new one. Where the
-    filesystem has no hard links, the store is migrated in place, as MLflow does."""
+    deleted store at `path` are removed just before the link, while `path` is still free (they would
+    be replayed into the new store; earlier, they could be a new foreign store's live journal).
+    Where the filesystem has no hard links, the store is migrated in place, as MLflow does."""
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
